@@ -1,0 +1,1 @@
+"""allpairs: pipeline.yaml -> SageMaker pipeline definition -> cloud (aws.py) or this machine (local.py)."""
