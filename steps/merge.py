@@ -1,0 +1,277 @@
+"""Merge step: verify the hosts' shards cover every row exactly once, write one artifact, register it.
+
+Streams shard by shard and batch by batch: memory holds the row ids (N) and one batch, never N x k.
+Nothing is trusted: each shard's metadata, checksums, shape, row range and input fingerprint are checked,
+and no artifact file or registry entry is written unless all of them pass. See docs/container-contract.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tarfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import paths, registry
+from .errors import StepError, run_step
+from .io import atomic_path, sha256_file, write_json
+from .normalized import MANIFEST, load_normalized
+
+FORMAT, VERSION = "allpairs.artifact", 1
+BATCH_ROWS = 65536
+# Moved into place together, the manifest last; registration.json follows the registry entry.
+ARTIFACT_FILES = ("neighbors.parquet", "neighbors.npy", "scores.npy", MANIFEST)
+
+
+@dataclass(frozen=True)
+class Shard:
+    meta_path: Path
+    meta: dict
+
+    @property
+    def start(self) -> int:
+        return int(self.meta["start"])
+
+    @property
+    def stop(self) -> int:
+        return int(self.meta["stop"])
+
+    def array(self, kind: str) -> np.ndarray:
+        return np.load(self.meta_path.parent / f"shard-{self.meta['host']}.{kind}.npy", mmap_mode="r")
+
+
+def unpack_shards(shards_dir: Path, scratch: Path) -> Path:
+    """The training output arrives uncompressed (CompressionType NONE) or as model.tar.gz (GZIP)."""
+    archives = sorted(shards_dir.rglob("model.tar.gz"))
+    if not archives:
+        return shards_dir
+    target = scratch / "shards"
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
+    for archive in archives:
+        try:
+            with tarfile.open(archive) as tar:
+                tar.extractall(target, filter="data")
+        except (tarfile.TarError, OSError) as exc:
+            raise StepError(f"{archive}: cannot unpack the training output ({exc}); rerun the Similarity step")
+    return target
+
+
+def collect_shards(shards_dir: Path, rows: int, fingerprint: str) -> list[Shard]:
+    """Every shard checked; together they must cover [0, rows) exactly once, from one job's hosts."""
+    metas = sorted(shards_dir.rglob("shard-*.json"))
+    if not metas:
+        raise StepError(f"{shards_dir}: no shard-<host>.json files; the Similarity step wrote no output "
+                        "(check its logs)")
+    shards = [_check_shard(path, fingerprint) for path in metas]
+    ks = {s.meta["k"] for s in shards}
+    thresholds = {s.meta["min_score"] for s in shards}
+    host_lists = {tuple(s.meta["hosts"]) for s in shards}
+    if len(ks) > 1 or len(thresholds) > 1 or len(host_lists) > 1:
+        raise StepError(f"{shards_dir}: shards disagree on k {sorted(ks)}, threshold or host list: they come from "
+                        "different training jobs; rerun the Similarity step into an empty output")
+    hosts = list(host_lists.pop())
+    seen: dict[str, Shard] = {}
+    for shard in shards:
+        host = shard.meta["host"]
+        if host in seen:
+            raise StepError(f"host {host} has two shards: {seen[host].meta_path} and {shard.meta_path}; "
+                            "remove the stale one or rerun the Similarity step")
+        seen[host] = shard
+    missing = [h for h in hosts if h not in seen]
+    if missing:
+        raise StepError(f"{shards_dir}: no shard from host {', '.join(missing)} of {len(hosts)} hosts; "
+                        "rerun the Similarity step (a host failed or its output was lost)")
+    ordered = sorted(shards, key=lambda s: (s.start, s.stop))
+    position = 0
+    for shard in ordered:
+        if shard.start != position:
+            what = "overlaps" if shard.start < position else "leaves a gap before"
+            raise StepError(f"{shard.meta_path}: rows [{shard.start}, {shard.stop}) {what} row {position}; "
+                            "each row must be covered exactly once: rerun the Similarity step")
+        position = shard.stop
+    if position != rows:
+        raise StepError(f"shards cover rows [0, {position}) but the matrix has {rows} rows; rerun the Similarity step")
+    return ordered
+
+
+def _check_shard(path: Path, fingerprint: str) -> Shard:
+    try:
+        meta = json.loads(path.read_text())
+        if meta.get("format") != "allpairs.shard" or meta.get("version") != 1:
+            raise ValueError("not an allpairs shard, version 1")
+        shard = Shard(path, meta)
+        shard.start, shard.stop, meta["k"], meta["host"], meta["files"]  # noqa: B018 - presence check
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise StepError(f"{path}: unreadable shard metadata ({exc}); rerun the Similarity step")
+    if meta.get("input_fingerprint") != fingerprint:
+        raise StepError(f"{path}: computed from other input (fingerprint {str(meta.get('input_fingerprint'))[:12]}, "
+                        f"this run's is {fingerprint[:12]}); it belongs to another execution: remove it")
+    for name, digest in meta["files"].items():
+        file = path.parent / name
+        if not file.exists():
+            raise StepError(f"{file}: listed in {path.name} but missing; rerun the Similarity step")
+        if sha256_file(file) != digest:
+            raise StepError(f"{file}: checksum differs from {path.name} (truncated or altered); "
+                            "rerun the Similarity step")
+    for kind in ("neighbors", "scores"):
+        shape = shard.array(kind).shape
+        if shape != (shard.stop - shard.start, meta["k"]):
+            file = path.parent / f"shard-{meta['host']}.{kind}.npy"
+            raise StepError(f"{file}: shape {shape}, expected "
+                            f"({shard.stop - shard.start}, {meta['k']}); rerun the Similarity step")
+    return shard
+
+
+def read_ids(normalized) -> pa.Array:
+    path = normalized.ids_path()
+    digest = normalized.manifest["ids"].get("sha256")
+    if digest and sha256_file(path) != digest:
+        raise StepError(f"{path}: checksum differs from the Preprocess manifest; rerun the Preprocess step")
+    ids = pq.read_table(path, columns=["id"]).column("id").combine_chunks()
+    if len(ids) != normalized.rows:
+        raise StepError(f"{path}: {len(ids)} ids for {normalized.rows} rows; rerun the Preprocess step")
+    return ids
+
+
+def write_artifact(shards: list[Shard], ids: pa.Array, rows: int, k: int, out: Path) -> dict:
+    """Stream the shards into neighbors.npy, scores.npy and neighbors.parquet; return counts."""
+    from numpy.lib.format import open_memmap
+
+    index_dtype = np.int32 if rows < 2**31 else np.int64
+    schema = pa.schema([("id", ids.type), ("neighbor_id", ids.type), ("rank", pa.int32()), ("score", pa.float32())])
+    pairs = short_rows = 0
+    with atomic_path(out / "neighbors.npy") as tmp_n, atomic_path(out / "scores.npy") as tmp_s, \
+            atomic_path(out / "neighbors.parquet") as tmp_p:
+        all_n = open_memmap(tmp_n, mode="w+", dtype=index_dtype, shape=(rows, k))
+        all_s = open_memmap(tmp_s, mode="w+", dtype=np.float32, shape=(rows, k))
+        with pq.ParquetWriter(tmp_p, schema) as writer:
+            for shard in shards:
+                nb_all, sc_all = shard.array("neighbors"), shard.array("scores")
+                for lo in range(0, shard.stop - shard.start, BATCH_ROWS):
+                    nb = np.asarray(nb_all[lo: lo + BATCH_ROWS])
+                    sc = np.asarray(sc_all[lo: lo + BATCH_ROWS])
+                    first = shard.start + lo
+                    if ((nb < -1) | (nb >= rows)).any():
+                        raise StepError(f"{shard.meta_path}: neighbour index out of range near row {first}; "
+                                        "rerun the Similarity step")
+                    all_n[first: first + len(nb)] = nb
+                    all_s[first: first + len(sc)] = sc
+                    found = nb >= 0
+                    pairs += int(found.sum())
+                    short_rows += int((~found[:, -1]).sum()) if k else 0
+                    r, c = np.nonzero(found)
+                    writer.write_table(pa.table({
+                        "id": ids.take(pa.array(first + r)),
+                        "neighbor_id": ids.take(pa.array(nb[r, c])),
+                        "rank": pa.array((c + 1).astype(np.int32)),
+                        "score": pa.array(sc[r, c]),
+                    }, schema=schema))
+        all_n.flush()
+        all_s.flush()
+        del all_n, all_s
+    return {"pairs": pairs, "rows_with_fewer_than_k": short_rows}
+
+
+def parse_parameters(items: Sequence[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise StepError(f"--parameter {item!r}: expected Name=value")
+        out[name] = value
+    return out
+
+
+def merge(shards_dir: Path, normalized_dir: Path, out: Path, scratch: Path, args) -> dict:
+    began = time.time()
+    normalized = load_normalized(normalized_dir, verify=False)  # Merge reads the ids, not the chunks
+    shards = collect_shards(unpack_shards(shards_dir, scratch), normalized.rows, normalized.fingerprint)
+    k = int(shards[0].meta["k"])
+    counts = write_artifact(shards, read_ids(normalized), normalized.rows, k, out)
+    pre = normalized.manifest
+    files = {name: {"sha256": sha256_file(out / name), "bytes": (out / name).stat().st_size}
+             for name in ("neighbors.parquet", "neighbors.npy", "scores.npy")}
+    manifest = {
+        "format": FORMAT, "version": VERSION,
+        "rows": normalized.rows, "dim": normalized.dim, "k": k, "threshold": shards[0].meta["min_score"],
+        "padding": {"index": -1, "score": "NaN"}, "rank": "1 = most similar",
+        "ids": {"source": pre["ids"].get("source"), "type": pre["ids"].get("type")},
+        "counts": {"zero_rows": pre.get("zero_rows", 0), "dropped_rows": pre.get("dropped_rows", 0), **counts},
+        "input": {**{key: pre["input"].get(key) for key in ("uri", "format", "fingerprint", "source_dtype")},
+                  "normalized_fingerprint": normalized.fingerprint},
+        "parameters": parse_parameters(args.parameter),
+        "execution_id": args.execution_id, "artifact_uri": args.artifact_uri,
+        "hosts": [{"host": s.meta["host"], "start": s.start, "stop": s.stop, "seconds": s.meta.get("seconds")}
+                  for s in shards],
+        "files": files,
+        "timings": {"merge_seconds": round(time.time() - began, 3)},
+    }
+    write_json(out / MANIFEST, manifest)
+    return manifest
+
+
+def registry_metadata(manifest: dict) -> dict[str, str]:
+    counts, params = manifest["counts"], manifest["parameters"]
+    flat = {
+        "artifact_uri": manifest["artifact_uri"], "execution_id": manifest["execution_id"],
+        "format_version": f"{FORMAT}/{VERSION}", "rows": manifest["rows"], "dim": manifest["dim"],
+        "k": manifest["k"], "threshold": manifest["threshold"],
+        "input_uri": manifest["input"]["uri"], "input_fingerprint": manifest["input"]["fingerprint"],
+        "manifest_sha256": manifest.get("manifest_sha256"),
+        **{f"count_{key}": value for key, value in counts.items()},
+        **{f"param_{key}": value for key, value in sorted(params.items())[:30]},
+    }
+    return registry.customer_metadata(flat)
+
+
+def main(argv: Sequence[str]) -> None:
+    parser = argparse.ArgumentParser(prog="merge", description=__doc__)
+    parser.add_argument("--execution-id", required=True)
+    parser.add_argument("--artifact-uri", required=True)
+    parser.add_argument("--model-package-group", required=True)
+    parser.add_argument("--approval-status", default="PendingManualApproval")
+    parser.add_argument("--parameter", action="append", default=[])
+    args = parser.parse_args(argv)
+    if args.approval_status not in registry.APPROVAL_STATUSES:
+        raise StepError(f"ApprovalStatus={args.approval_status!r}: must be one of "
+                        f"{', '.join(registry.APPROVAL_STATUSES)}")
+    out = paths.processing_output("artifact")
+    # Build in a staging folder and move the files in only when all are complete and verified.
+    staging = out / ".staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        manifest = merge(paths.processing_input("shards"), paths.processing_input("normalized"), staging,
+                         paths.opt_ml() / "processing" / "scratch", args)
+        manifest["manifest_sha256"] = sha256_file(staging / MANIFEST)
+        metadata = registry_metadata(manifest)
+        moved = []
+        for name in ARTIFACT_FILES:
+            (staging / name).replace(out / name)
+            moved.append(out / name)
+        try:
+            record = registry.register(args.model_package_group, args.approval_status,
+                                       f"allpairs top-{manifest['k']} neighbours of {manifest['rows']} rows, "
+                                       f"execution {args.execution_id}", metadata)
+        except BaseException:
+            for path in moved:  # no artifact without its registry entry
+                path.unlink(missing_ok=True)
+            raise
+        write_json(out / "registration.json", {**record, "metadata": metadata})
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    print(f"merged {manifest['rows']} rows, {manifest['counts']['pairs']} pairs; registered "
+          f"{record['model_package_arn']}", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(run_step("merge", main))

@@ -1,0 +1,129 @@
+"""Registering a merged artifact: SageMaker Model Registry in the cloud, an embedded SQLite registry locally.
+
+Both get the same record. The metadata respects CustomerMetadataProperties' limits (50 entries, keys up to
+128 characters, values up to 256) so what works locally works in the cloud.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+from .errors import StepError
+
+LOCAL_REGISTRY_ENV = "ALLPAIRS_LOCAL_REGISTRY"
+APPROVAL_STATUSES = ("PendingManualApproval", "Approved", "Rejected")
+MAX_ENTRIES, MAX_KEY, MAX_VALUE = 50, 128, 256
+
+
+def customer_metadata(flat: dict[str, object]) -> dict[str, str]:
+    """Stringify a flat record within the Model Registry's limits. Over-long values are cut with "..."
+    (the artifact's manifest.json keeps them whole); too many entries or a long key is a bug, not user input."""
+    if len(flat) > MAX_ENTRIES:
+        raise ValueError(f"{len(flat)} metadata entries, the Model Registry takes at most {MAX_ENTRIES}")
+    out = {}
+    for key, value in flat.items():
+        if len(str(key)) > MAX_KEY:
+            raise ValueError(f"metadata key {str(key)[:40]}... is longer than {MAX_KEY} characters")
+        text = "" if value is None else str(value)
+        out[str(key)] = text if len(text) <= MAX_VALUE else text[: MAX_VALUE - 3] + "..."
+    return out
+
+
+def register(group: str, approval_status: str, description: str, metadata: dict[str, str]) -> dict:
+    """Register one version; returns the registration record (written as registration.json)."""
+    if approval_status not in APPROVAL_STATUSES:
+        raise StepError(f"ApprovalStatus={approval_status!r}: must be one of {', '.join(APPROVAL_STATUSES)}")
+    local = os.environ.get(LOCAL_REGISTRY_ENV)
+    if local:
+        return register_local(Path(local), group, approval_status, description, metadata)
+    return register_sagemaker(group, approval_status, description, metadata)
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS model_packages (
+    group_name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    arn TEXT NOT NULL UNIQUE,
+    approval_status TEXT NOT NULL,
+    description TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (group_name, version)
+)"""
+
+
+def connect_local(path: Path) -> sqlite3.Connection:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    con = sqlite3.connect(path, timeout=60, isolation_level=None)
+    con.execute(_SCHEMA)
+    return con
+
+
+def register_local(path: Path, group, approval_status, description, metadata) -> dict:
+    con = connect_local(path)
+    try:
+        # IMMEDIATE takes the write lock first, so concurrent runs get distinct version numbers.
+        con.execute("BEGIN IMMEDIATE")
+        (last,) = con.execute("SELECT COALESCE(MAX(version), 0) FROM model_packages WHERE group_name = ?",
+                              (group,)).fetchone()
+        version = last + 1
+        arn = f"local:model-package/{group}/{version}"
+        created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        con.execute("INSERT INTO model_packages VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (group, version, arn, approval_status, description, json.dumps(metadata, sort_keys=True),
+                     created))
+        con.execute("COMMIT")
+    except sqlite3.Error as exc:
+        raise StepError(f"local registry {path}: {exc}; check the file is writable and not corrupt")
+    finally:
+        con.close()
+    return {"registry": "local", "location": str(path), "model_package_group": group, "version": version,
+            "model_package_arn": arn, "approval_status": approval_status, "created_at": created}
+
+
+def list_local(path: Path, group: str | None = None) -> list[dict]:
+    if not Path(path).exists():
+        return []
+    con = connect_local(Path(path))
+    try:
+        query = "SELECT group_name, version, arn, approval_status, description, metadata, created_at FROM model_packages"
+        args: tuple = ()
+        if group:
+            query += " WHERE group_name = ?"
+            args = (group,)
+        rows = con.execute(query + " ORDER BY group_name, version", args).fetchall()
+    finally:
+        con.close()
+    keys = ("model_package_group", "version", "model_package_arn", "approval_status", "description", "metadata",
+            "created_at")
+    return [dict(zip(keys, row[:5] + (json.loads(row[5]),) + row[6:])) for row in rows]
+
+
+def register_sagemaker(group, approval_status, description, metadata) -> dict:
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    client = boto3.client("sagemaker")
+    try:
+        try:
+            client.create_model_package_group(ModelPackageGroupName=group,
+                                              ModelPackageGroupDescription="allpairs similarity artifacts")
+        except ClientError as exc:
+            if "already exists" not in str(exc).lower():
+                raise
+        response = client.create_model_package(
+            ModelPackageGroupName=group,
+            ModelPackageDescription=description[:1024],
+            ModelApprovalStatus=approval_status,
+            CustomerMetadataProperties=metadata,
+        )
+    except (ClientError, BotoCoreError) as exc:
+        raise StepError(f"SageMaker Model Registry, group {group!r}: {exc}; the execution role needs "
+                        "sagemaker:CreateModelPackageGroup and sagemaker:CreateModelPackage")
+    arn = response["ModelPackageArn"]
+    return {"registry": "sagemaker", "model_package_group": group, "version": int(arn.rsplit("/", 1)[-1]),
+            "model_package_arn": arn, "approval_status": approval_status,
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}

@@ -1,0 +1,109 @@
+"""The blocked kernel equals brute force, for every block size, chunking and host split."""
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from steps.kernel import Corpus, canonical_scores, dot_error_bound, top_k
+from tests.brute import brute_force, normalize
+
+
+def run(X, k, min_score=None, budget=1 << 20, chunk=None, hosts=1):
+    chunk = chunk or max(len(X), 1)
+    corpus = Corpus([X[i: i + chunk] for i in range(0, len(X), chunk)])
+    parts = []
+    for h in range(hosts):
+        start, stop = h * len(X) // hosts, (h + 1) * len(X) // hosts
+        parts += list(top_k(corpus, start, stop, k, min_score, budget))
+    firsts = [p[0] for p in parts]
+    assert firsts == sorted(firsts)
+    return np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts])
+
+
+def tricky_matrix(rng, n, d):
+    X = rng.standard_normal((n, d)).astype(np.float32)
+    X[n // 3] = X[1]                       # duplicates: exact ties, both real neighbours
+    X[n // 2] = X[1]
+    X[2] = 0                               # a zero row
+    X[5: 5 + n // 4] = np.round(X[5: 5 + n // 4])  # many exact ties among small-integer rows
+    return normalize(X)
+
+
+@pytest.mark.parametrize("budget", [1 << 14, 1 << 18, 1 << 26])
+@pytest.mark.parametrize("chunk", [13, 64, None])
+@pytest.mark.parametrize("hosts", [1, 2, 5])
+def test_equals_brute_force_for_any_blocking(budget, chunk, hosts):
+    X = tricky_matrix(np.random.default_rng(1), 200, 6)
+    for k, thr in [(7, None), (7, 0.4)]:
+        neighbors, scores = run(X, k, thr, budget, chunk, hosts)
+        bn, bs = brute_force(X, k, thr)
+        assert np.array_equal(neighbors, bn)
+        assert np.array_equal(scores, bs, equal_nan=True)
+
+
+def test_bit_identical_across_hosts_and_budgets():
+    X = normalize(np.random.default_rng(2).standard_normal((700, 48)))
+    reference = run(X, 12)
+    for budget, chunk, hosts in [(1 << 14, 50, 3), (1 << 30, None, 1), (1 << 17, 333, 7)]:
+        neighbors, scores = run(X, 12, budget=budget, chunk=chunk, hosts=hosts)
+        assert neighbors.tobytes() == reference[0].tobytes()
+        assert scores.tobytes() == reference[1].tobytes()
+
+
+def test_semantics_ties_self_zero_rows_and_padding():
+    X = normalize(np.array([[1, 0], [1, 0], [0, 0], [1, 0], [0, 1], [-1, 0]], dtype=np.float32))
+    neighbors, scores = run(X, 4)
+    # Row 0: the duplicates 1 and 3 tie at 1.0 (lower index first); the zero row 2 is nobody's neighbour.
+    assert neighbors[0].tolist() == [1, 3, 4, 5]
+    assert scores[0].tolist() == [1.0, 1.0, 0.0, -1.0]
+    assert neighbors[2].tolist() == [-1, -1, -1, -1] and np.isnan(scores[2]).all()
+    assert 2 not in neighbors
+
+
+def test_threshold_is_inclusive_and_pads():
+    X = normalize(np.array([[1, 0], [1, 1], [0, 1], [-1, 0]], dtype=np.float32))
+    exact = canonical_scores(X[:1], X[None, 1:2])[0, 0]
+    neighbors, scores = run(X, 3, min_score=float(exact))
+    assert neighbors[0].tolist() == [1, -1, -1]
+    assert scores[0, 0] == exact and np.isnan(scores[0, 1:]).all()
+
+
+@pytest.mark.parametrize("n,k", [(1, 1), (1, 5), (2, 5), (9, 8), (9, 9), (9, 50)])
+def test_k_at_least_rows_and_single_row(n, k):
+    X = normalize(np.random.default_rng(n).standard_normal((n, 3)))
+    neighbors, scores = run(X, k)
+    bn, bs = brute_force(X, k)
+    assert np.array_equal(neighbors, bn) and np.array_equal(scores, bs, equal_nan=True)
+    assert (neighbors[:, n - 1:] == -1).all()
+
+
+def test_many_near_ties_widen_the_row():
+    # 300 copies of one direction plus tiny perturbations: far more near-ties than the selection buffer.
+    rng = np.random.default_rng(3)
+    base = rng.standard_normal(16)
+    X = normalize(base + rng.standard_normal((300, 16)) * 1e-7)
+    neighbors, scores = run(X, 5, budget=1 << 14, chunk=37, hosts=3)
+    bn, bs = brute_force(X, 5)
+    assert np.array_equal(neighbors, bn) and np.array_equal(scores, bs, equal_nan=True)
+
+
+def test_error_bound_covers_float32_products():
+    X = normalize(np.random.default_rng(4).standard_normal((300, 512)))
+    approx = X @ X.T
+    exact = X.astype(np.float64) @ X.astype(np.float64).T
+    assert np.abs(approx - exact).max() < dot_error_bound(512)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(1, 40), d=st.integers(1, 5), k=st.integers(1, 12), hosts=st.integers(1, 6),
+    budget=st.sampled_from([1 << 12, 1 << 16, 1 << 24]), chunk=st.integers(1, 41),
+    thr=st.sampled_from([None, -0.5, 0.0, 0.5, 1.0]), seed=st.integers(0, 2**16),
+)
+def test_property_equals_brute_force(n, d, k, hosts, budget, chunk, thr, seed):
+    rng = np.random.default_rng(seed)
+    X = rng.integers(-2, 3, size=(n, d)).astype(np.float32)  # small integers: duplicates, zeros and ties
+    Xn = normalize(X)
+    neighbors, scores = run(Xn, k, thr, budget, chunk, min(hosts, n))
+    bn, bs = brute_force(Xn, k, thr)
+    assert np.array_equal(neighbors, bn)
+    assert np.array_equal(scores, bs, equal_nan=True)
