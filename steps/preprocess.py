@@ -1,0 +1,309 @@
+"""Preprocess step: read the matrix, validate, L2-normalize, write float32 chunks + ids + manifest.
+
+    python3 -m steps.preprocess --input-uri <InputData> [--id-column NAME] [--non-finite error|drop]
+                                [--chunk-rows N]
+
+Reads the channel /opt/ml/processing/input/matrix/ (see steps/readers.py for formats and file rules) and
+writes /opt/ml/processing/output/normalized/ as docs/container-contract.md section 1 says.
+
+Streaming: the input is read in bounded batches; at most one output chunk (float32) and one input batch
+(float64) are in memory, plus the set of ids seen (for the duplicate check).
+
+All-or-nothing output: everything is written under `<output>/.partial/` and moved into place only once the
+whole input has been read and checked; the manifest goes last. On any failure `.partial/` is removed, so the
+output directory never holds a half-written result (and never a manifest describing one).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import paths
+from .errors import StepError, run_step
+from .io import sha256_file, sha256_text, write_json, write_npy
+from .readers import MatrixBatch, MatrixPlan, batch_rows_for, describe_row, iter_matrix, plan_matrix
+
+MANIFEST_FORMAT = "allpairs.normalized"
+MANIFEST_VERSION = 1
+DEFAULT_CHUNK_ROWS = 65536
+STAGING_DIR = ".partial"
+DROPPED_SAMPLE_SIZE = 10  # dropped rows listed by name in the manifest; the rest are only counted
+
+
+# ---------------------------------------------------------------------------------------------- arguments
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse that raises StepError, so a bad argument lands in the failure file like any other error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        usage = " ".join(self.format_usage().split())  # one line: the failure file holds one line
+        raise StepError(f"bad arguments: {message}; {usage}")
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = _ArgumentParser(prog="python -m steps.preprocess", description=__doc__.splitlines()[0])
+    parser.add_argument("--input-uri", required=True, help="where the input came from (recorded in the manifest)")
+    parser.add_argument("--id-column", default=None, help="column holding the row ids (parquet/csv)")
+    parser.add_argument("--non-finite", choices=("error", "drop"), default="error",
+                        help="NaN/inf values: fail (default) or drop those rows and count them")
+    parser.add_argument("--chunk-rows", type=int, default=DEFAULT_CHUNK_ROWS, help="rows per output chunk")
+    args = parser.parse_args(list(argv))
+    if args.chunk_rows < 1:
+        parser.error(f"--chunk-rows must be at least 1, got {args.chunk_rows}")
+    args.id_column = args.id_column or None  # pipelines pass "" for an unset parameter
+    return args
+
+
+# ---------------------------------------------------------------------------------------------- pure functions
+
+
+def normalize_rows(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """L2-normalize float64 rows -> (float32 rows, mask of all-zero rows). All-zero rows stay all-zero.
+
+    Each row is first divided by its largest magnitude, so the sum of squares can neither overflow (1e200)
+    nor underflow (1e-200) in float64.
+    """
+    scale = np.max(np.abs(values), axis=1) if values.shape[1] else np.zeros(len(values))
+    zero = scale == 0
+    scaled = values / np.where(zero, 1.0, scale)[:, None]
+    norms = np.sqrt(np.einsum("ij,ij->i", scaled, scaled))
+    scaled /= np.where(zero, 1.0, norms)[:, None]
+    return scaled.astype(np.float32), zero
+
+
+def non_finite_rows(values: np.ndarray) -> np.ndarray:
+    """Mask of rows holding at least one NaN or infinity."""
+    return ~np.isfinite(values).all(axis=1)
+
+
+def describe_value(value: float) -> str:
+    if np.isnan(value):
+        return "NaN or missing"
+    return "+inf" if value > 0 else "-inf"
+
+
+def column_label(plan: MatrixPlan, index: int) -> str:
+    return f"column {plan.feature_columns[index]!r}" if plan.feature_columns else f"column {index}"
+
+
+def describe_non_finite(plan: MatrixPlan, batch: MatrixBatch, row: int) -> str:
+    """'<file> row R column C: value is NaN or missing' for the first bad value of a batch row."""
+    col = int(np.flatnonzero(~np.isfinite(batch.values[row]))[0])
+    return f"{batch.where(row)} {column_label(plan, col)}: value is {describe_value(batch.values[row, col])}"
+
+
+# ---------------------------------------------------------------------------------------------- writers
+
+
+@dataclass
+class ChunkWriter:
+    """Collects normalized rows into fixed-size float32 chunks and writes each one atomically."""
+
+    directory: Path
+    chunk_rows: int
+    dim: int
+    chunks: list[dict] = field(default_factory=list)
+    rows_written: int = 0
+
+    def __post_init__(self) -> None:
+        self._buffer = np.empty((self.chunk_rows, self.dim), dtype=np.float32)
+        self._filled = 0
+
+    def add(self, rows: np.ndarray) -> None:
+        taken = 0
+        while taken < len(rows):
+            n = min(len(rows) - taken, self.chunk_rows - self._filled)
+            self._buffer[self._filled:self._filled + n] = rows[taken:taken + n]
+            self._filled += n
+            taken += n
+            if self._filled == self.chunk_rows:
+                self.flush()
+
+    def flush(self) -> None:
+        if not self._filled:
+            return
+        name = f"chunks/chunk-{len(self.chunks):06d}.npy"
+        write_npy(self.directory / name, self._buffer[:self._filled])
+        start = self.rows_written
+        self.rows_written += self._filled
+        self.chunks.append({"file": name, "start": start, "stop": self.rows_written,
+                            "sha256": sha256_file(self.directory / name)})
+        self._filled = 0
+
+
+class IdsWriter:
+    """Streams ids into ids.parquet (one column `id`), one row group per batch."""
+
+    def __init__(self, path: Path, id_type: str) -> None:
+        self.path = path
+        self._type = pa.int64() if id_type == "int64" else pa.string()
+        self._writer = pq.ParquetWriter(path, pa.schema([("id", self._type)]))
+
+    def add(self, ids: np.ndarray) -> None:
+        if len(ids):
+            self._writer.write_table(pa.table({"id": pa.array(ids, type=self._type)}))
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+class DuplicateIdCheck:
+    """Remembers where each id was seen. Memory grows with the number of rows (one dict entry per id):
+    acceptable next to the matrix itself, and the only way to name both rows of a duplicate in one pass."""
+
+    def __init__(self) -> None:
+        self._seen: dict = {}
+
+    def add(self, ids: np.ndarray, batch: MatrixBatch, kept: np.ndarray) -> None:
+        for row, value in zip(np.flatnonzero(kept).tolist(), ids.tolist()):
+            first = self._seen.setdefault(value, (batch.key, batch.file_row + row))
+            if first != (batch.key, batch.file_row + row):
+                raise StepError(
+                    f"duplicate id {value!r}: {describe_row(*first)} and {batch.where(row)}; "
+                    "ids must be unique: fix the id column (or name another with --id-column)"
+                )
+
+
+# ---------------------------------------------------------------------------------------------- the step
+
+
+@dataclass
+class Counts:
+    zero_rows: int = 0
+    dropped_rows: int = 0
+    dropped_sample: list[str] = field(default_factory=list)
+    rows_per_file: dict[str, int] = field(default_factory=dict)
+
+
+def preprocess(input_dir: Path, output_dir: Path, input_uri: str, id_column: str | None = None,
+               non_finite: str = "error", chunk_rows: int = DEFAULT_CHUNK_ROWS) -> dict:
+    """Run the whole step; returns the manifest it wrote."""
+    started = time.monotonic()
+    plan = plan_matrix(input_dir, id_column)
+    staging = output_dir / STAGING_DIR
+    shutil.rmtree(staging, ignore_errors=True)  # left over from a crashed run
+    staging.mkdir(parents=True)
+    try:
+        manifest = _write_normalized(plan, staging, input_uri, non_finite, chunk_rows)
+        manifest["seconds"] = round(time.monotonic() - started, 3)
+        write_json(staging / "manifest.json", manifest)
+        _publish(staging, output_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _write_normalized(plan: MatrixPlan, staging: Path, input_uri: str, non_finite: str, chunk_rows: int) -> dict:
+    chunks = ChunkWriter(staging, chunk_rows, plan.dim)
+    ids_writer = IdsWriter(staging / "ids.parquet", plan.id_type)
+    duplicates = DuplicateIdCheck() if plan.id_column else None  # row numbers are unique by construction
+    counts = Counts(rows_per_file={f.key: 0 for f in plan.files})
+    try:
+        for batch in iter_matrix(plan, batch_rows_for(plan.dim, chunk_rows)):
+            counts.rows_per_file[batch.key] += len(batch.values)
+            kept = _kept_rows(plan, batch, non_finite, counts)
+            if duplicates:
+                duplicates.add(batch.ids[kept], batch, kept)
+            normalized, zero = normalize_rows(batch.values[kept])
+            counts.zero_rows += int(zero.sum())
+            chunks.add(normalized)
+            ids_writer.add(batch.ids[kept])
+        chunks.flush()
+    finally:
+        ids_writer.close()
+    _check_not_empty(plan, chunks.rows_written, counts)
+    return _manifest(plan, input_uri, non_finite, chunk_rows, chunks, ids_writer.path, counts)
+
+
+def _kept_rows(plan: MatrixPlan, batch: MatrixBatch, non_finite: str, counts: Counts) -> np.ndarray:
+    bad = non_finite_rows(batch.values)
+    if not bad.any():
+        return ~bad
+    if non_finite == "error":
+        raise StepError(
+            f"{describe_non_finite(plan, batch, int(np.flatnonzero(bad)[0]))}; "
+            "fix the input, or pass --non-finite drop to drop such rows"
+        )
+    for row in np.flatnonzero(bad)[:max(0, DROPPED_SAMPLE_SIZE - len(counts.dropped_sample))]:
+        counts.dropped_sample.append(describe_non_finite(plan, batch, int(row)))
+    counts.dropped_rows += int(bad.sum())
+    return ~bad
+
+
+def _check_not_empty(plan: MatrixPlan, rows: int, counts: Counts) -> None:
+    if rows:
+        return
+    where = plan.files[0].key if len(plan.files) == 1 else f"{len(plan.files)} files ({plan.files[0].key}, ...)"
+    if counts.dropped_rows:
+        raise StepError(
+            f"{where}: all {counts.dropped_rows} rows hold NaN or infinite values and were dropped; "
+            "nothing is left to compare: fix the input"
+        )
+    raise StepError(f"{where}: no data rows; point InputData at a matrix with at least one row")
+
+
+def _manifest(plan: MatrixPlan, input_uri: str, non_finite: str, chunk_rows: int, chunks: ChunkWriter,
+              ids_path: Path, counts: Counts) -> dict:
+    files = [{"key": f.key, "bytes": f.bytes, "sha256": sha256_file(f.path), "rows": counts.rows_per_file[f.key]}
+             for f in plan.files]
+    ids_hash = sha256_file(ids_path)
+    return {
+        "format": MANIFEST_FORMAT,
+        "version": MANIFEST_VERSION,
+        "rows": chunks.rows_written,
+        "dim": plan.dim,
+        "dtype": "float32",
+        "chunk_rows": chunk_rows,
+        "chunks": chunks.chunks,
+        "ids": {"file": "ids.parquet", "source": plan.id_source, "type": plan.id_type, "sha256": ids_hash},
+        "zero_rows": counts.zero_rows,
+        "dropped_rows": counts.dropped_rows,
+        "dropped_sample": counts.dropped_sample,
+        "non_finite": non_finite,
+        "input": {
+            "uri": input_uri,
+            "format": plan.format,
+            "files": files,
+            "fingerprint": sha256_text(*[part for f in files for part in (f["key"], f["sha256"])]),
+            "source_dtype": plan.source_dtype,
+            "columns": list(plan.feature_columns),
+            "id_column": plan.id_column,
+        },
+        "fingerprint": sha256_text(*[c["sha256"] for c in chunks.chunks], ids_hash),
+    }
+
+
+def _publish(staging: Path, output_dir: Path) -> None:
+    """Move the finished result into place: old manifest out first, new manifest in last."""
+    (output_dir / "manifest.json").unlink(missing_ok=True)
+    shutil.rmtree(output_dir / "chunks", ignore_errors=True)
+    os.replace(staging / "chunks", output_dir / "chunks")
+    os.replace(staging / "ids.parquet", output_dir / "ids.parquet")
+    os.replace(staging / "manifest.json", output_dir / "manifest.json")
+    staging.rmdir()
+
+
+def main(argv: Sequence[str]) -> None:
+    args = parse_args(argv)
+    manifest = preprocess(paths.processing_input("matrix"), paths.processing_output("normalized"), args.input_uri,
+                          args.id_column, args.non_finite, args.chunk_rows)
+    print(f"preprocess: {manifest['rows']} rows x {manifest['dim']} from {len(manifest['input']['files'])} "
+          f"{manifest['input']['format']} file(s); {len(manifest['chunks'])} chunk(s); ids from "
+          f"{manifest['ids']['source']}; {manifest['zero_rows']} all-zero row(s); "
+          f"{manifest['dropped_rows']} dropped row(s)")
+
+
+if __name__ == "__main__":
+    sys.exit(run_step("preprocess", main))
