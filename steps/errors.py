@@ -1,6 +1,7 @@
 """One exception type for the steps, and the wrapper that turns it into SageMaker's failure file."""
 from __future__ import annotations
 
+import argparse
 import sys
 import traceback
 from typing import Callable, Sequence
@@ -10,6 +11,14 @@ from . import paths
 
 class StepError(Exception):
     """A failure the user can fix: the message says where, what and how."""
+
+
+class StepArgumentParser(argparse.ArgumentParser):
+    """argparse that raises StepError, so a bad argument lands in the failure file like any other error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        usage = " ".join(self.format_usage().split())  # one line: the failure file holds one line
+        raise StepError(f"bad arguments: {message}; {usage}")
 
 
 def run_step(name: str, main: Callable[[Sequence[str]], None], argv: Sequence[str] | None = None) -> int:

@@ -6,7 +6,6 @@ and no artifact file or registry entry is written unless all of them pass. See d
 """
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
@@ -21,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import paths, registry
-from .errors import StepError, run_step
+from .errors import StepArgumentParser, StepError, run_step
 from .io import atomic_path, sha256_file, write_json
 from .normalized import MANIFEST, load_normalized
 
@@ -234,7 +233,7 @@ def registry_metadata(manifest: dict) -> dict[str, str]:
 
 
 def main(argv: Sequence[str]) -> None:
-    parser = argparse.ArgumentParser(prog="merge", description=__doc__)
+    parser = StepArgumentParser(prog="python -m steps.merge", description=__doc__.splitlines()[0])
     parser.add_argument("--execution-id", required=True)
     parser.add_argument("--artifact-uri", required=True)
     parser.add_argument("--model-package-group", required=True)

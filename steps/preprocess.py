@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import paths
-from .errors import StepError, run_step
+from .errors import StepArgumentParser, StepError, run_step
 from .io import sha256_file, sha256_text, write_json, write_npy
 from .readers import MatrixBatch, MatrixPlan, batch_rows_for, describe_row, iter_matrix, plan_matrix
 
@@ -43,16 +43,8 @@ DROPPED_SAMPLE_SIZE = 10  # dropped rows listed by name in the manifest; the res
 # ---------------------------------------------------------------------------------------------- arguments
 
 
-class _ArgumentParser(argparse.ArgumentParser):
-    """argparse that raises StepError, so a bad argument lands in the failure file like any other error."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        usage = " ".join(self.format_usage().split())  # one line: the failure file holds one line
-        raise StepError(f"bad arguments: {message}; {usage}")
-
-
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    parser = _ArgumentParser(prog="python -m steps.preprocess", description=__doc__.splitlines()[0])
+    parser = StepArgumentParser(prog="python -m steps.preprocess", description=__doc__.splitlines()[0])
     parser.add_argument("--input-uri", required=True, help="where the input came from (recorded in the manifest)")
     parser.add_argument("--id-column", default=None, help="column holding the row ids (parquet/csv)")
     parser.add_argument("--non-finite", choices=("error", "drop"), default="error",

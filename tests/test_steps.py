@@ -1,0 +1,91 @@
+"""The three step programs chained by hand, as SageMaker would start them (no runner involved)."""
+import json
+import os
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from steps import merge, preprocess, similarity
+from steps.errors import run_step
+from tests.brute import brute_force, normalize
+
+
+def use_root(monkeypatch, root):
+    monkeypatch.setenv("ALLPAIRS_OPT_ML", str(root))
+    return root
+
+
+def run_preprocess(monkeypatch, tmp_path, X):
+    root = use_root(monkeypatch, tmp_path / "pre")
+    (root / "processing/input/matrix").mkdir(parents=True)
+    np.save(root / "processing/input/matrix/x.npy", X)
+    assert run_step("preprocess", preprocess.main, ["--input-uri", "x.npy", "--chunk-rows", "40"]) == 0
+    return root / "processing/output/normalized"
+
+
+def run_hosts(monkeypatch, tmp_path, normalized, hosts, k, budget_mb=16, min_score=-1.0):
+    model = tmp_path / f"model-{hosts}-{budget_mb}"
+    names = [f"algo-{i + 1}" for i in range(hosts)]
+    for name in names:
+        root = use_root(monkeypatch, tmp_path / f"h{hosts}-{budget_mb}" / name)
+        (root / "input/config").mkdir(parents=True)
+        (root / "input/data").mkdir(parents=True)
+        (root / "input/data/normalized").symlink_to(normalized)
+        (root / "model").symlink_to(model) if model.exists() else (model.mkdir(), (root / "model").symlink_to(model))
+        (root / "input/config/resourceconfig.json").write_text(json.dumps({"current_host": name, "hosts": names}))
+        (root / "input/config/hyperparameters.json").write_text(json.dumps(
+            {"top_k": str(k), "min_score": str(min_score), "memory_budget_mb": str(budget_mb), "threads": "0"}))
+        assert run_step("similarity", similarity.main, []) == 0, (root / "output/failure").read_text()
+    return model
+
+
+def run_merge(monkeypatch, tmp_path, normalized, model, tag):
+    root = use_root(monkeypatch, tmp_path / f"merge-{tag}")
+    (root / "processing/input").mkdir(parents=True)
+    (root / "processing/input/shards").symlink_to(model)
+    (root / "processing/input/normalized").symlink_to(normalized)
+    monkeypatch.setenv("ALLPAIRS_LOCAL_REGISTRY", str(tmp_path / "registry.sqlite"))
+    code = run_step("merge", merge.main, ["--execution-id", f"exec-{tag}", "--artifact-uri", f"/out/{tag}",
+                                          "--model-package-group", "g", "--parameter", "TopK=5"])
+    return code, root
+
+
+def test_steps_chain_equals_brute_force_for_any_host_count(monkeypatch, tmp_path):
+    rng = np.random.default_rng(7)
+    X = rng.standard_normal((130, 12)).astype(np.float32)
+    X[50] = X[3]
+    X[9] = 0
+    normalized = run_preprocess(monkeypatch, tmp_path, X)
+    digests = set()
+    for hosts, budget in [(1, 16), (3, 16), (4, 64)]:
+        model = run_hosts(monkeypatch, tmp_path, normalized, hosts, k=5, budget_mb=budget)
+        code, root = run_merge(monkeypatch, tmp_path, normalized, model, f"{hosts}-{budget}")
+        assert code == 0, (root / "output/failure").read_text()
+        out = root / "processing/output/artifact"
+        neighbors, scores = np.load(out / "neighbors.npy"), np.load(out / "scores.npy")
+        bn, bs = brute_force(normalize(X), 5)
+        assert neighbors.dtype == np.int32
+        assert np.array_equal(neighbors, bn) and np.array_equal(scores, bs, equal_nan=True)
+        digests.add((out / "neighbors.npy").read_bytes() + (out / "scores.npy").read_bytes())
+        edges = pq.read_table(out / "neighbors.parquet").to_pandas()
+        assert len(edges) == int((bn >= 0).sum())
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert manifest["counts"]["zero_rows"] == 1 and manifest["counts"]["pairs"] == len(edges)
+        registration = json.loads((out / "registration.json").read_text())
+        assert registration["model_package_arn"].startswith("local:model-package/g/")
+    assert len(digests) == 1
+
+
+def test_merge_refuses_a_missing_shard_and_writes_nothing(monkeypatch, tmp_path):
+    X = np.random.default_rng(8).standard_normal((30, 4)).astype(np.float32)
+    normalized = run_preprocess(monkeypatch, tmp_path, X)
+    model = run_hosts(monkeypatch, tmp_path, normalized, 3, k=3)
+    os.unlink(model / "shard-algo-2.json")
+    code, root = run_merge(monkeypatch, tmp_path, normalized, model, "missing")
+    assert code == 1
+    assert (root / "output/failure").read_text() == (
+        f"merge: {root}/processing/input/shards: no shard from host algo-2 of 3 hosts; rerun the Similarity step "
+        "(a host failed or its output was lost)\n")
+    assert list((root / "processing/output/artifact").iterdir()) == []
+    assert not (tmp_path / "registry.sqlite").exists()
