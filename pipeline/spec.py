@@ -1,0 +1,539 @@
+"""Load and validate pipeline.yaml.
+
+The schema is data (the `_SCHEMA` tables below), checked against the composed YAML node tree so that every
+error can name the file, the line and the YAML path: one line, what is wrong and what is expected, e.g.
+
+    pipeline.yaml:14: similarity.memory_budget_mb: must be an integer >= 16, got 'lots'
+
+Imports nothing heavy: `validate` and the local runner must not pay for the SageMaker SDK.
+"""
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from pipeline.errors import SpecError
+
+# The runtime parameters of the pipeline, in definition order, with their SageMaker types.
+PARAMETER_TYPES: dict[str, str] = {
+    "InputData": "String",
+    "OutputPrefix": "String",
+    "InstanceCount": "Integer",
+    "InstanceType": "String",
+    "TopK": "Integer",
+    "MinScore": "Float",
+    "ModelPackageGroup": "String",
+    "ApprovalStatus": "String",
+}
+PARAMETER_NAMES: tuple[str, ...] = tuple(PARAMETER_TYPES)
+APPROVAL_STATUSES: tuple[str, ...] = ("PendingManualApproval", "Approved", "Rejected")
+NON_FINITE_POLICIES: tuple[str, ...] = ("error", "drop")
+
+# Service limits (CreateProcessingJob / CreateTrainingJob): checked here so a typo fails at validate time.
+MAX_PROCESSING_RUNTIME = 5 * 24 * 3600
+MAX_TRAINING_RUNTIME = 28 * 24 * 3600
+MAX_VOLUME_GB = 16384
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The result
+
+
+@dataclass(frozen=True)
+class InputSettings:
+    id_column: str | None
+    non_finite: str  # "error" | "drop"
+
+
+@dataclass(frozen=True)
+class ProcessingSettings:
+    instance_type: str
+    volume_gb: int
+    max_runtime_seconds: int
+
+
+@dataclass(frozen=True)
+class PreprocessSettings(ProcessingSettings):
+    chunk_rows: int
+
+
+@dataclass(frozen=True)
+class SimilaritySettings:
+    volume_gb: int
+    max_runtime_seconds: int
+    memory_budget_mb: int
+
+
+@dataclass(frozen=True)
+class LocalSettings:
+    workdir: Path  # absolute
+    parameters: dict[str, Any]  # overrides as written (typed; paths not yet resolved)
+
+
+@dataclass(frozen=True)
+class Spec:
+    path: Path  # absolute path of the spec file
+    name: str
+    region: str
+    role_arn: str
+    image: str
+    parameters: dict[str, Any]  # defaults of the 8 runtime parameters, in PARAMETER_NAMES order
+    instance_types: tuple[str, ...] | None
+    input: InputSettings
+    preprocess: PreprocessSettings
+    similarity: SimilaritySettings
+    merge: ProcessingSettings
+    local: LocalSettings
+    lines: dict[str, int] = field(default_factory=dict, repr=False, compare=False)  # YAML path -> line
+
+    @property
+    def root(self) -> Path:
+        """The folder of the spec file: relative local paths are resolved against it."""
+        return self.path.parent
+
+    def local_parameters(self) -> dict[str, Any]:
+        """`local.parameters` with local paths made absolute (relative to the spec's folder).
+
+        Values with a URI scheme (s3://, file://) are left alone; non-path parameters are returned as is.
+        """
+        out = dict(self.local.parameters)
+        for name in _PATH_PARAMETERS:
+            value = out.get(name)
+            if isinstance(value, str) and not _has_scheme(value):
+                out[name] = str((self.root / Path(value).expanduser()).resolve())
+        return out
+
+    def where(self, yaml_path: str) -> str:
+        """`file:line` of a YAML path, for errors raised after loading (e.g. by the compiler)."""
+        line = self.lines.get(yaml_path)
+        return f"{_display(self.path)}:{line}" if line else _display(self.path)
+
+
+_PATH_PARAMETERS = ("InputData", "OutputPrefix")
+
+
+def _has_scheme(value: str) -> bool:
+    return re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", value) is not None
+
+
+def _display(path: Path) -> str:
+    """The spec's path as the user would type it: relative to the working directory when inside it."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Value checks: each returns the cleaned value or raises _Invalid(expected), phrased to follow "must be".
+
+
+class _Invalid(Exception):
+    def __init__(self, expected: str, hint: str = ""):
+        super().__init__(expected)
+        self.expected = expected
+        self.hint = hint
+
+
+Check = Callable[[Any], Any]
+
+
+def _show(value: Any) -> str:
+    """A value as the user wrote it in YAML terms."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return repr(value)
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return str(value)
+
+
+def _integer(lo: int | None = None, hi: int | None = None) -> Check:
+    expected = "an integer" + (
+        f" between {lo} and {hi}" if lo is not None and hi is not None else f" >= {lo}" if lo is not None else ""
+    )
+
+    def check(value: Any) -> int:
+        # YAML `true` is a bool, and bool is an int in Python: reject it explicitly.
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _Invalid(expected)
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            raise _Invalid(expected)
+        return value
+
+    return check
+
+
+def _number(lo: float, hi: float) -> Check:
+    expected = f"a number between {lo:g} and {hi:g}"
+
+    def check(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _Invalid(expected)
+        if not lo <= value <= hi:  # also rejects .nan
+            raise _Invalid(expected)
+        return float(value)  # ParameterFloat refuses an int default
+
+    return check
+
+
+def _choice(options: tuple[str, ...]) -> Check:
+    expected = "one of " + ", ".join(repr(o) for o in options)
+
+    def check(value: Any) -> str:
+        if value not in options or not isinstance(value, str):
+            close = difflib.get_close_matches(str(value), options, n=1)
+            raise _Invalid(expected, f"did you mean {close[0]!r}?" if close else "")
+        return value
+
+    return check
+
+
+def _pattern(regex: str, expected: str, max_len: int | None = None) -> Check:
+    compiled = re.compile(regex)
+
+    def check(value: Any) -> str:
+        if not isinstance(value, str) or not compiled.fullmatch(value):
+            raise _Invalid(expected)
+        if max_len is not None and len(value) > max_len:
+            raise _Invalid(expected)
+        return value
+
+    return check
+
+
+def _optional(check: Check) -> Check:
+    def wrapped(value: Any) -> Any:
+        return None if value is None else check(value)
+
+    return wrapped
+
+
+def _s3_uri(strip_slash_hint: bool) -> Check:
+    expected = "an s3:// URI" + (" with no trailing '/'" if strip_slash_hint else "")
+    hint = "local paths go under local.parameters"
+
+    def check(value: Any) -> str:
+        if not isinstance(value, str) or not re.fullmatch(r"s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/\S*)?", value):
+            raise _Invalid(expected, hint if isinstance(value, str) and "://" not in value else "")
+        if strip_slash_hint and value.endswith("/"):
+            raise _Invalid(expected)
+        return value
+
+    return check
+
+
+def _location(no_trailing_slash: bool) -> Check:
+    """A local run's data location: s3:// or file:// URI, or a path (relative to the spec's folder)."""
+    expected = "an s3:// URI, a file:// URI or a path" + (" with no trailing '/'" if no_trailing_slash else "")
+
+    def check(value: Any) -> str:
+        if not isinstance(value, str) or not value.strip() or value != value.strip():
+            raise _Invalid(expected)
+        if _has_scheme(value) and not value.startswith(("s3://", "file://")):
+            raise _Invalid(expected)
+        if no_trailing_slash and value.endswith("/") and value.rstrip("/"):
+            raise _Invalid(expected)
+        return value
+
+    return check
+
+
+_INSTANCE_TYPE = _pattern(r"ml\.[a-z0-9]+(\.[a-z0-9]+)+", "a SageMaker instance type like 'ml.m5.xlarge'")
+_NON_EMPTY = _pattern(r"\S(.*\S)?", "a non-empty string")
+
+# Parameter defaults for cloud executions, and the local overrides: same types, different location rules.
+_PARAMETER_CHECKS: dict[str, Check] = {
+    "InputData": _s3_uri(False),
+    "OutputPrefix": _s3_uri(True),
+    "InstanceCount": _integer(1, 1000),
+    "InstanceType": _INSTANCE_TYPE,
+    "TopK": _integer(1, 100000),
+    "MinScore": _number(-1, 1),
+    "ModelPackageGroup": _pattern(
+        r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}",
+        "a model package group name: letters, digits and hyphens, at most 63 characters",
+    ),
+    "ApprovalStatus": _choice(APPROVAL_STATUSES),
+}
+_LOCAL_PARAMETER_CHECKS = {**_PARAMETER_CHECKS, "InputData": _location(False), "OutputPrefix": _location(True)}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The schema. A key maps to (check, default); _REQUIRED marks keys without a default. A nested dict is a
+# section (a mapping; an absent optional section gets every default).
+
+_REQUIRED = object()
+
+
+def _section(keys: dict[str, Any], required: bool = False) -> dict[str, Any]:
+    return {"__section__": True, "__required__": required, **keys}
+
+
+_SCHEMA: dict[str, Any] = {
+    "name": (
+        _pattern(
+            r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,255}",
+            "a SageMaker pipeline name: letters, digits and hyphens (no underscores), "
+            "starting and ending with a letter or digit, at most 256 characters",
+        ),
+        _REQUIRED,
+    ),
+    "region": (_pattern(r"[a-z]{2}(-[a-z]+)+-\d+", "an AWS region like 'us-east-1'"), _REQUIRED),
+    "role_arn": (
+        _pattern(
+            r"arn:aws[a-z\-]*:iam::\d{12}:role/[\w+=,.@\-/]+",
+            "an IAM role ARN like 'arn:aws:iam::123456789012:role/Name'",
+        ),
+        _REQUIRED,
+    ),
+    "image": (_pattern(r"\S+", "a container image URI like '<account>.dkr.ecr.<region>.amazonaws.com/allpairs:tag'"), _REQUIRED),
+    "parameters": _section(
+        {
+            "InputData": (_PARAMETER_CHECKS["InputData"], _REQUIRED),
+            "OutputPrefix": (_PARAMETER_CHECKS["OutputPrefix"], _REQUIRED),
+            "InstanceCount": (_PARAMETER_CHECKS["InstanceCount"], 1),
+            "InstanceType": (_PARAMETER_CHECKS["InstanceType"], _REQUIRED),
+            "TopK": (_PARAMETER_CHECKS["TopK"], 10),
+            "MinScore": (_PARAMETER_CHECKS["MinScore"], -1.0),
+            "ModelPackageGroup": (_PARAMETER_CHECKS["ModelPackageGroup"], None),  # None: the pipeline name
+            "ApprovalStatus": (_PARAMETER_CHECKS["ApprovalStatus"], "PendingManualApproval"),
+        },
+        required=True,
+    ),
+    "instance_types": "list",  # special-cased: optional non-empty list of unique instance types
+    "input": _section(
+        {
+            "id_column": (_optional(_NON_EMPTY), None),
+            "non_finite": (_choice(NON_FINITE_POLICIES), "error"),
+        }
+    ),
+    "preprocess": _section(
+        {
+            "instance_type": (_INSTANCE_TYPE, "ml.m5.xlarge"),
+            "volume_gb": (_integer(1, MAX_VOLUME_GB), 30),
+            "max_runtime_seconds": (_integer(60, MAX_PROCESSING_RUNTIME), 3600),
+            "chunk_rows": (_integer(1), 65536),
+        }
+    ),
+    "similarity": _section(
+        {
+            "volume_gb": (_integer(1, MAX_VOLUME_GB), 30),
+            "max_runtime_seconds": (_integer(60, MAX_TRAINING_RUNTIME), 86400),
+            "memory_budget_mb": (_integer(16), 1024),
+        }
+    ),
+    "merge": _section(
+        {
+            "instance_type": (_INSTANCE_TYPE, "ml.m5.xlarge"),
+            "volume_gb": (_integer(1, MAX_VOLUME_GB), 30),
+            "max_runtime_seconds": (_integer(60, MAX_PROCESSING_RUNTIME), 3600),
+        }
+    ),
+    "local": _section(
+        {
+            "workdir": (_NON_EMPTY, ".allpairs"),
+            "parameters": "overrides",  # special-cased: any subset of the runtime parameters
+        }
+    ),
+}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Walking the node tree
+
+
+class _Walker:
+    def __init__(self, path: Path, loader: yaml.SafeLoader):
+        self.file = _display(path)
+        self.loader = loader
+        self.lines: dict[str, int] = {}
+
+    def fail(self, node: yaml.Node, ypath: str, what: str) -> SpecError:
+        where = f"{self.file}:{node.start_mark.line + 1}"
+        return SpecError(f"{where}: {ypath}: {what}" if ypath else f"{where}: {what}")
+
+    def scalar(self, node: yaml.Node) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            return {}
+        if isinstance(node, yaml.SequenceNode):
+            return []
+        return self.loader.construct_object(node, deep=True)
+
+    def check(self, node: yaml.Node, ypath: str, check: Check) -> Any:
+        value = self.scalar(node)
+        try:
+            return check(value)
+        except _Invalid as bad:
+            hint = f"; {bad.hint}" if bad.hint else ""
+            raise self.fail(node, ypath, f"must be {bad.expected}, got {_show(value)}{hint}") from None
+
+    def mapping(self, node: yaml.Node, ypath: str, allowed: list[str]) -> dict[str, yaml.Node]:
+        """Key -> value node, rejecting non-mappings, non-string keys, duplicates and unknown keys."""
+        if not isinstance(node, yaml.MappingNode):
+            raise self.fail(node, ypath, f"must be a mapping with keys {', '.join(allowed)}, got {_show(self.scalar(node))}")
+        out: dict[str, yaml.Node] = {}
+        for key_node, value_node in node.value:
+            key = self.scalar(key_node)
+            kpath = f"{ypath}.{key}" if ypath else str(key)
+            if not isinstance(key, str):
+                raise self.fail(key_node, kpath, f"keys must be strings, got {_show(key)}")
+            if key in out:
+                first = out[key].start_mark.line + 1
+                raise self.fail(key_node, kpath, f"duplicate key (first set on line {first})")
+            if key not in allowed:
+                close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+                fix = f"did you mean {close[0]!r}?" if close else f"expected one of: {', '.join(allowed)}"
+                raise self.fail(key_node, kpath, f"unknown key; {fix}")
+            out[key] = value_node
+            self.lines[kpath] = value_node.start_mark.line + 1
+        return out
+
+    def section(self, node: yaml.Node | None, ypath: str, schema: dict[str, Any], parent: yaml.Node) -> dict[str, Any]:
+        keys = [k for k in schema if not k.startswith("__")]
+        present = self.mapping(node, ypath, keys) if node is not None and not _is_null(node) else {}
+        out: dict[str, Any] = {}
+        for key in keys:
+            entry = schema[key]
+            kpath = f"{ypath}.{key}" if ypath else key
+            child = present.get(key)
+            if isinstance(entry, dict):
+                if child is None and entry["__required__"]:
+                    raise self.missing(parent if node is None else node, kpath)
+                out[key] = self.section(child, kpath, entry, node if node is not None else parent)
+            elif entry == "list":
+                out[key] = None if child is None or _is_null(child) else self.instance_types(child, kpath)
+            elif entry == "overrides":
+                out[key] = {} if child is None or _is_null(child) else self.overrides(child, kpath)
+            else:
+                check, default = entry
+                if child is None:
+                    if default is _REQUIRED:
+                        raise self.missing(parent if node is None else node, kpath)
+                    out[key] = default
+                else:
+                    out[key] = self.check(child, kpath, check)
+        return out
+
+    def missing(self, node: yaml.Node, kpath: str) -> SpecError:
+        key = kpath.rsplit(".", 1)[-1]
+        return self.fail(node, kpath, f"required key {key!r} is missing")
+
+    def instance_types(self, node: yaml.Node, ypath: str) -> tuple[str, ...]:
+        expected = "a non-empty list of SageMaker instance types"
+        if not isinstance(node, yaml.SequenceNode) or not node.value:
+            raise self.fail(node, ypath, f"must be {expected}, got {_show(self.scalar(node))}")
+        seen: list[str] = []
+        for i, item in enumerate(node.value):
+            value = self.check(item, f"{ypath}[{i}]", _INSTANCE_TYPE)
+            if value in seen:
+                raise self.fail(item, f"{ypath}[{i}]", f"duplicate instance type {value!r}")
+            seen.append(value)
+        return tuple(seen)
+
+    def overrides(self, node: yaml.Node, ypath: str) -> dict[str, Any]:
+        present = self.mapping(node, ypath, list(PARAMETER_NAMES))
+        # Keep PARAMETER_NAMES order so the result does not depend on how the user ordered the YAML.
+        return {
+            name: self.check(present[name], f"{ypath}.{name}", _LOCAL_PARAMETER_CHECKS[name])
+            for name in PARAMETER_NAMES
+            if name in present
+        }
+
+
+def _is_null(node: yaml.Node) -> bool:
+    return isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Public entry point
+
+
+def load_spec(path: str | Path) -> Spec:
+    """Read and validate a pipeline spec; raise SpecError (one line, with file:line and YAML path)."""
+    path = Path(path)
+    file = _display(path.absolute())
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(f"{file}: no such file; pass the path of your pipeline.yaml") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(f"{file}: cannot read the spec: {exc}") from None
+
+    loader = yaml.SafeLoader(text)
+    try:
+        try:
+            root = loader.get_single_node()
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            line = f":{mark.line + 1}" if mark else ""
+            col = f" (column {mark.column + 1})" if mark else ""
+            raise SpecError(f"{file}{line}: invalid YAML: {exc.problem or exc.context}{col}") from None
+        except yaml.YAMLError as exc:
+            raise SpecError(f"{file}: invalid YAML: {str(exc).splitlines()[0]}") from None
+        if root is None or _is_null(root):
+            raise SpecError(f"{file}:1: the spec is empty; expected a mapping with keys {', '.join(_SCHEMA)}")
+
+        walker = _Walker(path.absolute(), loader)
+        try:
+            raw = walker.section(root, "", _SCHEMA, root)
+        except yaml.constructor.ConstructorError as exc:
+            mark = exc.problem_mark
+            raise SpecError(f"{file}:{mark.line + 1 if mark else '?'}: invalid YAML value: {exc.problem}") from None
+        _cross_check(raw, root, walker)
+    finally:
+        loader.dispose()
+    return _build(path, raw, walker.lines)
+
+
+def _cross_check(raw: dict[str, Any], root: yaml.Node, walker: _Walker) -> None:
+    """Rules that involve two keys; errors point at the value that has to change."""
+    allowed = raw["instance_types"]
+    if allowed is None:
+        return
+    for ypath, value in (
+        ("parameters.InstanceType", raw["parameters"]["InstanceType"]),
+        ("local.parameters.InstanceType", raw["local"]["parameters"].get("InstanceType")),
+    ):
+        if value is not None and value not in allowed:
+            line = walker.lines.get(ypath, 1)
+            options = ", ".join(repr(t) for t in allowed)
+            raise SpecError(
+                f"{walker.file}:{line}: {ypath}: must be one of instance_types ({options}), got {value!r}; "
+                "add it to instance_types or pick a listed one"
+            )
+
+
+def _build(path: Path, raw: dict[str, Any], lines: dict[str, int]) -> Spec:
+    path = path.resolve()
+    params = dict(raw["parameters"])
+    if params["ModelPackageGroup"] is None:
+        params["ModelPackageGroup"] = raw["name"][:63]
+    return Spec(
+        path=path,
+        name=raw["name"],
+        region=raw["region"],
+        role_arn=raw["role_arn"],
+        image=raw["image"],
+        parameters={name: params[name] for name in PARAMETER_NAMES},
+        instance_types=raw["instance_types"],
+        input=InputSettings(**raw["input"]),
+        preprocess=PreprocessSettings(**raw["preprocess"]),
+        similarity=SimilaritySettings(**raw["similarity"]),
+        merge=ProcessingSettings(**raw["merge"]),
+        local=LocalSettings(
+            workdir=(path.parent / Path(raw["local"]["workdir"]).expanduser()).resolve(),
+            parameters=raw["local"]["parameters"],
+        ),
+        lines=lines,
+    )

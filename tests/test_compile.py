@@ -1,0 +1,391 @@
+"""spec -> definition JSON: golden copy, container contract, schema, determinism, zero network calls.
+
+The SDK import costs seconds, so the shipped spec is compiled once per module (under the network guard).
+"""
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+import os
+import re
+import socket
+from pathlib import Path
+from typing import Any
+
+import botocore.client
+import pytest
+
+from pipeline.compile import STEP_NAMES, compile_definition
+from pipeline.errors import CompileError
+from pipeline.spec import PARAMETER_NAMES, load_spec
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = REPO / "pipeline.yaml"
+GOLDEN = Path(__file__).parent / "golden" / "definition.json"
+SCHEMA = Path(__file__).resolve().parents[2] / "shared" / "reference" / "pipeline-definition.patched.schema.json"
+UPDATE_GOLDEN = "ALLPAIRS_UPDATE_GOLDEN"
+
+EXEC_ID = {"Get": "Execution.PipelineExecutionId"}
+NORMALIZED = {"Get": "Steps.Preprocess.ProcessingOutputConfig.Outputs['normalized'].S3Output.S3Uri"}
+
+
+def get(name: str) -> dict:
+    return {"Get": f"Parameters.{name}"}
+
+
+def run_uri(leaf: str) -> dict:
+    return {"Std:Join": {"On": "/", "Values": [get("OutputPrefix"), EXEC_ID, leaf]}}
+
+
+class NetworkGuard:
+    """Every AWS API call and every socket connection raises, and is recorded (in case the SDK swallows it)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch):
+        self.attempts: list[str] = []
+
+        def refuse(what: str):
+            def blocked(*args: Any, **kwargs: Any):
+                self.attempts.append(f"{what}{args[1:]!r}")
+                raise RuntimeError(f"network call during compile: {what}{args[1:]!r}")
+
+            return blocked
+
+        monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", refuse("AWS API "))
+        monkeypatch.setattr(socket.socket, "connect", refuse("connect "))
+        monkeypatch.setattr(socket.socket, "connect_ex", refuse("connect_ex "))
+        monkeypatch.setattr(socket, "getaddrinfo", refuse("DNS "))
+
+
+@pytest.fixture(scope="module")
+def compiled() -> tuple[str, list[str]]:
+    with pytest.MonkeyPatch.context() as mp:
+        guard = NetworkGuard(mp)
+        text = compile_definition(load_spec(SHIPPED))
+    return text, guard.attempts
+
+
+@pytest.fixture(scope="module")
+def definition(compiled) -> dict:
+    return json.loads(compiled[0])
+
+
+@pytest.fixture(scope="module")
+def steps(definition) -> dict[str, dict]:
+    return {step["Name"]: step for step in definition["Steps"]}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Golden copy, determinism, network
+
+
+def test_definition_matches_the_golden_copy(compiled):
+    text = compiled[0]
+    if os.environ.get(UPDATE_GOLDEN) == "1":
+        GOLDEN.parent.mkdir(parents=True, exist_ok=True)
+        GOLDEN.write_text(text, encoding="utf-8")
+    golden = GOLDEN.read_text(encoding="utf-8") if GOLDEN.exists() else ""
+    if text != golden:
+        pretty = lambda s: json.dumps(json.loads(s), indent=1).splitlines() if s else []  # noqa: E731
+        diff = "\n".join(difflib.unified_diff(pretty(golden), pretty(text), "golden", "compiled", lineterm=""))
+        pytest.fail(
+            f"compile_definition(pipeline.yaml) differs from {GOLDEN.relative_to(REPO)}.\n"
+            f"If the change is intended, regenerate it on purpose: {UPDATE_GOLDEN}=1 pytest tests/test_compile.py "
+            f"and commit the new golden copy.\n{diff}"
+        )
+
+
+def test_compiling_twice_gives_identical_bytes(compiled):
+    assert compile_definition(load_spec(SHIPPED)) == compiled[0]
+
+
+def test_compile_makes_zero_network_calls(compiled, monkeypatch):
+    assert compiled[1] == []  # the first compile, which also imported the SDK
+    guard = NetworkGuard(monkeypatch)
+    compile_definition(load_spec(SHIPPED))
+    assert guard.attempts == []
+
+
+def test_compile_leaves_environment_and_logging_as_it_found_them(compiled, monkeypatch):
+    monkeypatch.delenv("SAGEMAKER_VALIDATE_ROLE", raising=False)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "false")
+    logging.getLogger("botocore").setLevel(logging.DEBUG)
+    try:
+        compile_definition(load_spec(SHIPPED))
+        assert "SAGEMAKER_VALIDATE_ROLE" not in os.environ
+        assert os.environ["AWS_EC2_METADATA_DISABLED"] == "false"
+        assert logging.root.manager.disable == logging.NOTSET
+        assert logging.getLogger("botocore").level == logging.DEBUG
+    finally:
+        logging.getLogger("botocore").setLevel(logging.NOTSET)
+
+
+def test_compile_ignores_aws_profile_and_user_config(compiled, monkeypatch, tmp_path):
+    (tmp_path / "config").write_text("[profile other]\nregion = ap-south-1\n")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
+    monkeypatch.setenv("AWS_PROFILE", "other")
+    assert compile_definition(load_spec(SHIPPED)) == compiled[0]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Parameters
+
+
+def test_parameters_names_types_defaults_and_enums(definition):
+    assert definition["Parameters"] == [
+        {"Name": "InputData", "Type": "String", "DefaultValue": "s3://my-bucket/allpairs/input/"},
+        {"Name": "OutputPrefix", "Type": "String", "DefaultValue": "s3://my-bucket/allpairs/runs"},
+        {"Name": "InstanceCount", "Type": "Integer", "DefaultValue": 2},
+        {
+            "Name": "InstanceType",
+            "Type": "String",
+            "DefaultValue": "ml.c5.2xlarge",
+            "EnumValues": ["ml.c5.2xlarge", "ml.c5.4xlarge", "ml.c5.9xlarge", "ml.m5.4xlarge"],
+        },
+        {"Name": "TopK", "Type": "Integer", "DefaultValue": 10},
+        {"Name": "MinScore", "Type": "Float", "DefaultValue": -1.0},
+        {"Name": "ModelPackageGroup", "Type": "String", "DefaultValue": "allpairs-similarity"},
+        {
+            "Name": "ApprovalStatus",
+            "Type": "String",
+            "DefaultValue": "PendingManualApproval",
+            "EnumValues": ["PendingManualApproval", "Approved", "Rejected"],
+        },
+    ]
+    assert tuple(p["Name"] for p in definition["Parameters"]) == PARAMETER_NAMES
+    assert definition["PipelineExperimentConfig"] is None
+
+
+def test_every_reference_resolves_to_a_parameter_an_execution_variable_or_an_earlier_step(definition):
+    declared = {p["Name"] for p in definition["Parameters"]}
+    seen_steps: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if set(node) == {"Get"}:
+                kind, _, rest = node["Get"].partition(".")
+                if kind == "Parameters":
+                    assert rest in declared, node
+                elif kind == "Execution":
+                    assert rest == "PipelineExecutionId", node
+                else:
+                    assert kind == "Steps" and rest.split(".")[0] in seen_steps, node
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    for step in definition["Steps"]:
+        walk(step)
+        seen_steps.append(step["Name"])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Steps and the container contract
+
+
+def test_steps_in_order_with_schema_safe_display_names(definition):
+    assert [(s["Name"], s["Type"]) for s in definition["Steps"]] == [
+        ("Preprocess", "Processing"),
+        ("Similarity", "Training"),
+        ("Merge", "Processing"),
+    ]
+    assert tuple(s["Name"] for s in definition["Steps"]) == STEP_NAMES
+    for step in definition["Steps"]:
+        assert re.fullmatch(r"[A-Za-z0-9\-_]{1,64}", step["DisplayName"])
+        assert step["Description"]
+
+
+def test_preprocess_step(steps):
+    args = steps["Preprocess"]["Arguments"]
+    assert args["ProcessingJobName"] == "allpairs-preprocess"
+    assert args["AppSpecification"] == {
+        "ImageUri": "123456789012.dkr.ecr.us-east-1.amazonaws.com/allpairs:latest",
+        "ContainerEntrypoint": ["python3", "-m", "steps.preprocess"],
+        "ContainerArguments": ["--input-uri", get("InputData"), "--non-finite", "error", "--chunk-rows", "65536"],
+    }
+    assert args["ProcessingResources"] == {
+        "ClusterConfig": {"InstanceType": "ml.m5.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 30}
+    }
+    assert args["StoppingCondition"] == {"MaxRuntimeInSeconds": 3600}
+    assert args["RoleArn"] == "arn:aws:iam::123456789012:role/AllpairsSageMakerRole"
+    assert args["ProcessingInputs"] == [
+        {
+            "InputName": "matrix",
+            "S3Input": {
+                "S3Uri": get("InputData"),
+                "LocalPath": "/opt/ml/processing/input/matrix",
+                "S3DataType": "S3Prefix",
+                "S3InputMode": "File",
+                "S3DataDistributionType": "FullyReplicated",
+                "S3CompressionType": "None",
+            },
+        }
+    ]
+    assert args["ProcessingOutputConfig"] == {
+        "Outputs": [
+            {
+                "OutputName": "normalized",
+                "S3Output": {
+                    "S3Uri": run_uri("normalized"),
+                    "LocalPath": "/opt/ml/processing/output/normalized",
+                    "S3UploadMode": "EndOfJob",
+                },
+            }
+        ]
+    }
+
+
+def test_similarity_step(steps):
+    args = steps["Similarity"]["Arguments"]
+    # No ContainerEntrypoint: SageMaker runs the image as `train`.
+    assert args["AlgorithmSpecification"] == {
+        "TrainingInputMode": "File",
+        "TrainingImage": "123456789012.dkr.ecr.us-east-1.amazonaws.com/allpairs:latest",
+    }
+    to_string = lambda name: {"Std:Join": {"On": "", "Values": [get(name)]}}  # noqa: E731
+    assert args["HyperParameters"] == {
+        "top_k": to_string("TopK"),
+        "min_score": to_string("MinScore"),
+        "memory_budget_mb": "1024",
+        "threads": "0",
+    }
+    assert args["InputDataConfig"] == [
+        {
+            "ChannelName": "normalized",
+            "DataSource": {
+                "S3DataSource": {
+                    "S3DataType": "S3Prefix",
+                    "S3Uri": NORMALIZED,
+                    "S3DataDistributionType": "FullyReplicated",
+                }
+            },
+        }
+    ]
+    assert args["ResourceConfig"] == {
+        "InstanceType": get("InstanceType"),
+        "InstanceCount": get("InstanceCount"),
+        "VolumeSizeInGB": 30,
+    }
+    assert args["StoppingCondition"] == {"MaxRuntimeInSeconds": 86400}
+    assert args["OutputDataConfig"] == {"S3OutputPath": run_uri("similarity"), "CompressionType": "NONE"}
+    assert args["CheckpointConfig"] == {"S3Uri": run_uri("checkpoints"), "LocalPath": "/opt/ml/checkpoints"}
+    assert args["RoleArn"] == "arn:aws:iam::123456789012:role/AllpairsSageMakerRole"
+
+
+def test_merge_step(steps):
+    args = steps["Merge"]["Arguments"]
+    assert args["ProcessingJobName"] == "allpairs-merge"
+    app = args["AppSpecification"]
+    assert app["ContainerEntrypoint"] == ["python3", "-m", "steps.merge"]
+    records = []
+    for name in PARAMETER_NAMES:
+        records += ["--parameter", {"Std:Join": {"On": "", "Values": [f"{name}=", get(name)]}}]
+    assert app["ContainerArguments"] == [
+        "--execution-id", EXEC_ID,
+        "--artifact-uri", run_uri("artifact"),
+        "--model-package-group", get("ModelPackageGroup"),
+        "--approval-status", get("ApprovalStatus"),
+        *records,
+    ]  # fmt: skip
+    common = {"S3DataType": "S3Prefix", "S3InputMode": "File", "S3DataDistributionType": "FullyReplicated",
+              "S3CompressionType": "None"}  # fmt: skip
+    assert args["ProcessingInputs"] == [
+        {
+            "InputName": "shards",
+            "S3Input": {"S3Uri": {"Get": "Steps.Similarity.ModelArtifacts.S3ModelArtifacts"},
+                        "LocalPath": "/opt/ml/processing/input/shards", **common},
+        },
+        {
+            "InputName": "normalized",
+            "S3Input": {"S3Uri": NORMALIZED, "LocalPath": "/opt/ml/processing/input/normalized", **common},
+        },
+    ]  # fmt: skip
+    assert args["ProcessingOutputConfig"] == {
+        "Outputs": [
+            {
+                "OutputName": "artifact",
+                "S3Output": {
+                    "S3Uri": run_uri("artifact"),
+                    "LocalPath": "/opt/ml/processing/output/artifact",
+                    "S3UploadMode": "EndOfJob",
+                },
+            }
+        ]
+    }
+    assert args["ProcessingResources"]["ClusterConfig"] == {
+        "InstanceType": "ml.m5.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 30
+    }  # fmt: skip
+
+
+def test_spec_settings_reach_the_definition(compiled, tmp_path):
+    """id_column, non_finite, sizes and limits come from the spec; no instance_types means no EnumValues."""
+    text = SHIPPED.read_text()
+    for old, new in [
+        ("instance_types: [ml.c5.2xlarge, ml.c5.4xlarge, ml.c5.9xlarge, ml.m5.4xlarge]", ""),
+        ("  id_column: null", "  id_column: doc_id"),
+        ("  non_finite: error", "  non_finite: drop"),
+        ("  chunk_rows: 65536", "  chunk_rows: 1000"),
+        ("  memory_budget_mb: 1024", "  memory_budget_mb: 64"),
+        ("  max_runtime_seconds: 86400", "  max_runtime_seconds: 7200"),
+        ("name: allpairs-similarity", "name: other-pipeline"),
+    ]:
+        assert old in text, old
+        text = text.replace(old, new, 1)
+    (tmp_path / "pipeline.yaml").write_text(text)
+    doc = json.loads(compile_definition(load_spec(tmp_path / "pipeline.yaml")))
+    assert "EnumValues" not in doc["Parameters"][PARAMETER_NAMES.index("InstanceType")]
+    by_name = {s["Name"]: s["Arguments"] for s in doc["Steps"]}
+    assert by_name["Preprocess"]["AppSpecification"]["ContainerArguments"] == [
+        "--input-uri", get("InputData"), "--non-finite", "drop", "--chunk-rows", "1000", "--id-column", "doc_id",
+    ]  # fmt: skip
+    assert by_name["Similarity"]["HyperParameters"]["memory_budget_mb"] == "64"
+    assert by_name["Similarity"]["StoppingCondition"] == {"MaxRuntimeInSeconds": 7200}
+
+
+def test_sdk_refusals_become_one_line_compile_errors(tmp_path, monkeypatch, compiled):
+    import pipeline.compile as compile_module
+
+    def broken(*args, **kwargs):
+        raise ValueError("volume_size_in_gb\n  Input should be a valid integer")
+
+    monkeypatch.setattr(compile_module, "_processor", broken)
+    with pytest.raises(CompileError) as info:
+        compile_definition(load_spec(SHIPPED))
+    assert str(info.value) == (
+        f"{load_spec(SHIPPED).where('')}: cannot build the pipeline definition: ValueError: volume_size_in_gb"
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The public JSON schema (advisory, patched copy beside the repo; absent on a user's clone)
+
+
+@pytest.fixture(scope="module")
+def schema() -> dict:
+    if not SCHEMA.exists():
+        pytest.skip(f"{SCHEMA} not present (it lives beside the repository, in ../shared)")
+    return json.loads(SCHEMA.read_text())
+
+
+def _errors(schema: dict, definition_name: str, instance: Any) -> list[str]:
+    import jsonschema
+
+    # One definition at a time: the top-level oneOf errors say nothing useful.
+    validator = jsonschema.Draft7Validator({"$ref": f"#/definitions/{definition_name}", "definitions": schema["definitions"]})
+    return [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(instance)]
+
+
+@pytest.mark.parametrize("name", STEP_NAMES)
+def test_each_step_validates_against_the_patched_schema(schema, steps, name):
+    step = steps[name]
+    kind = {"Processing": "ProcessingStep", "Training": "TrainingStep"}[step["Type"]]
+    assert _errors(schema, kind, step) == []
+
+
+def test_parameters_and_top_level_validate_against_the_patched_schema(schema, definition):
+    kinds = {"String": "StringParameter", "Integer": "IntegerParameter", "Float": "FloatParameter"}
+    for parameter in definition["Parameters"]:
+        assert _errors(schema, kinds[parameter["Type"]], parameter) == []
+    assert set(definition) <= set(schema["properties"])
