@@ -1,0 +1,142 @@
+"""`python -m pipeline <command>`: each command a few lines calling the library.
+
+Errors print one line, `error: <message>`, and exit 2 (spec/usage) or 1 (run failure); --verbose adds the traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+import traceback
+from typing import Sequence
+
+from pipeline.errors import AllpairsError
+
+MERGE_STEP, ARTIFACT_OUTPUT = "Merge", "artifact"  # where the product of a run lands
+_print_lock = threading.Lock()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return args.handler(args) or 0
+    except AllpairsError as exc:
+        return fail(str(exc), exc.exit_code, args.verbose)
+    except KeyboardInterrupt:
+        return fail("interrupted", 130, args.verbose)
+
+
+def fail(message: str, code: int, verbose: bool) -> int:
+    if verbose:
+        traceback.print_exc()
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--spec", default="pipeline.yaml", help="the spec file (default: pipeline.yaml)")
+    common.add_argument("--verbose", action="store_true", help="show tracebacks, and every host's output when running")
+    parser = argparse.ArgumentParser(prog="python -m pipeline", description="allpairs: top-k cosine neighbours of every row")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    validate = commands.add_parser("validate", parents=[common], help="check the spec and compile it (no AWS calls)")
+    validate.set_defaults(handler=cmd_validate)
+
+    definition = commands.add_parser("definition", parents=[common], help="print the compiled pipeline definition JSON")
+    definition.set_defaults(handler=cmd_definition)
+
+    run = commands.add_parser("run", parents=[common], help="run the pipeline on this machine (no AWS, no Docker)")
+    run.add_argument("--param", action="append", default=[], metavar="Name=value", help="override a parameter (repeatable)")
+    run.add_argument("--workdir", help="run directory (default: the spec's local.workdir)")
+    run.set_defaults(handler=cmd_run)
+
+    registry = commands.add_parser("registry", parents=[common], help="list the local registry's artifact versions")
+    registry.add_argument("action", nargs="?", choices=["list"], default="list")
+    registry.add_argument("--group", help="only this model package group")
+    registry.add_argument("--workdir", help="run directory (default: the spec's local.workdir)")
+    registry.set_defaults(handler=cmd_registry)
+    return parser
+
+
+def load(args):
+    from pipeline.compile import compile_definition
+    from pipeline.spec import load_spec
+
+    spec = load_spec(args.spec)
+    return spec, compile_definition(spec)
+
+
+def spec_overrides(spec) -> list:
+    """The spec's local.parameters as overrides whose errors point at their line in the spec."""
+    from pipeline.local import ParameterOverride
+
+    return [
+        ParameterOverride(name, value, f"{spec.where(f'local.parameters.{name}')}: local.parameters.{name}")
+        for name, value in spec.local_parameters().items()
+    ]
+
+
+def cmd_validate(args) -> int:
+    from pipeline.local import load_definition, plan_steps, resolve_parameters
+
+    spec, text = load(args)
+    definition = load_definition(text)
+    steps = plan_steps(definition)  # the local runner can interpret everything the compiler emitted
+    resolve_parameters(definition, spec_overrides(spec))
+    print(f"ok: {args.spec}: pipeline {spec.name}, steps {' -> '.join(s.name for s in steps)}, "
+          f"{len(definition.get('Parameters') or [])} parameters")
+    return 0
+
+
+def cmd_definition(args) -> int:
+    print(load(args)[1])
+    return 0
+
+
+def cmd_run(args) -> int:
+    from pipeline.local import parse_param_args, read_registration, run_local
+
+    spec, text = load(args)
+    overrides = spec_overrides(spec) + parse_param_args(args.param)
+    execution = run_local(text, overrides, workdir=args.workdir or spec.local.workdir, pipeline_name=spec.name,
+                          region=spec.region, echo=say if args.verbose else None, progress=say)
+    artifact = execution.output_uri(MERGE_STEP, ARTIFACT_OUTPUT)
+    print(f"artifact: {artifact}")
+    registration = read_registration(artifact)
+    if registration:
+        print(f"registered: {registration.get('model_package_arn')} ({registration.get('approval_status')})")
+    print(f"record: {execution.record_path}")
+    return 0
+
+
+def cmd_registry(args) -> int:
+    from pathlib import Path
+
+    from pipeline.local import REGISTRY_FILE
+    from steps.registry import list_local
+
+    workdir = Path(args.workdir) if args.workdir else load_spec_only(args).local.workdir
+    path = workdir / REGISTRY_FILE
+    if not path.exists():
+        print(f"no local registry at {path} yet: `python -m pipeline run` creates it", file=sys.stderr)
+        return 0
+    for entry in list_local(path, args.group):
+        print(json.dumps(entry, sort_keys=True))
+    return 0
+
+
+def load_spec_only(args):
+    from pipeline.spec import load_spec
+
+    return load_spec(args.spec)
+
+
+def say(line: str) -> None:
+    with _print_lock:  # hosts' output threads share stderr: whole lines only
+        print(line, file=sys.stderr, flush=True)

@@ -1,0 +1,230 @@
+"""A local pipeline execution: check everything, then run the steps in order, recording progress as it goes."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import secrets
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterable, Mapping
+
+from pipeline.errors import AllpairsError, LocalRunError
+from steps.io import write_json
+from steps.paths import OPT_ML_ENV
+from steps.registry import LOCAL_REGISTRY_ENV
+
+from .expressions import Scope, utc_text
+from .jobs import JobContext, job_name, run_processing, run_training
+from .parameters import ParameterOverride, resolve_parameters
+from .plan import StepPlan, load_definition, plan_steps
+from .storage import is_s3, join_uri, local_path, one_line, s3_client, split_s3
+
+REGISTRY_ENV = LOCAL_REGISTRY_ENV  # the container contract, section 3
+REGISTRY_FILE = "registry.sqlite"
+RECORD_FILE = "execution.json"
+RUNNERS = {"Processing": run_processing, "Training": run_training}
+JOB_NAME_VARIABLE = {"Processing": "ProcessingJobName", "Training": "TrainingJobName"}
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class StepRecord:
+    name: str
+    type: str
+    status: str = "NotStarted"  # NotStarted | Executing | Succeeded | Failed | Stopped
+    job_name: str | None = None
+    started: str | None = None
+    ended: str | None = None
+    seconds: float | None = None
+    failure_reason: str | None = None
+    arguments: dict = field(default_factory=dict)  # resolved: what the job was started with
+    properties: dict = field(default_factory=dict)
+    hosts: dict = field(default_factory=dict)  # host -> {"exit_code", "log", "reason"}
+
+
+@dataclass
+class Execution:
+    id: str
+    pipeline_name: str
+    directory: Path
+    workdir: Path
+    parameters: dict
+    started: str
+    steps: dict[str, StepRecord]
+    status: str = "Executing"  # Executing | Succeeded | Failed | Stopped
+    ended: str | None = None
+    failure_reason: str | None = None
+
+    @property
+    def record_path(self) -> Path:
+        return self.directory / RECORD_FILE
+
+    def save(self) -> None:
+        """Rewritten atomically after every change: a reader never sees a half-written record."""
+        record = asdict(self)
+        record.update(format="allpairs.local-execution", version=1, directory=str(self.directory), workdir=str(self.workdir))
+        record["steps"] = [asdict(step) for step in self.steps.values()]
+        write_json(self.record_path, record)
+
+    def output_uri(self, step: str, output: str) -> str | None:
+        """Where a processing step's named output landed (None if the step did not get that far)."""
+        record = self.steps.get(step)
+        return record.properties.get(f"ProcessingOutputConfig.Outputs['{output}'].S3Output.S3Uri") if record else None
+
+
+def new_execution_id(now: datetime) -> str:
+    return f"local-{now.strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(3)}"
+
+
+def overrides_from_mapping(values: Mapping[str, object], origin: str) -> list[ParameterOverride]:
+    """Typed values (from the spec, or a caller's dict) as overrides; `origin` starts their error messages."""
+    return [ParameterOverride(name, value, f"{origin}.{name}") for name, value in values.items()]
+
+
+def run_local(
+    definition: str | Mapping,
+    parameters: Mapping[str, object] | Iterable[ParameterOverride] = (),
+    *,
+    workdir: str | Path,
+    pipeline_name: str,
+    region: str | None = None,
+    echo: Progress | None = None,
+    progress: Progress | None = None,
+) -> Execution:
+    """Run a compiled definition on this machine. Everything is checked before the first step starts.
+
+    `parameters` overrides the definition's defaults (a dict of values, or ParameterOverride from --param);
+    `echo` receives every process output line ("[Similarity algo-2] ..."); `progress` one line per step event.
+    Raises LocalRunError when a step fails (the record in <workdir>/executions/<id>/execution.json says more).
+    """
+    definition = load_definition(definition)
+    plans = plan_steps(definition)
+    if isinstance(parameters, Mapping):
+        parameters = overrides_from_mapping(parameters, "parameter")
+    values = resolve_parameters(definition, parameters)
+    execution = start_execution(definition, plans, values, Path(workdir), pipeline_name)
+    scope = Scope(values, execution_variables(execution, region), properties={})
+    say = progress or (lambda line: None)
+    say(f"execution {execution.id}: {execution.directory}")
+    try:
+        for plan in plans:
+            run_step(plan, execution, scope, echo, say)
+    except KeyboardInterrupt:
+        finish(execution, "Stopped", "interrupted")
+        raise
+    except Exception as exc:
+        finish(execution, "Failed", str(exc))
+        raise
+    finish(execution, "Succeeded", None)
+    say(f"execution {execution.id}: Succeeded")
+    return execution
+
+
+def start_execution(definition: Mapping, plans: list[StepPlan], values: dict, workdir: Path, pipeline_name: str) -> Execution:
+    now = datetime.now(timezone.utc)
+    execution_id = new_execution_id(now)
+    workdir = Path(os.path.abspath(workdir))
+    directory = workdir / "executions" / execution_id
+    directory.mkdir(parents=True)
+    write_json(directory / "definition.json", definition)  # the exact program this execution ran
+    steps = {p.name: StepRecord(p.name, p.type) for p in plans}
+    execution = Execution(execution_id, pipeline_name, directory, workdir, values, utc_text(now), steps)
+    execution.save()
+    return execution
+
+
+def execution_variables(execution: Execution, region: str | None) -> dict[str, str]:
+    pipeline_arn = f"arn:aws:sagemaker:{region or 'local'}:000000000000:pipeline/{execution.pipeline_name.lower()}"
+    return {
+        "PipelineExecutionId": execution.id,
+        "PipelineName": execution.pipeline_name,
+        "PipelineArn": pipeline_arn,
+        "PipelineExecutionArn": f"{pipeline_arn}/execution/{execution.id}",
+        "StartDateTime": execution.started,
+    }
+
+
+def run_step(plan: StepPlan, execution: Execution, scope: Scope, echo: Progress | None, say: Progress) -> None:
+    record = execution.steps[plan.name]
+    record.job_name = job_name(execution.pipeline_name, plan, plan.arguments, execution.id.rsplit("-", 1)[1])
+    record.status, record.started = "Executing", utc_text(datetime.now(timezone.utc))
+    execution.save()
+    say(f"{plan.name}: started ({plan.type} job {record.job_name})")
+    clock = time.monotonic()
+    ctx = JobContext(execution.directory / plan.name, record.job_name, Path.cwd(), step_environment(plan, execution), echo)
+    try:
+        job_scope = scope.for_job(JOB_NAME_VARIABLE[plan.type], record.job_name)
+        record.arguments = job_scope.resolve(plan.arguments, f"step {plan.name}, Arguments")
+        record.properties = RUNNERS[plan.type](plan, record.arguments, ctx)
+    except BaseException as exc:
+        reason = str(exc) if isinstance(exc, AllpairsError) else f"step {plan.name}: {one_line(exc)}"
+        end_step(record, ctx, clock, "Stopped" if isinstance(exc, KeyboardInterrupt) else "Failed", reason)
+        execution.save()
+        say(f"{plan.name}: {record.status} after {record.seconds:.1f} s")
+        if isinstance(exc, (AllpairsError, KeyboardInterrupt)):
+            raise
+        raise LocalRunError(f"{reason} (record: {execution.record_path})") from exc
+    end_step(record, ctx, clock, "Succeeded", None)
+    scope.properties[plan.name] = record.properties
+    execution.save()
+    say(f"{plan.name}: Succeeded in {record.seconds:.1f} s")
+
+
+def end_step(record: StepRecord, ctx: JobContext, clock: float, status: str, reason: str | None) -> None:
+    record.status, record.failure_reason = status, reason
+    record.ended = utc_text(datetime.now(timezone.utc))
+    record.seconds = round(time.monotonic() - clock, 3)
+    record.hosts = {r.host: {"exit_code": r.exit_code, "log": str(r.log), "reason": r.reason} for r in ctx.host_results}
+
+
+def finish(execution: Execution, status: str, reason: str | None) -> None:
+    execution.status, execution.failure_reason = status, reason
+    execution.ended = utc_text(datetime.now(timezone.utc))
+    execution.save()
+
+
+def step_environment(plan: StepPlan, execution: Execution) -> dict[str, str]:
+    """The environment every host of the step starts from (the definition's Environment is added per host)."""
+    env = dict(os.environ)
+    env.pop(OPT_ML_ENV, None)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(package_root()), env.get("PYTHONPATH")]))
+    env["PYTHONUNBUFFERED"] = "1"  # lines reach the log (and --verbose) as they are written
+    if plan.type == "Processing":  # Merge registers into the embedded registry (container contract, section 3)
+        env[REGISTRY_ENV] = str(execution.workdir / REGISTRY_FILE)
+    return env
+
+
+def package_root() -> Path:
+    """The directory holding the `steps` package, so `python -m steps.x` imports in every host."""
+    return Path(importlib.util.find_spec("steps").origin).parent.parent
+
+
+def read_registration(artifact_uri: str | None) -> dict | None:
+    """The artifact's registration.json (local path or s3), or None when there is none."""
+    if not artifact_uri:
+        return None
+    uri = join_uri(artifact_uri, "registration.json")
+    try:
+        if is_s3(uri):
+            return read_s3_json(uri)
+        path = local_path(uri)
+        return json.loads(path.read_text()) if path.is_file() else None
+    except Exception as exc:
+        raise LocalRunError(f"{uri}: cannot read the registration record: {one_line(exc)}") from exc
+
+
+def read_s3_json(uri: str) -> dict | None:
+    from botocore.exceptions import ClientError
+
+    bucket, key = split_s3(uri)
+    try:
+        body = s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            return None
+        raise
+    return json.loads(body)
