@@ -18,15 +18,18 @@ Order within a row: score descending, ties by lower row index. Padding: index -1
 from __future__ import annotations
 
 import math
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import numpy as np
 
 PAD_INDEX = -1
-# Bytes of working memory per element of a (query rows x corpus columns) score tile: the float32 scores,
-# the concatenated float32 candidates and their int64 indices, and argpartition's int64 output.
-_TILE_BYTES_PER_ELEMENT = 24
+# Bytes of working memory per element of a (query rows x corpus rows) score tile: the float32 scores, the
+# bool compare mask, and room for the survivors' indices (normally a small fraction of the tile).
+_TILE_BYTES_PER_ELEMENT = 16
 
 
 @dataclass(frozen=True)
@@ -105,19 +108,28 @@ def canonical_scores(query: np.ndarray, candidates: np.ndarray) -> np.ndarray:
 class Plan:
     """Block sizes derived from a memory budget, never from the number of rows."""
 
-    query_rows: int
-    corpus_rows: int
+    tile: int        # a score tile is (tile x tile): query rows x corpus rows
+    group_rows: int  # query rows whose selection buffers are held at once (pairs inside a group are computed once)
     score_rows: int  # query rows rescored at once
 
     @classmethod
-    def from_budget(cls, budget_bytes: int, dim: int, width: int, total_rows: int) -> "Plan":
-        tile = max(budget_bytes // _TILE_BYTES_PER_ELEMENT, 64 * 64)
-        query = int(min(4096, max(64, math.isqrt(tile))))
-        corpus = int(max(64, tile // query))
-        corpus = min(corpus, max(total_rows, 1))
-        # The canonical rescoring holds (rows, width, dim) float32 + float64 copies: 12 bytes an element.
-        score = int(max(1, min(query, budget_bytes // max(12 * width * max(dim, 1), 1))))
-        return cls(query_rows=query, corpus_rows=corpus, score_rows=score)
+    def from_budget(cls, budget_bytes: int, dim: int, width: int, total_rows: int, workers: int = 1) -> "Plan":
+        # Half the budget for the workers' tiles, half for the group's buffers (float32 score + int64 index).
+        per_worker = budget_bytes // 2 // max(workers, 1)
+        tile = int(min(4096, max(64, math.isqrt(per_worker // _TILE_BYTES_PER_ELEMENT))))
+        buffers = budget_bytes // 2 // (12 * max(width, 1))
+        group = int(max(tile, buffers // tile * tile))
+        # Rescoring works on (rows, width, dim) float32 + float64 copies; small slices stay in cache.
+        score = int(max(1, min(256, budget_bytes // max(24 * width * max(dim, 1), 1))))
+        return cls(tile=tile, group_rows=group, score_rows=score)
+
+
+def default_threads() -> int:
+    """Cores this process may run on (a container's CPU set, not the host's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def top_k(
@@ -128,11 +140,13 @@ def top_k(
     min_score: float | None = None,
     budget_bytes: int = 256 << 20,
     zero: np.ndarray | None = None,
+    threads: int = 0,
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """Top-k neighbours of rows [start, stop) among all rows.
 
     Yields (first_row, neighbors int64 (n, k), scores float32 (n, k)) per query block, in row order, so a
-    caller can checkpoint between blocks. `min_score` (inclusive) drops pairs scoring below it.
+    caller can checkpoint between blocks. `min_score` (inclusive) drops pairs scoring below it. `threads`
+    worker threads (0: every core this process may use) share the matrix products and the selection.
     """
     if k < 1:
         raise ValueError("k must be >= 1")
@@ -140,63 +154,171 @@ def top_k(
     eps = dot_error_bound(corpus.dim)
     margin = max(16, k // 4)
     width = min(k + margin, max(corpus.rows - 1, 1))
-    plan = Plan.from_budget(budget_bytes, corpus.dim, width, corpus.rows)
+    workers = threads if threads > 0 else default_threads()
+    plan = Plan.from_budget(budget_bytes, corpus.dim, width, corpus.rows, workers)
     threshold = None if min_score is None else np.float32(min_score)
-    for first, query in corpus.blocks(start, stop, plan.query_rows):
-        cand_s, cand_i = _select(corpus, first, query, width, zero, threshold, eps, plan)
-        yield (first, *_score(corpus, first, query, cand_s, cand_i, k, zero, threshold, eps, plan))
+    # Selection never needs a pair below this: it cannot reach the threshold even with rounding error.
+    floor = np.float32(-np.inf) if threshold is None else np.float32(threshold - eps)
+    with ThreadPoolExecutor(workers) as pool:
+        for g0 in range(start, stop, plan.group_rows):
+            g1 = min(stop, g0 + plan.group_rows)
+            tiles = _select_group(pool, corpus, g0, g1, width, zero, floor, plan)
+            scored = [pool.submit(_score, corpus, t.first, t.query, t.best_s, t.best_i, k, zero, threshold, eps,
+                                  plan) for t in tiles]
+            for t, job in zip(tiles, scored):
+                yield (t.first, *job.result())
 
 
-def _select(corpus, first, query, width, zero, threshold, eps, plan):
-    """The `width` best approximate (float32) scores of each query row, with their column indices."""
-    n = len(query)
-    best_s = np.full((n, width), -np.inf, dtype=np.float32)
-    best_i = np.full((n, width), PAD_INDEX, dtype=np.int64)
-    rows = np.arange(first, first + n)
-    for col0, block in corpus.blocks(0, corpus.rows, plan.corpus_rows):
-        scores = query @ block.T
-        _mask(scores, rows, col0, zero, threshold, eps)
-        cols = np.broadcast_to(np.arange(col0, col0 + len(block)), scores.shape)
-        both_s = np.concatenate([best_s, scores], axis=1)
-        both_i = np.concatenate([best_i, cols], axis=1)
-        keep = np.argpartition(both_s, both_s.shape[1] - width, axis=1)[:, -width:]
-        best_s = np.take_along_axis(both_s, keep, axis=1)
-        best_i = np.take_along_axis(both_i, keep, axis=1)
-    return best_s, best_i
+class _Rows:
+    """Selection state of one tile of query rows: the `width` best approximate scores seen so far per row.
+
+    `thr` is each row's admission bar: the worst buffered score once the buffer is full (a new candidate
+    below it cannot enter), and never below `floor`. Zero rows get +inf: they have no neighbours.
+    """
+
+    def __init__(self, first: int, query: np.ndarray, width: int, zero: np.ndarray, floor: np.float32):
+        n = len(query)
+        self.first, self.query, self.width, self.floor = first, query, width, floor
+        self.best_s = np.full((n, width), -np.inf, dtype=np.float32)
+        self.best_i = np.full((n, width), PAD_INDEX, dtype=np.int64)
+        self.thr = np.where(zero[first: first + n], np.float32(np.inf), floor).astype(np.float32)
+        self.full = zero[first: first + n].copy()  # rows whose bar comes from a full buffer (or zero rows)
+        self.lock = threading.Lock()
+
+    def update(self, S: np.ndarray, col0: int, zero: np.ndarray, scratch: np.ndarray, mirrored: bool) -> None:
+        """Admit candidates from a C-contiguous product tile whose rows (or, if `mirrored`, columns) are ours.
+
+        The tile's other axis is corpus rows col0, col0+1, ...
+        """
+        n, m = (S.shape[1], S.shape[0]) if mirrored else S.shape
+        with self.lock:
+            thr = self.thr.copy()
+            pending = not self.full.all()
+        if pending:
+            thr = np.where(self.full, thr, np.maximum(thr, self._estimate(S, col0, zero, mirrored)))
+        # One compare over the tile in memory order, then only the few survivors are touched (no per-tile sort).
+        mask = scratch[: n * m].reshape(S.shape)
+        np.greater_equal(S, thr[None, :] if mirrored else thr[:, None], out=mask)
+        flat = np.flatnonzero(mask)
+        if mirrored:
+            c, r = np.divmod(flat, n)
+            order = np.argsort(r.astype(np.uint16), kind="stable")  # tiles have <= 4096 rows: a radix sort
+            r, c, flat = r[order], c[order], flat[order]
+        else:
+            r, c = np.divmod(flat, m)
+        s = S.reshape(-1)[flat]
+        col = col0 + c
+        ok = ~zero[col] & (col != self.first + r)
+        if not ok.all():
+            r, col, s = r[ok], col[ok], s[ok]
+        if len(r):
+            with self.lock:
+                self._merge(r, col, s)
+
+    def _estimate(self, S, col0, zero, mirrored):
+        """A safe early bar for rows whose buffer is not full yet, so the first tile does not admit everything.
+
+        The maxima of g disjoint column groups are g distinct candidates, so the width-th largest of them is
+        at most the row's true width-th best; groups holding the row itself or a zero column do not count.
+        """
+        m = S.shape[0] if mirrored else S.shape[1]
+        groups = min(m, 4 * self.width)
+        size = m // groups
+        spoiled = 1 + len(np.unique(np.flatnonzero(zero[col0: col0 + groups * size]) // size))
+        rank = self.width + spoiled
+        if rank > groups:
+            return np.float32(-np.inf)
+        if mirrored:
+            maxima = S[: groups * size].reshape(groups, size, -1).max(axis=1).T
+        else:
+            maxima = S[:, : groups * size].reshape(len(S), groups, size).max(axis=2)
+        return np.partition(maxima, groups - rank, axis=1)[:, groups - rank]
+
+    def _merge(self, r, col, s):
+        """Merge survivors (sorted by row) into the buffers: pad each row's survivors, keep the best `width`."""
+        starts = np.flatnonzero(np.r_[True, r[1:] != r[:-1]])
+        rows = r[starts]
+        counts = np.diff(np.r_[starts, len(r)])
+        extra = int(counts.max())
+        line = np.repeat(np.arange(len(rows)), counts)
+        pos = self.width + np.arange(len(r)) - np.repeat(starts, counts)
+        both_s = np.full((len(rows), self.width + extra), -np.inf, dtype=np.float32)
+        both_i = np.full((len(rows), self.width + extra), PAD_INDEX, dtype=np.int64)
+        both_s[:, : self.width] = self.best_s[rows]
+        both_i[:, : self.width] = self.best_i[rows]
+        both_s[line, pos] = s
+        both_i[line, pos] = col
+        keep = np.argpartition(both_s, extra, axis=1)[:, extra:]
+        best = np.take_along_axis(both_s, keep, axis=1)
+        self.best_s[rows] = best
+        self.best_i[rows] = np.take_along_axis(both_i, keep, axis=1)
+        worst = best.min(axis=1)
+        self.full[rows] = np.isfinite(worst)
+        self.thr[rows] = np.maximum(worst, self.floor)
 
 
-def _mask(scores, rows, col0, zero, threshold, eps):
-    """Exclude self-matches, zero rows (both ways) and, with a threshold, pairs that cannot reach it."""
-    ncols = scores.shape[1]
-    local = rows - col0
-    hit = (local >= 0) & (local < ncols)
-    scores[np.nonzero(hit)[0], local[hit]] = -np.inf
-    scores[:, zero[col0: col0 + ncols]] = -np.inf
-    scores[zero[rows]] = -np.inf
-    if threshold is not None:
-        scores[scores < threshold - eps] = -np.inf
+def _select_group(pool, corpus, g0, g1, width, zero, floor, plan):
+    """Selection for query rows [g0, g1): every (row tile, column tile) product, each pair inside the group once.
+
+    Inside the group, the product of row tiles a < b serves both: S for a's rows, S.T for b's rows. Columns
+    outside the group are plain products. Workers run products and compares in parallel (numpy releases
+    the GIL); merges into one row tile are serialized by its lock.
+    """
+    t = plan.tile
+    tiles = [_Rows(first, block, width, zero, floor) for first, block in
+             ((f, np.ascontiguousarray(b)) for f, b in corpus.blocks(g0, g1, t))]
+    local = threading.local()
+
+    def product(rows: _Rows, cols: np.ndarray, col0: int, mirror: _Rows | None) -> None:
+        n, m = len(rows.query), len(cols)
+        if not hasattr(local, "S"):
+            local.S = np.empty(t * t, dtype=np.float32)
+            local.mask = np.empty(t * t, dtype=bool)
+        S = local.S[: n * m].reshape(n, m)
+        np.matmul(rows.query, cols.T, out=S)
+        rows.update(S, col0, zero, local.mask, mirrored=False)
+        if mirror is not None:
+            mirror.update(S, rows.first, zero, local.mask, mirrored=True)
+
+    jobs = []
+    for a, rows in enumerate(tiles):
+        for b in range(a, len(tiles)):
+            jobs.append(pool.submit(product, rows, tiles[b].query, tiles[b].first, tiles[b] if b > a else None))
+    for lo, hi in ((0, g0), (g1, corpus.rows)):
+        for col0, block in corpus.blocks(lo, hi, t):
+            for rows in tiles:
+                jobs.append(pool.submit(product, rows, block, col0, None))
+    for job in jobs:
+        job.result()
+    return tiles
 
 
 def _score(corpus, first, query, cand_s, cand_i, k, zero, threshold, eps, plan):
     """Canonical scores for the buffered candidates; widen rows whose buffer may miss a true neighbour."""
     n, width = cand_s.shape
-    ordered = -np.sort(-cand_s, axis=1)
-    kth = ordered[:, min(k, width) - 1]
-    last = ordered[:, -1]
+    order = np.argsort(-cand_s, axis=1, kind="stable")
+    cand_s = np.take_along_axis(cand_s, order, axis=1)
+    cand_i = np.take_along_axis(cand_i, order, axis=1)
+    kth = cand_s[:, min(k, width) - 1]
+    last = cand_s[:, -1]
+    bound = kth - 2 * eps
     # Safe: the buffer is not full of finite scores, or everything left out is clearly below the k-th.
-    safe = ~np.isfinite(last) | (last < kth - 2 * eps) | (width >= corpus.rows - 1)
+    safe = ~np.isfinite(last) | (last < bound) | (width >= corpus.rows - 1)
+    # Only candidates within 2*eps of the k-th can be in the top k (k others beat the rest): score just those.
+    need = np.isfinite(cand_s) & (cand_s >= bound[:, None])
     neighbors = np.full((n, k), PAD_INDEX, dtype=np.int64)
     scores = np.full((n, k), np.nan, dtype=np.float32)
     safe_rows = np.nonzero(safe)[0]
     for lo in range(0, len(safe_rows), plan.score_rows):
         sel = safe_rows[lo: lo + plan.score_rows]
-        idx = cand_i[sel]
-        valid = np.isfinite(cand_s[sel])
+        w = max(1, int(need[sel].sum(axis=1).max()))  # `need` is a prefix of each sorted row
+        idx = cand_i[sel, :w]
+        valid = need[sel, :w]
         exact = canonical_scores(query[sel], corpus.take(np.where(valid, idx, 0)))
         exact[~valid] = -np.inf
         neighbors[sel], scores[sel] = _rank(exact, np.where(valid, idx, PAD_INDEX), k, threshold)
     for r in np.nonzero(~safe)[0]:
-        neighbors[r], scores[r] = _widened_row(corpus, first + r, query[r], kth[r] - 2 * eps, k, zero,
+        neighbors[r], scores[r] = _widened_row(corpus, first + r, query[r], bound[r], k, zero,
                                                threshold, eps, plan)
     return neighbors, scores
 
@@ -221,10 +343,14 @@ def _rank(exact, idx, k, threshold):
 def _widened_row(corpus, row, q, bound, k, zero, threshold, eps, plan):
     """A row with many near-ties at its k-th score: gather every candidate above `bound`, score them all."""
     picked = []
-    for col0, block in corpus.blocks(0, corpus.rows, plan.corpus_rows):
-        s = (block @ q)[None, :]
-        _mask(s, np.array([row]), col0, zero, threshold, eps)
-        picked.append(col0 + np.nonzero(s[0] >= bound)[0])
+    for col0, block in corpus.blocks(0, corpus.rows, plan.tile * plan.tile // 64):
+        s = block @ q
+        s[zero[col0: col0 + len(block)]] = -np.inf
+        if col0 <= row < col0 + len(block):
+            s[row - col0] = -np.inf
+        if threshold is not None:
+            s[s < threshold - eps] = -np.inf
+        picked.append(col0 + np.nonzero(s >= bound)[0])
     idx = np.concatenate(picked)
     best_i = np.full(k, PAD_INDEX, dtype=np.int64)
     best_s = np.full(k, np.nan, dtype=np.float32)

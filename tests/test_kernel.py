@@ -107,3 +107,28 @@ def test_property_equals_brute_force(n, d, k, hosts, budget, chunk, thr, seed):
     bn, bs = brute_force(Xn, k, thr)
     assert np.array_equal(neighbors, bn)
     assert np.array_equal(scores, bs, equal_nan=True)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_bit_identical_across_thread_counts(threads):
+    X = tricky_matrix(np.random.default_rng(5), 500, 8)
+    corpus = Corpus([X[:170], X[170:]])
+    parts = list(top_k(corpus, 0, len(X), 9, None, 1 << 16, threads=threads))
+    neighbors = np.concatenate([p[1] for p in parts])
+    scores = np.concatenate([p[2] for p in parts])
+    bn, bs = brute_force(X, 9)
+    assert neighbors.tobytes() == bn.tobytes() and scores.tobytes() == bs.tobytes()
+
+
+def test_large_tiles_estimate_and_mirror_paths():
+    # Tiles wide enough for the early bar's column groups (>= 4 * width columns) and several tiles per group,
+    # so both the direct and the mirrored (S.T) admission run; clustered rows make thresholds uneven.
+    rng = np.random.default_rng(6)
+    centres = rng.standard_normal((5, 24))
+    X = normalize(centres[rng.integers(0, 5, 1500)] + 0.3 * rng.standard_normal((1500, 24)))
+    X[7] = X[900]
+    X[11] = 0
+    for k, thr in [(10, None), (40, 0.5)]:
+        neighbors, scores = run(X, k, thr, budget=1 << 23, chunk=600, hosts=2)
+        bn, bs = brute_force(X, k, thr)
+        assert np.array_equal(neighbors, bn) and np.array_equal(scores, bs, equal_nan=True)
