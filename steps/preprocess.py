@@ -163,7 +163,7 @@ class DuplicateIdCheck:
             if first != (batch.key, batch.file_row + row):
                 raise StepError(
                     f"duplicate id {value!r}: {describe_row(*first)} and {batch.where(row)}; "
-                    "ids must be unique: fix the id column (or name another with --id-column)"
+                    "ids must be unique: fix the id column (or name another with input.id_column)"
                 )
 
 
@@ -226,7 +226,7 @@ def _kept_rows(plan: MatrixPlan, batch: MatrixBatch, non_finite: str, counts: Co
     if non_finite == "error":
         raise StepError(
             f"{describe_non_finite(plan, batch, int(np.flatnonzero(bad)[0]))}; "
-            "fix the input, or pass --non-finite drop to drop such rows"
+            "fix the input, or set input.non_finite: drop in pipeline.yaml to drop such rows"
         )
     for row in np.flatnonzero(bad)[:max(0, DROPPED_SAMPLE_SIZE - len(counts.dropped_sample))]:
         counts.dropped_sample.append(describe_non_finite(plan, batch, int(row)))

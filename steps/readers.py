@@ -266,8 +266,8 @@ def _npy_header(file: InputFile) -> tuple[tuple[int, ...], np.dtype, int]:
 def _plan_npy(schemas: Sequence[FileSchema], id_column: str | None) -> MatrixPlan:
     if id_column:
         raise StepError(
-            f"--id-column {id_column!r} was given, but the input is .npy, which has no named columns; "
-            "drop --id-column (ids are then row numbers) or provide parquet/csv with that column"
+            f"id column {id_column!r} was named (input.id_column), but the input is .npy, which has no named columns; "
+            "remove input.id_column (ids are then row numbers) or provide parquet/csv with that column"
         )
     first = schemas[0]
     for other in schemas[1:]:
@@ -286,8 +286,8 @@ def _plan_columns(schemas: Sequence[FileSchema], id_column: str | None) -> Matri
     id_column = id_column or _detect_id_column(schemas)
     if id_column is not None and id_column not in first.columns:
         raise StepError(
-            f"{first.file.key}: id column {id_column!r} (from --id-column) not found; "
-            f"columns present: {', '.join(first.columns)}; fix --id-column"
+            f"{first.file.key}: id column {id_column!r} (input.id_column) not found; "
+            f"columns present: {', '.join(first.columns)}; fix input.id_column in pipeline.yaml"
         )
     features = tuple(c for c in first.columns if c != id_column)
     if not features:
@@ -327,7 +327,7 @@ def _detect_id_column(schemas: Sequence[FileSchema]) -> str | None:
         return next(iter(candidates), None)
     listed = ", ".join(f"{name!r} ({key})" for name, key in candidates.items())
     raise StepError(
-        f"more than one non-numeric column: {listed}; pass --id-column NAME to say which one holds the ids "
+        f"more than one non-numeric column: {listed}; set input.id_column in pipeline.yaml to say which one holds the ids "
         "(the others must be numeric features)"
     )
 
@@ -338,7 +338,7 @@ def _check_numeric_features(schema: FileSchema, features: Sequence[str]) -> None
             arrow_type = pq.ParquetFile(schema.file.path).schema_arrow.field(name).type
             raise StepError(
                 f"{schema.file.key}: column {name!r} is {arrow_type}, not numeric; store features as numbers "
-                "(int or float), or make it the id column with --id-column"
+                "(int or float), or make it the id column with input.id_column"
             )
 
 
@@ -470,7 +470,7 @@ def _as_float64(column: pa.Array | pa.ChunkedArray, file: InputFile, file_row: i
         bad = _first_uncastable(column, pa.float64())
         raise StepError(
             f"{describe_row(file.key, file_row + bad)} column {name!r}: {column[bad].as_py()!r} is not a number; "
-            "fix the value, or make this column the id column with --id-column"
+            "fix the value, or make this column the id column with input.id_column"
         ) from None
 
 

@@ -185,7 +185,7 @@ def test_csv_streams_in_small_blocks_and_locates_late_errors(root, monkeypatch):
     (matrix_dir(root) / "m.csv").write_text("\n".join(lines) + "\n")
     assert fails("--id-column", "item_id") == (
         "m.csv row 51 (line 53) column 'f0': 'oops' is not a number; "
-        "fix the value, or make this column the id column with --id-column")
+        "fix the value, or make this column the id column with input.id_column")
 
 
 def test_parquet_in_small_batches_finds_duplicates_across_batches(root, monkeypatch):
@@ -194,7 +194,7 @@ def test_parquet_in_small_batches_finds_duplicates_across_batches(root, monkeypa
     ids[25] = ids[2]
     write_parquet(matrix_dir(root) / "m.parquet", sample(rows=30), ids)
     assert fails() == ("duplicate id 'item-00002': m.parquet row 2 and m.parquet row 25; "
-                       "ids must be unique: fix the id column (or name another with --id-column)")
+                       "ids must be unique: fix the id column (or name another with input.id_column)")
 
 
 @pytest.mark.parametrize("chunk_rows", [1, 7, 25, 100])
@@ -254,7 +254,7 @@ def test_nan_is_an_error_naming_file_row_and_column(root):
     x[6, 3] = np.nan
     np.save(matrix_dir(root) / "x.npy", x)
     assert fails() == ("x.npy row 6 column 3: value is NaN or missing; "
-                       "fix the input, or pass --non-finite drop to drop such rows")
+                       "fix the input, or set input.non_finite: drop in pipeline.yaml to drop such rows")
 
 
 def test_inf_in_csv_names_the_column_and_line(root):
@@ -262,13 +262,13 @@ def test_inf_in_csv_names_the_column_and_line(root):
     x[4, 1] = -np.inf
     write_csv(matrix_dir(root) / "m.csv", x, names(10))
     assert fails() == ("m.csv row 4 (line 6) column 'f1': value is -inf; "
-                       "fix the input, or pass --non-finite drop to drop such rows")
+                       "fix the input, or set input.non_finite: drop in pipeline.yaml to drop such rows")
 
 
 def test_empty_csv_field_is_a_missing_value(root):
     (matrix_dir(root) / "m.csv").write_text("id,a,b\nx,1,2\ny,,3\n")
     assert fails() == ("m.csv row 1 (line 3) column 'a': value is NaN or missing; "
-                       "fix the input, or pass --non-finite drop to drop such rows")
+                       "fix the input, or set input.non_finite: drop in pipeline.yaml to drop such rows")
 
 
 def test_drop_mode_drops_and_counts_rows(root):
@@ -344,8 +344,8 @@ def bad_input_cases():
          "x.npy: not a valid .npy file (the magic string is not correct; expected b'\\x93NUMPY', got b'hello,'); "
          "re-save it with numpy.save(path, matrix)"),
         ("id column with npy", npy("x.npy", np.ones((2, 2))), ("--id-column", "item_id"),
-         "--id-column 'item_id' was given, but the input is .npy, which has no named columns; "
-         "drop --id-column (ids are then row numbers) or provide parquet/csv with that column"),
+         "id column 'item_id' was named (input.id_column), but the input is .npy, which has no named columns; "
+         "remove input.id_column (ids are then row numbers) or provide parquet/csv with that column"),
         ("unsupported extension", text("m.json", "{}"), (),
          "m.json: unsupported file type '.json'; the input may hold only .npy, .parquet or .csv files "
          "(remove or move this one)"),
@@ -364,12 +364,12 @@ def bad_input_cases():
          "fix that line (a missing or extra comma, or a value with a comma that needs quotes)"),
         ("non-numeric feature value", text("m.csv", "id,a,b\nx,1,2\ny,3,4\nz,five,6\n"), ("--id-column", "id"),
          "m.csv row 2 (line 4) column 'a': 'five' is not a number; "
-         "fix the value, or make this column the id column with --id-column"),
+         "fix the value, or make this column the id column with input.id_column"),
         ("two non-numeric columns", text("m.csv", "id,name,a\nx,foo,1\n"), (),
-         "more than one non-numeric column: 'id' (m.csv), 'name' (m.csv); pass --id-column NAME to say which one "
-         "holds the ids (the others must be numeric features)"),
+         "more than one non-numeric column: 'id' (m.csv), 'name' (m.csv); set input.id_column in pipeline.yaml to "
+         "say which one holds the ids (the others must be numeric features)"),
         ("missing id column", text("m.csv", "id,a,b\nx,1,2\n"), ("--id-column", "item"),
-         "m.csv: id column 'item' (from --id-column) not found; columns present: id, a, b; fix --id-column"),
+         "m.csv: id column 'item' (input.id_column) not found; columns present: id, a, b; fix input.id_column in pipeline.yaml"),
         ("only an id column", text("m.csv", "id\nx\n"), (),
          "m.csv: no feature columns (only the id column 'id'); the input needs at least one numeric column"),
         ("no header", text("m.csv", "0.5,1.5,2\n1,2,3\n"), (),
@@ -379,19 +379,19 @@ def bad_input_cases():
          "m.csv: column name 'a' appears more than once; give every column a unique name"),
         ("duplicate ids", two(text("a.csv", "id,a\nx,1\ny,2\n"), text("b.csv", "id,a\nz,1\ny,3\n")), (),
          "duplicate id 'y': a.csv row 1 (line 3) and b.csv row 1 (line 3); "
-         "ids must be unique: fix the id column (or name another with --id-column)"),
+         "ids must be unique: fix the id column (or name another with input.id_column)"),
         ("missing id", text("m.csv", "id,a\nx,1\n,2\n"), (),
          "m.csv row 1 (line 3) column 'id': the id is missing; give every row an id"),
         ("string feature in parquet",
          parquet("m.parquet", pa.table({"id": ["x"], "a": ["1.0"], "b": [2.0]})), ("--id-column", "id"),
          "m.parquet: column 'a' is string, not numeric; store features as numbers (int or float), "
-         "or make it the id column with --id-column"),
+         "or make it the id column with input.id_column"),
         ("id types differ across parquet files",
          two(parquet("a.parquet", pa.table({"id": [1], "f": [1.0]})),
              parquet("b.parquet", pa.table({"id": ["2"], "f": [1.0]}))), ("--id-column", "id"),
          "id column 'id' is int64 in a.parquet but string in b.parquet; give the id column one type in every file"),
         ("vectors in a list column", parquet("m.parquet", pa.table({"id": ["x"], "embedding": [[1.0, 2.0]]})), (),
-         "more than one non-numeric column: 'id' (m.parquet), 'embedding' (m.parquet); pass --id-column NAME to "
+         "more than one non-numeric column: 'id' (m.parquet), 'embedding' (m.parquet); set input.id_column in pipeline.yaml to "
          "say which one holds the ids (the others must be numeric features)"),
         ("list column as the only non-numeric", parquet("m.parquet", pa.table({"v": [[1.0, 2.0]], "a": [1.0]})), (),
          "m.parquet: column 'v' is list<element: double>, so it cannot be the id column (ids are strings or "
@@ -459,7 +459,7 @@ def test_run_step_writes_the_failure_file(root, capsys):
     np.save(matrix_dir(root) / "x.npy", x)
     assert run_step("preprocess", pre.main, ["--input-uri", URI]) == 1
     reason = ("preprocess: x.npy row 2 column 1: value is +inf; "
-              "fix the input, or pass --non-finite drop to drop such rows")
+              "fix the input, or set input.non_finite: drop in pipeline.yaml to drop such rows")
     assert (root / "output/failure").read_text() == reason + "\n"
     assert reason in capsys.readouterr().err
 
