@@ -17,6 +17,7 @@ import warnings
 from typing import TYPE_CHECKING, Any, Iterator
 
 from pipeline.errors import AllpairsError, CompileError
+from pipeline.limits import check_definition
 from pipeline.spec import APPROVAL_STATUSES, PARAMETER_NAMES, Spec
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -46,7 +47,7 @@ def compile_definition(spec: Spec) -> str:
     with _quiet_sdk(spec.region):
         try:
             pipeline = build_pipeline(spec, boto_session=_offline_boto_session(spec.region))
-            return pipeline.definition()  # the SDK builds step arguments lazily, in here
+            text = pipeline.definition()  # the SDK builds step arguments lazily, in here
         except AllpairsError:
             raise
         except Exception as exc:  # a spec value the SDK refuses: one line, not a traceback
@@ -54,6 +55,12 @@ def compile_definition(spec: Spec) -> str:
             raise CompileError(
                 f"{spec.where('')}: cannot build the pipeline definition: {type(exc).__name__}: {reason}"
             ) from exc
+    check_definition(text, spec.parameters, lambda name: _where_parameter(spec, name))
+    return text
+
+
+def _where_parameter(spec: Spec, name: str | None) -> str:
+    return f"{spec.where(f'parameters.{name}')}: parameters.{name}" if name else spec.where("")
 
 
 def build_pipeline(spec: Spec, boto_session: "boto3.Session | None" = None) -> "Pipeline":
@@ -150,9 +157,11 @@ def _s3_output(name: str, uri: Any, local_path: str) -> Any:
     )
 
 
-def _processor(spec: Spec, session: Any, module: str, settings: Any, job: str) -> Any:
+def _processor(spec: Spec, session: Any, module: str, settings: Any, job: str, needs_network: bool) -> Any:
+    from sagemaker.core.network import NetworkConfig
     from sagemaker.core.processing import Processor
 
+    sec = spec.security
     return Processor(
         role=spec.role_arn,
         image_uri=spec.image,
@@ -160,10 +169,39 @@ def _processor(spec: Spec, session: Any, module: str, settings: Any, job: str) -
         instance_count=1,
         instance_type=settings.instance_type,
         volume_size_in_gb=settings.volume_gb,
+        volume_kms_key=sec.volume_kms_key,
+        output_kms_key=sec.output_kms_key,
         max_runtime_in_seconds=settings.max_runtime_seconds,
-        base_job_name=f"allpairs-{job}",
+        base_job_name=f"{spec.job_name_prefix}-{job}",
         sagemaker_session=session,
+        tags=_tags(spec),
+        network_config=NetworkConfig(
+            enable_network_isolation=sec.network_isolation and not needs_network,
+            security_group_ids=list(sec.security_groups) or None,
+            subnets=list(sec.subnets) or None,
+        ),
     )
+
+
+def _tags(spec: Spec) -> list[dict[str, str]] | None:
+    return [{"Key": key, "Value": value} for key, value in spec.tags.items()] or None
+
+
+def _capacity_retry(spec: Spec) -> list[Any]:
+    """Retry a job that found no capacity (spot or on-demand), waiting longer each time. A retried Similarity
+    job runs in the same execution, so it finds the checkpoints of the attempt before (same S3 prefix)."""
+    from sagemaker.mlops.workflow.retry import SageMakerJobExceptionTypeEnum, SageMakerJobStepRetryPolicy
+
+    if spec.retry.max_attempts <= 1:
+        return []
+    return [
+        SageMakerJobStepRetryPolicy(
+            exception_types=[SageMakerJobExceptionTypeEnum.CAPACITY_ERROR],
+            max_attempts=spec.retry.max_attempts,
+            interval_seconds=spec.retry.interval_seconds,
+            backoff_rate=2.0,
+        )
+    ]
 
 
 def _normalized_uri(preprocess: Any) -> Any:
@@ -184,7 +222,12 @@ def _preprocess_step(spec: Spec, session: Any, params: dict[str, Any]) -> Any:
     ]  # fmt: skip
     if spec.input.id_column is not None:
         arguments += ["--id-column", spec.input.id_column]
-    processor = _processor(spec, session, "steps.preprocess", spec.preprocess, "preprocess")
+    from sagemaker.mlops.workflow.steps import CacheConfig
+
+    processor = _processor(spec, session, "steps.preprocess", spec.preprocess, "preprocess", needs_network=False)
+    # Caching: the key is the InputData URI and the arguments, not the bytes behind the URI, so a hit is
+    # only correct if the user vouches that a URI's content never changes (docs/aws.md, "Step caching").
+    cache = CacheConfig(enable_caching=True, expire_after=spec.cache.expire_after) if spec.cache.immutable_inputs else None
     return ProcessingStep(
         name=PREPROCESS,
         display_name=PREPROCESS,  # the public schema allows only [A-Za-z0-9-_] here
@@ -194,6 +237,8 @@ def _preprocess_step(spec: Spec, session: Any, params: dict[str, Any]) -> Any:
             outputs=[_s3_output("normalized", _run_uri(params, "normalized"), NORMALIZED_OUT_PATH)],
             arguments=arguments,
         ),
+        cache_config=cache,
+        retry_policies=_capacity_retry(spec),
     )
 
 
@@ -203,13 +248,15 @@ def _similarity_step(spec: Spec, session: Any, params: dict[str, Any], preproces
         CheckpointConfig,
         Compute,
         InputData,
+        Networking,
         OutputDataConfig,
         S3DataSource,
         StoppingCondition,
     )
+    from sagemaker.core.shapes import Tag
     from sagemaker.train.model_trainer import ModelTrainer
 
-    s = spec.similarity
+    s, sec = spec.similarity, spec.security
     trainer = ModelTrainer(
         training_image=spec.image,  # no source_code: SageMaker starts the container as `train`
         role=spec.role_arn,
@@ -220,11 +267,27 @@ def _similarity_step(spec: Spec, session: Any, params: dict[str, Any], preproces
             instance_type=params["InstanceType"],
             instance_count=params["InstanceCount"],
             volume_size_in_gb=s.volume_gb,
+            volume_kms_key_id=sec.volume_kms_key,
+            enable_managed_spot_training=True if s.spot else None,
         ),
-        stopping_condition=StoppingCondition(max_runtime_in_seconds=s.max_runtime_seconds),
+        stopping_condition=StoppingCondition(
+            max_runtime_in_seconds=s.max_runtime_seconds,
+            max_wait_time_in_seconds=s.max_wait_seconds if s.spot else None,
+        ),
         # NONE: ModelArtifacts is a prefix of the hosts' shard files, not a model.tar.gz
-        output_data_config=OutputDataConfig(s3_output_path=_run_uri(params, "similarity"), compression_type="NONE"),
+        output_data_config=OutputDataConfig(
+            s3_output_path=_run_uri(params, "similarity"), compression_type="NONE", kms_key_id=sec.output_kms_key
+        ),
+        # Per execution, not per job: a retried or spot-restarted job of this execution resumes from the
+        # checkpoints of the attempt before; another execution (other data) never sees them.
         checkpoint_config=CheckpointConfig(s3_uri=_run_uri(params, "checkpoints"), local_path=CHECKPOINT_PATH),
+        # The hosts never talk to each other or to the internet: SageMaker moves their data.
+        networking=Networking(
+            subnets=list(sec.subnets) or None,
+            security_group_ids=list(sec.security_groups) or None,
+            enable_network_isolation=sec.network_isolation,
+        ),
+        tags=[Tag(key=t["Key"], value=t["Value"]) for t in _tags(spec) or []] or None,
         # SageMaker passes hyperparameters as strings: parameters go through to_string() (notes, gotcha 7)
         hyperparameters={
             "top_k": params["TopK"].to_string(),
@@ -246,6 +309,7 @@ def _similarity_step(spec: Spec, session: Any, params: dict[str, Any], preproces
         display_name=SIMILARITY,
         description="On InstanceCount hosts, each host computes the top-k cosine neighbours of its share of rows",
         step_args=trainer.train(input_data_config=[channel]),
+        retry_policies=_capacity_retry(spec),
     )
 
 
@@ -263,7 +327,8 @@ def _merge_step(spec: Spec, session: Any, params: dict[str, Any], preprocess: An
     ]  # fmt: skip
     for name, param in params.items():  # the execution's parameters, recorded in the artifact's manifest
         arguments += ["--parameter", Join(on="", values=[f"{name}=", param])]
-    processor = _processor(spec, session, "steps.merge", spec.merge, "merge")
+    # Merge needs the network: it calls the SageMaker Model Registry (never isolated).
+    processor = _processor(spec, session, "steps.merge", spec.merge, "merge", needs_network=True)
     return ProcessingStep(
         name=MERGE,
         display_name=MERGE,
@@ -276,6 +341,7 @@ def _merge_step(spec: Spec, session: Any, params: dict[str, Any], preprocess: An
             outputs=[_s3_output("artifact", artifact_uri, ARTIFACT_PATH)],
             arguments=arguments,
         ),
+        retry_policies=_capacity_retry(spec),
     )
 
 

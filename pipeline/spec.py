@@ -38,6 +38,14 @@ NON_FINITE_POLICIES: tuple[str, ...] = ("error", "drop")
 MAX_PROCESSING_RUNTIME = 5 * 24 * 3600
 MAX_TRAINING_RUNTIME = 28 * 24 * 3600
 MAX_VOLUME_GB = 16384
+MAX_TAGS, MAX_TAG_KEY, MAX_TAG_VALUE = 50, 128, 256
+MAX_SUBNETS, MAX_SECURITY_GROUPS = 16, 5
+MAX_RETRY_ATTEMPTS = 20
+# Job names are at most 63 characters and the service appends a unique suffix to `<prefix>-<step>`; its
+# length is not documented, so the prefix is kept to 40 characters (leaves 23 for the suffix).
+MAX_JOB_BASE_NAME = 40
+JOB_STEP_SUFFIXES = ("preprocess", "similarity", "merge")
+MAX_JOB_NAME_PREFIX = MAX_JOB_BASE_NAME - 1 - max(map(len, JOB_STEP_SUFFIXES))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -67,6 +75,35 @@ class SimilaritySettings:
     volume_gb: int
     max_runtime_seconds: int
     memory_budget_mb: int
+    spot: bool = False  # managed spot training; resumes from the checkpoint prefix after an interruption
+    max_wait_seconds: int | None = None  # spot only: runtime plus time spent waiting for capacity
+
+
+@dataclass(frozen=True)
+class SecuritySettings:
+    """Reaches every job of the pipeline (network isolation only the jobs that need no network)."""
+
+    volume_kms_key: str | None = None
+    output_kms_key: str | None = None
+    subnets: tuple[str, ...] = ()
+    security_groups: tuple[str, ...] = ()
+    network_isolation: bool = True
+
+
+@dataclass(frozen=True)
+class RetrySettings:
+    """Retry of a step whose job failed for lack of capacity (SageMaker.CAPACITY_ERROR)."""
+
+    max_attempts: int = 5
+    interval_seconds: int = 60
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """Step caching: see docs/aws.md, "Step caching". Off unless the user vouches inputs never change."""
+
+    immutable_inputs: bool = False
+    expire_after: str = "P30D"
 
 
 @dataclass(frozen=True)
@@ -82,12 +119,17 @@ class Spec:
     region: str
     role_arn: str
     image: str
+    job_name_prefix: str
+    tags: dict[str, str]  # on the pipeline and on every job it starts
     parameters: dict[str, Any]  # defaults of the 8 runtime parameters, in PARAMETER_NAMES order
     instance_types: tuple[str, ...] | None
     input: InputSettings
     preprocess: PreprocessSettings
     similarity: SimilaritySettings
     merge: ProcessingSettings
+    security: SecuritySettings
+    retry: RetrySettings
+    cache: CacheSettings
     local: LocalSettings
     lines: dict[str, int] = field(default_factory=dict, repr=False, compare=False)  # YAML path -> line
 
@@ -249,6 +291,28 @@ def _location(no_trailing_slash: bool) -> Check:
     return check
 
 
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _Invalid("true or false")
+    return value
+
+
+_KMS_KEY = _pattern(
+    r"arn:aws[a-z\-]*:kms:[a-z0-9\-]+:\d{12}:(key|alias)/[\w/\-]+|alias/[\w/\-]+|[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}",
+    "a KMS key id, key ARN, alias/<name> or alias ARN",
+    2048,
+)
+_ISO_DURATION = _pattern(
+    r"P(?=\d|T\d)(\d+Y)?(\d+M)?(\d+W)?(\d+D)?(T(?=\d)(\d+H)?(\d+M)?(\d+S)?)?",
+    "an ISO 8601 duration like 'P30D' or 'PT12H'",
+)
+_JOB_NAME_PREFIX = _pattern(
+    r"[a-zA-Z0-9](-*[a-zA-Z0-9])*",
+    f"letters, digits and hyphens, at most {MAX_JOB_NAME_PREFIX} characters (job names are limited to 63 "
+    "and SageMaker appends the step and a unique suffix)",
+    MAX_JOB_NAME_PREFIX,
+)
+
 _INSTANCE_TYPE = _pattern(r"ml\.[a-z0-9]+(\.[a-z0-9]+)+", "a SageMaker instance type like 'ml.m5.xlarge'")
 _NON_EMPTY = _pattern(r"\S(.*\S)?", "a non-empty string")
 
@@ -298,6 +362,8 @@ _SCHEMA: dict[str, Any] = {
         _REQUIRED,
     ),
     "image": (_pattern(r"\S+", "a container image URI like '<account>.dkr.ecr.<region>.amazonaws.com/allpairs:tag'"), _REQUIRED),
+    "job_name_prefix": (_JOB_NAME_PREFIX, "allpairs"),
+    "tags": "tags",  # special-cased: a mapping of tag keys to values
     "parameters": _section(
         {
             "InputData": (_PARAMETER_CHECKS["InputData"], _REQUIRED),
@@ -331,6 +397,8 @@ _SCHEMA: dict[str, Any] = {
             "volume_gb": (_integer(1, MAX_VOLUME_GB), 30),
             "max_runtime_seconds": (_integer(60, MAX_TRAINING_RUNTIME), 86400),
             "memory_budget_mb": (_integer(16), 1024),
+            "spot": (_boolean, False),
+            "max_wait_seconds": (_optional(_integer(60, MAX_TRAINING_RUNTIME)), None),
         }
     ),
     "merge": _section(
@@ -338,6 +406,27 @@ _SCHEMA: dict[str, Any] = {
             "instance_type": (_INSTANCE_TYPE, "ml.m5.xlarge"),
             "volume_gb": (_integer(1, MAX_VOLUME_GB), 30),
             "max_runtime_seconds": (_integer(60, MAX_PROCESSING_RUNTIME), 3600),
+        }
+    ),
+    "security": _section(
+        {
+            "volume_kms_key": (_optional(_KMS_KEY), None),
+            "output_kms_key": (_optional(_KMS_KEY), None),
+            "subnets": "ids:subnet",  # special-cased: a list of resource ids
+            "security_groups": "ids:sg",
+            "network_isolation": (_boolean, True),
+        }
+    ),
+    "retry": _section(
+        {
+            "max_attempts": (_integer(1, MAX_RETRY_ATTEMPTS), 5),
+            "interval_seconds": (_integer(1, 3600), 60),
+        }
+    ),
+    "cache": _section(
+        {
+            "immutable_inputs": (_boolean, False),
+            "expire_after": (_ISO_DURATION, "P30D"),
         }
     ),
     "local": _section(
@@ -415,6 +504,10 @@ class _Walker:
                 out[key] = None if child is None or _is_null(child) else self.instance_types(child, kpath)
             elif entry == "overrides":
                 out[key] = {} if child is None or _is_null(child) else self.overrides(child, kpath)
+            elif entry == "tags":
+                out[key] = {} if child is None or _is_null(child) else self.tags(child, kpath)
+            elif isinstance(entry, str) and entry.startswith("ids:"):
+                out[key] = () if child is None or _is_null(child) else self.ids(child, kpath, entry[4:])
             else:
                 check, default = entry
                 if child is None:
@@ -441,6 +534,48 @@ class _Walker:
             seen.append(value)
         return tuple(seen)
 
+    def tags(self, node: yaml.Node, ypath: str) -> dict[str, str]:
+        """AWS tags: at most 50, keys 1-128 characters not starting with 'aws:', values up to 256."""
+        if not isinstance(node, yaml.MappingNode):
+            raise self.fail(node, ypath, f"must be a mapping of tag keys to values, got {_show(self.scalar(node))}")
+        if len(node.value) > MAX_TAGS:
+            raise self.fail(node, ypath, f"{len(node.value)} tags; AWS allows at most {MAX_TAGS}")
+        out: dict[str, str] = {}
+        for key_node, value_node in node.value:
+            key, value = self.scalar(key_node), self.scalar(value_node)
+            kpath = f"{ypath}.{key}"
+            if not isinstance(key, str) or not _TAG_TEXT.fullmatch(key) or not 1 <= len(key) <= MAX_TAG_KEY:
+                raise self.fail(key_node, kpath, f"a tag key must be 1-{MAX_TAG_KEY} letters, digits, spaces or "
+                                                 f"_.:/=+-@, got {_show(key)}")
+            if key.lower().startswith("aws:"):
+                raise self.fail(key_node, kpath, "tag keys starting with 'aws:' are reserved by AWS; rename it")
+            if key in out:
+                raise self.fail(key_node, kpath, "duplicate tag key")
+            if isinstance(value, (bool, dict, list)) or value is None:
+                raise self.fail(value_node, kpath, f"a tag value must be text, got {_show(value)}")
+            text = str(value)
+            if len(text) > MAX_TAG_VALUE or not _TAG_TEXT.fullmatch(text):
+                raise self.fail(value_node, kpath, f"a tag value must be at most {MAX_TAG_VALUE} letters, digits, "
+                                                   "spaces or _.:/=+-@")
+            out[key] = text
+            self.lines[kpath] = value_node.start_mark.line + 1
+        return out
+
+    def ids(self, node: yaml.Node, ypath: str, kind: str) -> tuple[str, ...]:
+        """VPC resource ids: `subnet-...` or `sg-...`, unique, within the API's list limit."""
+        limit = {"subnet": MAX_SUBNETS, "sg": MAX_SECURITY_GROUPS}[kind]
+        expected = f"a list of at most {limit} ids like '{kind}-0123456789abcdef0'"
+        if not isinstance(node, yaml.SequenceNode) or len(node.value) > limit:
+            raise self.fail(node, ypath, f"must be {expected}, got {_show(self.scalar(node))}")
+        check = _pattern(rf"{kind}-[0-9a-f]{{8,17}}", f"an id like '{kind}-0123456789abcdef0'")
+        seen: list[str] = []
+        for i, item in enumerate(node.value):
+            value = self.check(item, f"{ypath}[{i}]", check)
+            if value in seen:
+                raise self.fail(item, f"{ypath}[{i}]", f"duplicate id {value!r}")
+            seen.append(value)
+        return tuple(seen)
+
     def overrides(self, node: yaml.Node, ypath: str) -> dict[str, Any]:
         present = self.mapping(node, ypath, list(PARAMETER_NAMES))
         # Keep PARAMETER_NAMES order so the result does not depend on how the user ordered the YAML.
@@ -449,6 +584,9 @@ class _Walker:
             for name in PARAMETER_NAMES
             if name in present
         }
+
+
+_TAG_TEXT = re.compile(r"[\w\s.:/=+\-@]*")
 
 
 def _is_null(node: yaml.Node) -> bool:
@@ -498,6 +636,8 @@ def load_spec(path: str | Path) -> Spec:
 
 def _cross_check(raw: dict[str, Any], root: yaml.Node, walker: _Walker) -> None:
     """Rules that involve two keys; errors point at the value that has to change."""
+    _check_spot(raw, walker)
+    _check_vpc(raw, walker)
     allowed = raw["instance_types"]
     if allowed is None:
         return
@@ -514,6 +654,34 @@ def _cross_check(raw: dict[str, Any], root: yaml.Node, walker: _Walker) -> None:
             )
 
 
+def _check_spot(raw: dict[str, Any], walker: _Walker) -> None:
+    sim = raw["similarity"]
+    line = lambda key: walker.lines.get(f"similarity.{key}", walker.lines.get("similarity", 1))  # noqa: E731
+    if not sim["spot"]:
+        if sim["max_wait_seconds"] is not None:
+            raise SpecError(f"{walker.file}:{line('max_wait_seconds')}: similarity.max_wait_seconds: applies to "
+                            "spot training only; set similarity.spot: true or remove it")
+        return
+    wait, runtime = sim["max_wait_seconds"], sim["max_runtime_seconds"]
+    if wait is None:
+        raise SpecError(f"{walker.file}:{line('spot')}: similarity.spot: spot training needs "
+                        f"similarity.max_wait_seconds (>= max_runtime_seconds {runtime}: run time plus time "
+                        "waiting for spot capacity); add it")
+    if wait < runtime:
+        raise SpecError(f"{walker.file}:{line('max_wait_seconds')}: similarity.max_wait_seconds: must be >= "
+                        f"similarity.max_runtime_seconds ({runtime}), got {wait}; SageMaker rejects a spot job "
+                        "that may wait less than it may run")
+
+
+def _check_vpc(raw: dict[str, Any], walker: _Walker) -> None:
+    sec = raw["security"]
+    if bool(sec["subnets"]) != bool(sec["security_groups"]):
+        have, missing = ("subnets", "security_groups") if sec["subnets"] else ("security_groups", "subnets")
+        line = walker.lines.get(f"security.{have}", 1)
+        raise SpecError(f"{walker.file}:{line}: security.{have}: a VPC needs both subnets and security_groups; "
+                        f"add security.{missing}")
+
+
 def _build(path: Path, raw: dict[str, Any], lines: dict[str, int]) -> Spec:
     path = path.resolve()
     params = dict(raw["parameters"])
@@ -525,12 +693,17 @@ def _build(path: Path, raw: dict[str, Any], lines: dict[str, int]) -> Spec:
         region=raw["region"],
         role_arn=raw["role_arn"],
         image=raw["image"],
+        job_name_prefix=raw["job_name_prefix"],
+        tags=raw["tags"],
         parameters={name: params[name] for name in PARAMETER_NAMES},
         instance_types=raw["instance_types"],
         input=InputSettings(**raw["input"]),
         preprocess=PreprocessSettings(**raw["preprocess"]),
         similarity=SimilaritySettings(**raw["similarity"]),
         merge=ProcessingSettings(**raw["merge"]),
+        security=SecuritySettings(**raw["security"]),
+        retry=RetrySettings(**raw["retry"]),
+        cache=CacheSettings(**raw["cache"]),
         local=LocalSettings(
             workdir=(path.parent / Path(raw["local"]["workdir"]).expanduser()).resolve(),
             parameters=raw["local"]["parameters"],

@@ -389,3 +389,130 @@ def test_parameters_and_top_level_validate_against_the_patched_schema(schema, de
     for parameter in definition["Parameters"]:
         assert _errors(schema, kinds[parameter["Type"]], parameter) == []
     assert set(definition) <= set(schema["properties"])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Cloud settings: spot, KMS, VPC, isolation, tags, retries, caching (issue 3)
+
+KMS_KEY = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+SUBNETS = ["subnet-0123456789abcdef0", "subnet-0fedcba9876543210"]
+GROUPS = ["sg-0123456789abcdef0"]
+TAGS = [{"Key": "team", "Value": "search"}, {"Key": "cost-center", "Value": "1234"}]
+
+
+def everything_on(text: str) -> str:
+    for old, new in [
+        ("tags: {}", 'tags: {team: search, cost-center: "1234"}'),
+        ("  spot: false", "  spot: true"),
+        ("  max_wait_seconds: null ", "  max_wait_seconds: 172800"),
+        ("  volume_kms_key: null", f"  volume_kms_key: {KMS_KEY}"),
+        ("  output_kms_key: null", "  output_kms_key: alias/allpairs-output"),
+        ("  subnets: []", f"  subnets: [{', '.join(SUBNETS)}]"),
+        ("  security_groups: []", f"  security_groups: [{', '.join(GROUPS)}]"),
+        ("  immutable_inputs: false", "  immutable_inputs: true"),
+    ]:
+        assert old in text, old
+        text = text.replace(old, new, 1)
+    return text
+
+
+@pytest.fixture(scope="module")
+def secured(tmp_path_factory, compiled) -> tuple[dict, list[str]]:
+    path = tmp_path_factory.mktemp("secured") / "pipeline.yaml"
+    path.write_text(everything_on(SHIPPED.read_text()))
+    with pytest.MonkeyPatch.context() as mp:
+        guard = NetworkGuard(mp)
+        text = compile_definition(load_spec(path))
+    return json.loads(text), guard.attempts
+
+
+def test_secured_spec_compiles_with_zero_network_calls(secured):
+    assert secured[1] == []
+
+
+def test_secured_spec_reaches_every_job(secured):
+    steps = {s["Name"]: s["Arguments"] for s in secured[0]["Steps"]}
+    vpc = {"SecurityGroupIds": GROUPS, "Subnets": SUBNETS}
+    for name in ("Preprocess", "Merge"):
+        args = steps[name]
+        assert args["ProcessingResources"]["ClusterConfig"]["VolumeKmsKeyId"] == KMS_KEY
+        assert args["ProcessingOutputConfig"]["KmsKeyId"] == "alias/allpairs-output"
+        assert args["Tags"] == TAGS
+    # Merge calls the Model Registry: never isolated; the others need no network.
+    assert steps["Preprocess"]["NetworkConfig"] == {"EnableNetworkIsolation": True, "VpcConfig": vpc}
+    assert steps["Merge"]["NetworkConfig"] == {"EnableNetworkIsolation": False, "VpcConfig": vpc}
+    sim = steps["Similarity"]
+    assert sim["ResourceConfig"]["VolumeKmsKeyId"] == KMS_KEY
+    assert sim["OutputDataConfig"]["KmsKeyId"] == "alias/allpairs-output"
+    assert sim["VpcConfig"] == vpc and sim["EnableNetworkIsolation"] is True and sim["Tags"] == TAGS
+    assert sim["EnableManagedSpotTraining"] is True
+    assert sim["StoppingCondition"] == {"MaxRuntimeInSeconds": 86400, "MaxWaitTimeInSeconds": 172800}
+    # One checkpoint prefix per execution: a retried or restarted job of the execution resumes from it.
+    assert sim["CheckpointConfig"] == {"S3Uri": run_uri("checkpoints"), "LocalPath": "/opt/ml/checkpoints"}
+
+
+def test_caching_only_on_preprocess_and_only_when_inputs_are_immutable(secured, definition):
+    assert [s.get("CacheConfig") for s in secured[0]["Steps"]] == [{"Enabled": True, "ExpireAfter": "P30D"}, None, None]
+    assert [s.get("CacheConfig") for s in definition["Steps"]] == [None, None, None]
+
+
+def test_every_step_retries_capacity_errors_with_backoff(definition):
+    for step in definition["Steps"]:
+        assert step["RetryPolicies"] == [
+            {"BackoffRate": 2.0, "IntervalSeconds": 60, "MaxAttempts": 5, "ExceptionType": ["SageMaker.CAPACITY_ERROR"]}
+        ]
+
+
+def test_default_spec_is_on_demand_isolated_and_untagged(steps):
+    assert "EnableManagedSpotTraining" not in steps["Similarity"]["Arguments"]
+    assert steps["Similarity"]["Arguments"]["EnableNetworkIsolation"] is True
+    assert steps["Preprocess"]["Arguments"]["NetworkConfig"] == {"EnableNetworkIsolation": True}
+    assert steps["Merge"]["Arguments"]["NetworkConfig"] == {"EnableNetworkIsolation": False}
+    assert all("Tags" not in s["Arguments"] for s in steps.values())
+
+
+@pytest.mark.parametrize("name", STEP_NAMES)
+def test_each_secured_step_validates_against_the_patched_schema(schema, secured, name):
+    step = {s["Name"]: s for s in secured[0]["Steps"]}[name]
+    kind = {"Processing": "ProcessingStep", "Training": "TrainingStep"}[step["Type"]]
+    assert _errors(schema, kind, step) == []
+
+
+def test_a_value_over_a_service_limit_fails_at_compile_time_naming_its_line(tmp_path, monkeypatch, compiled):
+    long_uri = "s3://my-bucket/" + "x" * 250
+    text = SHIPPED.read_text().replace("  InputData: s3://my-bucket/allpairs/input/ ", f"  InputData: {long_uri} ", 1)
+    (tmp_path / "pipeline.yaml").write_text(text)
+    monkeypatch.chdir(tmp_path)
+    line = text.splitlines().index(next(l for l in text.splitlines() if l.startswith("  InputData: s3://"))) + 1
+    with pytest.raises(CompileError) as info:
+        compile_definition(load_spec("pipeline.yaml"))
+    assert str(info.value) == (
+        f"pipeline.yaml:{line}: parameters.InputData: step Preprocess passes the value of InputData in "
+        "AppSpecification.ContainerArguments[1]: 265 characters where SageMaker allows 256; use a shorter value"
+    )
+
+
+def test_limits_count_inputs_and_definition_size():
+    from pipeline.limits import check_definition
+
+    where = lambda name: "spec"  # noqa: E731
+    step = {"Name": "P", "Type": "Processing", "Arguments": {"ProcessingInputs": [{}] * 11}}
+    with pytest.raises(CompileError) as info:
+        check_definition(json.dumps({"Steps": [step]}), {}, where)
+    assert str(info.value) == "spec: step P: ProcessingInputs has 11 entries, SageMaker allows 10"
+    big = json.dumps({"Steps": [], "Pad": "x" * 102400})
+    with pytest.raises(CompileError) as info:
+        check_definition(big, {}, where)
+    assert str(info.value) == (
+        f"spec: the compiled definition is {len(big)} bytes, over 102400 (SageMaker would need it staged in S3); "
+        "shorten parameter defaults and descriptions"
+    )
+    env = {"Name": "T", "Type": "Training", "Arguments": {"HyperParameters": {"h": {"Std:Join": {
+        "On": "", "Values": [{"Get": "Parameters.A"}, {"Get": "Execution.PipelineExecutionId"}]}}}}}
+    check_definition(json.dumps({"Steps": [env]}), {"A": "a" * 2488}, where)  # 2488 + 12 = 2500: allowed
+    with pytest.raises(CompileError) as info:
+        check_definition(json.dumps({"Steps": [env]}), {"A": "a" * 2489}, where)
+    assert str(info.value) == (
+        "spec: step T passes the value of A in HyperParameters.h: 2501 characters where SageMaker allows 2500; "
+        "use a shorter value"
+    )

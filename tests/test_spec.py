@@ -157,8 +157,8 @@ def test_unknown_key_suggests_the_closest_name(write):
 
 def test_unknown_key_without_a_close_match_lists_the_allowed_keys(write):
     assert error_of(write(MINIMAL + "zzz: 1\n")) == (
-        "pipeline.yaml:9: zzz: unknown key; expected one of: name, region, role_arn, image, parameters, "
-        "instance_types, input, preprocess, similarity, merge, local"
+        "pipeline.yaml:9: zzz: unknown key; expected one of: name, region, role_arn, image, job_name_prefix, tags, "
+        "parameters, instance_types, input, preprocess, similarity, merge, security, retry, cache, local"
     )
 
 
@@ -293,7 +293,8 @@ def test_section_must_be_a_mapping(write):
 def test_empty_file(write):
     assert error_of(write("# nothing yet\n")) == (
         "pipeline.yaml:1: the spec is empty; expected a mapping with keys name, region, role_arn, image, "
-        "parameters, instance_types, input, preprocess, similarity, merge, local"
+        "job_name_prefix, tags, parameters, instance_types, input, preprocess, similarity, merge, security, "
+        "retry, cache, local"
     )
 
 
@@ -309,3 +310,96 @@ def test_errors_name_the_path_as_given_outside_the_working_directory(tmp_path, m
     monkeypatch.chdir(tmp_path / "b")
     assert error_of("../a/p.yaml").startswith("../a/p.yaml:9: zzz: unknown key; ")
     assert error_of(tmp_path / "a" / "p.yaml").startswith(f"{tmp_path}/a/p.yaml:9: zzz: unknown key; ")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Spot, security, tags, retries, caching, job names (issue 3)
+
+
+def test_cloud_settings_default_to_off_or_safe(write):
+    spec = load_spec(write(MINIMAL))
+    assert spec.job_name_prefix == "allpairs" and spec.tags == {}
+    assert (spec.similarity.spot, spec.similarity.max_wait_seconds) == (False, None)
+    sec = spec.security
+    assert (sec.volume_kms_key, sec.output_kms_key, sec.subnets, sec.security_groups) == (None, None, (), ())
+    assert sec.network_isolation is True
+    assert (spec.retry.max_attempts, spec.retry.interval_seconds) == (5, 60)
+    assert (spec.cache.immutable_inputs, spec.cache.expire_after) == (False, "P30D")
+
+
+def test_cloud_settings_are_read(write):
+    spec = load_spec(write(MINIMAL + """\
+job_name_prefix: team-a
+tags: {team: search, cost-center: 1234}
+similarity:
+  max_runtime_seconds: 3600
+  spot: true
+  max_wait_seconds: 7200
+security:
+  volume_kms_key: alias/vol
+  output_kms_key: arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab
+  subnets: [subnet-0123456789abcdef0]
+  security_groups: [sg-01234567]
+  network_isolation: false
+retry: {max_attempts: 1, interval_seconds: 5}
+cache: {immutable_inputs: true, expire_after: PT12H}
+"""))
+    assert spec.job_name_prefix == "team-a" and spec.tags == {"team": "search", "cost-center": "1234"}
+    assert (spec.similarity.spot, spec.similarity.max_wait_seconds) == (True, 7200)
+    assert spec.security.subnets == ("subnet-0123456789abcdef0",) and spec.security.security_groups == ("sg-01234567",)
+    assert spec.security.volume_kms_key == "alias/vol" and spec.security.network_isolation is False
+    assert (spec.retry.max_attempts, spec.cache.immutable_inputs, spec.cache.expire_after) == (1, True, "PT12H")
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ("similarity:\n  spot: true\n",
+         "pipeline.yaml:10: similarity.spot: spot training needs similarity.max_wait_seconds (>= max_runtime_seconds "
+         "86400: run time plus time waiting for spot capacity); add it"),
+        ("similarity:\n  max_runtime_seconds: 7200\n  spot: true\n  max_wait_seconds: 3600\n",
+         "pipeline.yaml:12: similarity.max_wait_seconds: must be >= similarity.max_runtime_seconds (7200), got 3600; "
+         "SageMaker rejects a spot job that may wait less than it may run"),
+        ("similarity:\n  max_wait_seconds: 3600\n",
+         "pipeline.yaml:10: similarity.max_wait_seconds: applies to spot training only; set similarity.spot: true "
+         "or remove it"),
+        ("similarity:\n  spot: yes please\n",
+         "pipeline.yaml:10: similarity.spot: must be true or false, got 'yes please'"),
+        ("security:\n  subnets: [subnet-0123456789abcdef0]\n",
+         "pipeline.yaml:10: security.subnets: a VPC needs both subnets and security_groups; add security.security_groups"),
+        ("security:\n  security_groups: [sg-12]\n",
+         "pipeline.yaml:10: security.security_groups[0]: must be an id like 'sg-0123456789abcdef0', got 'sg-12'"),
+        ("security:\n  volume_kms_key: my-key\n",
+         "pipeline.yaml:10: security.volume_kms_key: must be a KMS key id, key ARN, alias/<name> or alias ARN, "
+         "got 'my-key'"),
+        ("tags:\n  aws:owner: me\n",
+         "pipeline.yaml:10: tags.aws:owner: tag keys starting with 'aws:' are reserved by AWS; rename it"),
+        ("tags: [a, b]\n", "pipeline.yaml:9: tags: must be a mapping of tag keys to values, got a list"),
+        ("tags:\n  team: [a]\n", "pipeline.yaml:10: tags.team: a tag value must be text, got a list"),
+        ("retry:\n  max_attempts: 21\n",
+         "pipeline.yaml:10: retry.max_attempts: must be an integer between 1 and 20, got 21"),
+        ("cache:\n  expire_after: 30 days\n",
+         "pipeline.yaml:10: cache.expire_after: must be an ISO 8601 duration like 'P30D' or 'PT12H', got '30 days'"),
+        ("job_name_prefix: a-very-long-prefix-for-the-jobs-x\n",
+         "pipeline.yaml:9: job_name_prefix: must be letters, digits and hyphens, at most 29 characters (job names "
+         "are limited to 63 and SageMaker appends the step and a unique suffix), got "
+         "'a-very-long-prefix-for-the-jobs-x'"),
+        ("job_name_prefix: my_jobs\n",
+         "pipeline.yaml:9: job_name_prefix: must be letters, digits and hyphens, at most 29 characters (job names "
+         "are limited to 63 and SageMaker appends the step and a unique suffix), got 'my_jobs'"),
+    ],
+)
+def test_cloud_setting_errors(write, extra, message):
+    assert error_of(write(MINIMAL + extra)) == message
+
+
+def test_too_many_tags(write):
+    tags = "".join(f"  k{i}: v\n" for i in range(51))
+    assert error_of(write(MINIMAL + "tags:\n" + tags)) == "pipeline.yaml:10: tags: 51 tags; AWS allows at most 50"
+
+
+def test_pipeline_name_longer_than_256(write):
+    assert error_of(write(edit(MINIMAL, "name: demo", "name: " + "a" * 257))) == (
+        "pipeline.yaml:1: name: must be a SageMaker pipeline name: letters, digits and hyphens (no underscores), "
+        "starting and ending with a letter or digit, at most 256 characters, got '" + "a" * 257 + "'"
+    )
