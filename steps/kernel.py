@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 import os
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterator, Sequence
@@ -113,10 +112,9 @@ class Plan:
     score_rows: int  # query rows rescored at once
 
     @classmethod
-    def from_budget(cls, budget_bytes: int, dim: int, width: int, total_rows: int, workers: int = 1) -> "Plan":
-        # Half the budget for the workers' tiles, half for the group's buffers (float32 score + int64 index).
-        per_worker = budget_bytes // 2 // max(workers, 1)
-        tile = int(min(4096, max(64, math.isqrt(per_worker // _TILE_BYTES_PER_ELEMENT))))
+    def from_budget(cls, budget_bytes: int, dim: int, width: int, total_rows: int) -> "Plan":
+        # Half the budget for the score tile, half for the group's buffers (float32 score + int64 index).
+        tile = int(min(4096, max(64, math.isqrt(budget_bytes // 2 // _TILE_BYTES_PER_ELEMENT))))
         buffers = budget_bytes // 2 // (12 * max(width, 1))
         group = int(max(tile, buffers // tile * tile))
         # Rescoring works on (rows, width, dim) float32 + float64 copies; small slices stay in cache.
@@ -145,8 +143,9 @@ def top_k(
     """Top-k neighbours of rows [start, stop) among all rows.
 
     Yields (first_row, neighbors int64 (n, k), scores float32 (n, k)) per query block, in row order, so a
-    caller can checkpoint between blocks. `min_score` (inclusive) drops pairs scoring below it. `threads`
-    worker threads (0: every core this process may use) share the matrix products and the selection.
+    caller can checkpoint between blocks. `min_score` (inclusive) drops pairs scoring below it. The matrix
+    products use BLAS's own threads; the canonical rescoring runs on `threads` workers (0: every core this
+    process may use).
     """
     if k < 1:
         raise ValueError("k must be >= 1")
@@ -155,14 +154,14 @@ def top_k(
     margin = max(16, k // 4)
     width = min(k + margin, max(corpus.rows - 1, 1))
     workers = threads if threads > 0 else default_threads()
-    plan = Plan.from_budget(budget_bytes, corpus.dim, width, corpus.rows, workers)
+    plan = Plan.from_budget(budget_bytes, corpus.dim, width, corpus.rows)
     threshold = None if min_score is None else np.float32(min_score)
     # Selection never needs a pair below this: it cannot reach the threshold even with rounding error.
     floor = np.float32(-np.inf) if threshold is None else np.float32(threshold - eps)
     with ThreadPoolExecutor(workers) as pool:
         for g0 in range(start, stop, plan.group_rows):
             g1 = min(stop, g0 + plan.group_rows)
-            tiles = _select_group(pool, corpus, g0, g1, width, zero, floor, plan)
+            tiles = _select_group(corpus, g0, g1, width, zero, floor, plan)
             scored = [pool.submit(_score, corpus, t.first, t.query, t.best_s, t.best_i, k, zero, threshold, eps,
                                   plan) for t in tiles]
             for t, job in zip(tiles, scored):
@@ -183,7 +182,8 @@ class _Rows:
         self.best_i = np.full((n, width), PAD_INDEX, dtype=np.int64)
         self.thr = np.where(zero[first: first + n], np.float32(np.inf), floor).astype(np.float32)
         self.full = zero[first: first + n].copy()  # rows whose bar comes from a full buffer (or zero rows)
-        self.lock = threading.Lock()
+        self.pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # survivors not merged yet
+        self.pending_count = 0
 
     def update(self, S: np.ndarray, col0: int, zero: np.ndarray, scratch: np.ndarray, mirrored: bool) -> None:
         """Admit candidates from a C-contiguous product tile whose rows (or, if `mirrored`, columns) are ours.
@@ -191,19 +191,15 @@ class _Rows:
         The tile's other axis is corpus rows col0, col0+1, ...
         """
         n, m = (S.shape[1], S.shape[0]) if mirrored else S.shape
-        with self.lock:
-            thr = self.thr.copy()
-            pending = not self.full.all()
-        if pending:
+        thr = self.thr
+        if not self.full.all():
             thr = np.where(self.full, thr, np.maximum(thr, self._estimate(S, col0, zero, mirrored)))
         # One compare over the tile in memory order, then only the few survivors are touched (no per-tile sort).
         mask = scratch[: n * m].reshape(S.shape)
         np.greater_equal(S, thr[None, :] if mirrored else thr[:, None], out=mask)
         flat = np.flatnonzero(mask)
-        if mirrored:
+        if mirrored:  # survivors come column-major: flush() sorts them by row
             c, r = np.divmod(flat, n)
-            order = np.argsort(r.astype(np.uint16), kind="stable")  # tiles have <= 4096 rows: a radix sort
-            r, c, flat = r[order], c[order], flat[order]
         else:
             r, c = np.divmod(flat, m)
         s = S.reshape(-1)[flat]
@@ -212,8 +208,21 @@ class _Rows:
         if not ok.all():
             r, col, s = r[ok], col[ok], s[ok]
         if len(r):
-            with self.lock:
-                self._merge(r, col, s)
+            # Merging costs a pass over the rows' buffers: batch survivors until they are worth it. The bar
+            # lags meanwhile, which only admits a few more survivors.
+            self.pending.append((r, col, s))
+            self.pending_count += len(r)
+            if self.pending_count * 2 >= self.best_s.size or not self.full.all():
+                self.flush()
+
+    def flush(self) -> None:
+        """Merge the pending survivors into the buffers."""
+        if not self.pending:
+            return
+        r, col, s = (np.concatenate(part) for part in zip(*self.pending))
+        self.pending, self.pending_count = [], 0
+        order = np.argsort(r.astype(np.uint16), kind="stable")  # tiles have <= 4096 rows: a radix sort
+        self._merge(r[order], col[order], s[order])
 
     def _estimate(self, S, col0, zero, mirrored):
         """A safe early bar for rows whose buffer is not full yet, so the first tile does not admit everything.
@@ -257,39 +266,36 @@ class _Rows:
         self.thr[rows] = np.maximum(worst, self.floor)
 
 
-def _select_group(pool, corpus, g0, g1, width, zero, floor, plan):
+def _select_group(corpus, g0, g1, width, zero, floor, plan):
     """Selection for query rows [g0, g1): every (row tile, column tile) product, each pair inside the group once.
 
     Inside the group, the product of row tiles a < b serves both: S for a's rows, S.T for b's rows. Columns
-    outside the group are plain products. Workers run products and compares in parallel (numpy releases
-    the GIL); merges into one row tile are serialized by its lock.
+    outside the group are plain products. Products run one at a time: BLAS already spreads each over every
+    core, and a second Python thread selecting meanwhile measured slower on OpenBLAS (its idle threads spin).
     """
     t = plan.tile
     tiles = [_Rows(first, block, width, zero, floor) for first, block in
              ((f, np.ascontiguousarray(b)) for f, b in corpus.blocks(g0, g1, t))]
-    local = threading.local()
+    # One tile and one mask, reused: a fresh 64 MB array per product costs page faults comparable to the product.
+    scores = np.empty(t * t, dtype=np.float32)
+    mask = np.empty(t * t, dtype=bool)
 
     def product(rows: _Rows, cols: np.ndarray, col0: int, mirror: _Rows | None) -> None:
-        n, m = len(rows.query), len(cols)
-        if not hasattr(local, "S"):
-            local.S = np.empty(t * t, dtype=np.float32)
-            local.mask = np.empty(t * t, dtype=bool)
-        S = local.S[: n * m].reshape(n, m)
+        S = scores[: len(rows.query) * len(cols)].reshape(len(rows.query), len(cols))
         np.matmul(rows.query, cols.T, out=S)
-        rows.update(S, col0, zero, local.mask, mirrored=False)
+        rows.update(S, col0, zero, mask, mirrored=False)
         if mirror is not None:
-            mirror.update(S, rows.first, zero, local.mask, mirrored=True)
+            mirror.update(S, rows.first, zero, mask, mirrored=True)
 
-    jobs = []
     for a, rows in enumerate(tiles):
         for b in range(a, len(tiles)):
-            jobs.append(pool.submit(product, rows, tiles[b].query, tiles[b].first, tiles[b] if b > a else None))
+            product(rows, tiles[b].query, tiles[b].first, tiles[b] if b > a else None)
     for lo, hi in ((0, g0), (g1, corpus.rows)):
         for col0, block in corpus.blocks(lo, hi, t):
             for rows in tiles:
-                jobs.append(pool.submit(product, rows, block, col0, None))
-    for job in jobs:
-        job.result()
+                product(rows, block, col0, None)
+    for rows in tiles:
+        rows.flush()
     return tiles
 
 
