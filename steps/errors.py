@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 import traceback
 from typing import Callable, Sequence
 
@@ -11,6 +13,16 @@ from . import paths
 
 class StepError(Exception):
     """A failure the user can fix: the message says where, what and how."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM: SageMaker's stop (StopTrainingJob, spot's two-minute warning) or the local runner stopping a
+    host. Raised like Ctrl-C, so every `finally` and `except BaseException` cleanup runs (staging folders
+    removed, completed rows checkpointed) instead of the process vanishing mid-write."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
 
 
 class StepArgumentParser(argparse.ArgumentParser):
@@ -22,17 +34,17 @@ class StepArgumentParser(argparse.ArgumentParser):
 
 
 def run_step(name: str, main: Callable[[Sequence[str]], None], argv: Sequence[str] | None = None) -> int:
-    """Run a step's main; on failure write the reason to /opt/ml/output/failure and return 1."""
+    """Run a step's main; on failure write the reason to /opt/ml/output/failure and return 1.
+    SIGTERM raises Terminated meanwhile (main thread only: Python delivers signals there)."""
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main else None
     try:
-        main(sys.argv[1:] if argv is None else argv)
+        reason = _reason_of_failure(name, main, sys.argv[1:] if argv is None else argv)
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
+    if reason is None:
         return 0
-    except StepError as exc:
-        reason = f"{name}: {exc}"
-    except KeyboardInterrupt:
-        reason = f"{name}: interrupted"
-    except Exception as exc:  # an unexpected bug: keep the traceback in the log, the reason in the file
-        traceback.print_exc()
-        reason = f"{name}: internal error: {type(exc).__name__}: {exc}"
     print(reason, file=sys.stderr)
     try:
         failure = paths.failure_file()
@@ -41,3 +53,18 @@ def run_step(name: str, main: Callable[[Sequence[str]], None], argv: Sequence[st
     except OSError:
         pass
     return 1
+
+
+def _reason_of_failure(name: str, main: Callable[[Sequence[str]], None], argv: Sequence[str]) -> str | None:
+    try:
+        main(argv)
+        return None
+    except StepError as exc:
+        return f"{name}: {exc}"
+    except Terminated:
+        return f"{name}: stopped by SIGTERM"
+    except KeyboardInterrupt:
+        return f"{name}: interrupted"
+    except Exception as exc:  # an unexpected bug: keep the traceback in the log, the reason in the file
+        traceback.print_exc()
+        return f"{name}: internal error: {type(exc).__name__}: {exc}"

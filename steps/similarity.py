@@ -2,10 +2,20 @@
 
 Reads the SageMaker training contract (resourceconfig.json, hyperparameters.json, the `normalized` channel)
 and writes host-unique shard files to /opt/ml/model. See docs/container-contract.md, section 2.
+
+Resume: completed rows are checkpointed under /opt/ml/checkpoints, keyed by row range (steps/checkpoints.py
+says how and why); a restarted host copies what is there and computes only the rest. SIGTERM (spot's warning,
+StopTrainingJob) saves the completed rows before the host exits.
+
+Refused before any work: InstanceCount above the number of rows, and a matrix that with memory_budget_mb does
+not fit in this host's available memory (every host memory-maps the whole normalized matrix); the message
+names the budget or an instance type that would fit. The shard JSON records the training job
+(TRAINING_JOB_NAME, set by SageMaker and the local runner), so Merge can refuse a shard of another job.
 """
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -14,19 +24,28 @@ from typing import Sequence
 
 import numpy as np
 
-from . import paths
+from . import checkpoints, paths
 from .errors import StepError, run_step
 from .io import atomic_path, sha256_file, write_json
 from .kernel import Corpus, top_k
-from .normalized import load_normalized
+from .normalized import MANIFEST, load_normalized
 
 CHANNEL = "normalized"
+JOB_ENV = "TRAINING_JOB_NAME"  # SageMaker sets it in every training container; the local runner does too
+PROGRAM_MB = 256  # the interpreter, numpy and the kernel's bookkeeping, beside the matrix and the budget
+# Memory (GiB) of common training instance types, smallest first: what the memory check suggests.
+INSTANCE_MEMORY_GIB = [
+    ("ml.c5.xlarge", 8), ("ml.c5.2xlarge", 16), ("ml.m5.2xlarge", 32), ("ml.m5.4xlarge", 64),
+    ("ml.c5.9xlarge", 72), ("ml.r5.4xlarge", 128), ("ml.c5.18xlarge", 144), ("ml.m5.12xlarge", 192),
+    ("ml.r5.8xlarge", 256), ("ml.m5.24xlarge", 384), ("ml.r5.16xlarge", 512), ("ml.r5.24xlarge", 768),
+]
 
 
 @dataclass(frozen=True)
 class Host:
     name: str
     hosts: list[str]
+    instance_type: str | None = None  # resourceconfig.json's current_instance_type, when SageMaker gives it
 
     @property
     def index(self) -> int:
@@ -49,7 +68,7 @@ class Settings:
 def read_host(path: Path) -> Host:
     try:
         cfg = json.loads(path.read_text())
-        host = Host(cfg["current_host"], list(cfg["hosts"]))
+        host = Host(cfg["current_host"], list(cfg["hosts"]), cfg.get("current_instance_type"))
         host.index  # noqa: B018 - raises ValueError if current_host is not among hosts
         return host
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -89,8 +108,11 @@ def shard_names(host: str) -> dict[str, str]:
     return {"neighbors": f"{stem}.neighbors.npy", "scores": f"{stem}.scores.npy", "meta": f"{stem}.json"}
 
 
-def compute_shard(normalized_dir: Path, host: Host, settings: Settings, out_dir: Path) -> dict:
-    """Compute this host's rows and write its shard files (data first, the JSON that vouches for them last)."""
+def compute_shard(normalized_dir: Path, host: Host, settings: Settings, out_dir: Path,
+                  checkpoint_dir: Path | None = None, available: int | None = None) -> dict:
+    """Compute this host's rows and write its shard files (data first, the JSON that vouches for them last).
+    Rows found in verified checkpoints are copied, not computed; `available` is memory in bytes (None: ask)."""
+    check_fits(normalized_dir, host, settings, available_memory() if available is None else available)
     data = load_normalized(normalized_dir)
     corpus = Corpus(data.chunks)
     if len(host.hosts) > max(data.rows, 1):
@@ -99,23 +121,29 @@ def compute_shard(normalized_dir: Path, host: Host, settings: Settings, out_dir:
     start, stop = host.share(data.rows)
     names = shard_names(host.name)
     k = settings.top_k
+    log = host_log(host)
+    expected = {"format": checkpoints.FORMAT, "version": checkpoints.VERSION, "fingerprint": data.fingerprint,
+                "k": k, "min_score": settings.min_score}
+    key = checkpoints.checkpoint_key(data.fingerprint, k, settings.min_score)
+    found = checkpoints.scan(checkpoint_dir, key, expected, (start, stop), log) if checkpoint_dir else checkpoints.Scan()
+    pieces = checkpoints.plan_cover((start, stop), found.usable)
     began = time.time()
     from numpy.lib.format import open_memmap
 
     with atomic_path(out_dir / names["neighbors"]) as tmp_n, atomic_path(out_dir / names["scores"]) as tmp_s:
         neighbors = open_memmap(tmp_n, mode="w+", dtype=np.int64, shape=(stop - start, k))
         scores = open_memmap(tmp_s, mode="w+", dtype=np.float32, shape=(stop - start, k))
-        budget = settings.memory_budget_mb << 20
-        for first, nb, sc in top_k(corpus, start, stop, k, settings.min_score, budget):
-            neighbors[first - start: first - start + len(nb)] = nb
-            scores[first - start: first - start + len(sc)] = sc
+        writer = checkpoints.Writer(checkpoint_dir, key, {**expected, "host": host.name}, neighbors, scores, start,
+                                    checkpoints.read_interval(), log, checkpoints.read_fault()) if checkpoint_dir else None
+        resumed = fill_shard(corpus, pieces, settings, neighbors, scores, start, writer, log)
         neighbors.flush()
         scores.flush()
-        del neighbors, scores
+        del neighbors, scores, writer
     meta = {
         "format": "allpairs.shard", "version": 1, "host": host.name, "hosts": host.hosts,
         "start": start, "stop": stop, "k": k,
         "min_score": settings.min_score, "input_fingerprint": data.fingerprint,
+        "job": os.environ.get(JOB_ENV), "resumed_rows": resumed,
         "files": {names[key]: sha256_file(out_dir / names[key]) for key in ("neighbors", "scores")},
         "seconds": round(time.time() - began, 3),
     }
@@ -123,11 +151,94 @@ def compute_shard(normalized_dir: Path, host: Host, settings: Settings, out_dir:
     return meta
 
 
+def fill_shard(corpus, pieces, settings: Settings, neighbors, scores, base: int, writer, log) -> int:
+    """Copy checkpointed pieces, compute the others (checkpointing as rows complete); returns rows copied."""
+    resumed, zero = 0, None
+    try:
+        for lo, hi, checkpoint in pieces:
+            if checkpoint is not None:
+                checkpoints.copy_rows(checkpoint, lo, hi, neighbors, scores, base)
+                log(f"resumed rows [{lo}, {hi}) from checkpoint {checkpoint.path.name}")
+                resumed += hi - lo
+                continue
+            zero = corpus.zero_mask() if zero is None else zero  # once, however many gaps
+            for first, nb, sc in top_k(corpus, lo, hi, settings.top_k, settings.min_score,
+                                       settings.memory_budget_mb << 20, zero=zero, threads=settings.threads):
+                neighbors[first - base: first - base + len(nb)] = nb
+                scores[first - base: first - base + len(sc)] = sc
+                if writer:
+                    writer.completed(first, first + len(nb))
+            if writer:
+                writer.save()
+    except BaseException:
+        if writer:  # stopped (SIGTERM, Ctrl-C) or failed: the rows already final are kept for the resume
+            writer.save()
+        raise
+    return resumed
+
+
+def host_log(host: Host):
+    def log(line: str) -> None:
+        print(f"{host.name}: {line}", flush=True)
+    return log
+
+
+# ---- the memory check -------------------------------------------------------------------------------------
+
+
+def available_memory() -> int | None:
+    """Bytes this host can use now: MemAvailable from /proc/meminfo, else sysconf; None if unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_fits(normalized_dir: Path, host: Host, settings: Settings, available: int | None) -> None:
+    """Refuse, before any work, a matrix that with the score budget does not fit in this host's memory."""
+    try:
+        manifest = json.loads((Path(normalized_dir) / MANIFEST).read_text())
+        rows, dim = int(manifest["rows"]), int(manifest["dim"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # load_normalized reports a missing or broken manifest with its own message
+    message = memory_message(rows, dim, settings.memory_budget_mb, available, host)
+    if message:
+        raise StepError(message)
+
+
+def memory_message(rows: int, dim: int, budget_mb: int, available: int | None, host: Host) -> str | None:
+    """The one-line refusal when rows x dim float32 + budget + PROGRAM_MB exceed `available` bytes, else None."""
+    if available is None:
+        return None
+    matrix_mb = -(-rows * dim * 4 // (1 << 20))
+    need_mb = matrix_mb + budget_mb + PROGRAM_MB
+    have_mb = available // (1 << 20)
+    if need_mb <= have_mb:
+        return None
+    where = f"host {host.name}" + (f" ({host.instance_type})" if host.instance_type else "")
+    fits = [name for name, gib in INSTANCE_MEMORY_GIB if gib * 1024 * 0.9 >= need_mb]  # 10% for the OS
+    fix = (f"use an InstanceType with more memory (at least {fits[0]}, {dict(INSTANCE_MEMORY_GIB)[fits[0]]} GiB)"
+           if fits else f"no instance type up to {INSTANCE_MEMORY_GIB[-1][0]} holds it: reduce the dimension")
+    smaller = have_mb - matrix_mb - PROGRAM_MB
+    if smaller >= 16:
+        fix += f", or lower similarity.memory_budget_mb to {smaller}"
+    return (f"{where}: the normalized matrix ({rows} rows x {dim} float32 = {matrix_mb} MB) plus "
+            f"memory_budget_mb={budget_mb} and {PROGRAM_MB} MB for the program need {need_mb} MB, but only "
+            f"{have_mb} MB are available; {fix}")
+
+
 def main(argv: Sequence[str]) -> None:
     host = read_host(paths.training_config("resourceconfig.json"))
     settings = read_settings(paths.training_config("hyperparameters.json"))
-    meta = compute_shard(paths.training_channel(CHANNEL), host, settings, paths.model_dir())
-    print(f"{host.name}: rows [{meta['start']}, {meta['stop']}) done in {meta['seconds']} s", flush=True)
+    meta = compute_shard(paths.training_channel(CHANNEL), host, settings, paths.model_dir(), paths.checkpoint_dir())
+    print(f"{host.name}: rows [{meta['start']}, {meta['stop']}) done in {meta['seconds']} s "
+          f"({meta['resumed_rows']} resumed from checkpoints)", flush=True)
 
 
 if __name__ == "__main__":
