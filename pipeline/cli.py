@@ -61,6 +61,30 @@ def build_parser() -> argparse.ArgumentParser:
     registry.add_argument("--group", help="only this model package group")
     registry.add_argument("--workdir", help="run directory (default: the spec's local.workdir)")
     registry.set_defaults(handler=cmd_registry)
+
+    # Cloud commands (pipeline/aws.py; docs/aws.md). Region/profile override the spec and the environment.
+    cloud = argparse.ArgumentParser(add_help=False, parents=[common])
+    cloud.add_argument("--region", help="AWS region (default: AWS_REGION, AWS_DEFAULT_REGION, then the spec's region)")
+    cloud.add_argument("--profile", help="AWS profile (default: AWS_PROFILE or the default credential chain)")
+    cloud.add_argument("--role-arn", help="the pipeline's execution role (default: the spec's role_arn)")
+
+    upsert = commands.add_parser("upsert", parents=[cloud], help="create or update the SageMaker pipeline")
+    upsert.set_defaults(handler=cmd_upsert)
+    diff = commands.add_parser("diff", parents=[cloud], help="show what upsert would change in the deployed pipeline")
+    diff.set_defaults(handler=cmd_diff)
+    start = commands.add_parser("start", parents=[cloud], help="start an execution of the deployed pipeline")
+    start.add_argument("--param", action="append", default=[], metavar="Name=value", help="override a parameter (repeatable)")
+    start.add_argument("--wait", action="store_true", help="follow the execution to its end")
+    start.add_argument("--timeout", type=float, help="with --wait: give up following after this many seconds")
+    start.set_defaults(handler=cmd_start)
+    status = commands.add_parser("status", parents=[cloud], help="an execution's state and its steps' (default: the latest)")
+    status.add_argument("execution", nargs="?", help="execution ARN or id")
+    status.set_defaults(handler=cmd_status)
+    image = commands.add_parser("image", parents=[cloud], help="build the container image, or push it to ECR")
+    image.add_argument("action", choices=["build", "push"])
+    image.add_argument("--tag", help="image tag (default: the package version)")
+    image.add_argument("--repository", default="allpairs", help="ECR repository (default: allpairs; created if missing)")
+    image.set_defaults(handler=cmd_image)
     return parser
 
 
@@ -140,3 +164,77 @@ def load_spec_only(args):
 def say(line: str) -> None:
     with _print_lock:  # hosts' output threads share stderr: whole lines only
         print(line, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Cloud commands: each a few lines calling pipeline.aws
+
+
+def connect(args, spec):
+    from pipeline import aws
+
+    return aws.connect(spec, region=args.region, profile=args.profile, role_arn=args.role_arn)
+
+
+def cmd_upsert(args) -> int:
+    from pipeline import aws
+
+    spec, text = load(args)
+    aws.check_publishable(spec, args.role_arn or spec.role_arn)
+    target = connect(args, spec)
+    arn, summary = aws.upsert(target, spec, text)
+    note = aws.mutable_tag_note(spec.image)
+    if note:
+        print(note, file=sys.stderr)
+    print(arn)
+    print(summary)
+    return 0
+
+
+def cmd_diff(args) -> int:
+    from pipeline import aws
+
+    spec, text = load(args)
+    lines = aws.diff(connect(args, spec), spec, text)
+    print("\n".join(lines) if lines else f"no differences: the deployed {spec.name} is this spec's definition")
+    return 0
+
+
+def cmd_start(args) -> int:
+    from pipeline import aws
+    from pipeline.local import parse_param_args
+
+    spec, text = load(args)
+    overrides = parse_param_args(args.param)
+    target = connect(args, spec)
+    arn, link = aws.start(target, spec, overrides, text)
+    print(arn)
+    print(link)
+    if not args.wait:
+        return 0
+    final = aws.wait(target, arn, say, timeout=args.timeout)
+    print("\n".join(aws.status(target, arn).lines()))
+    return 0 if final == "Succeeded" else 1
+
+
+def cmd_status(args) -> int:
+    from pipeline import aws
+
+    spec = load_spec_only(args)
+    target = connect(args, spec)
+    state = aws.status(target, aws.execution_arn(target, spec, args.execution))
+    print("\n".join(state.lines()))
+    return 0
+
+
+def cmd_image(args) -> int:
+    from pipeline import image
+
+    spec = load_spec_only(args)
+    tag = args.tag or image.default_tag()
+    if args.action == "build":
+        print(image.build(args.repository, tag))
+        return 0
+    target = connect(args, spec)
+    print(image.push(target, args.repository, tag, say))
+    return 0

@@ -1,0 +1,417 @@
+"""The one module of pipeline/ that talks to AWS: upsert, diff, start, status, and the ECR side of the image.
+
+What is sent is exactly what `python -m pipeline definition` prints (DESIGN rule 1: one artifact, two runners),
+through boto3 directly: no SDK rebuild, no telemetry, no SDK config files. Every failure is one AwsError or
+UsageError line naming the cause and the fix. See docs/aws.md for the commands.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+import uuid
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from pipeline.diff import changed_summary, definition_diff
+from pipeline.errors import AwsError, UsageError
+from pipeline.spec import Spec
+
+# 123456789012 is the account of AWS's documentation examples, and of the shipped pipeline.yaml.
+PLACEHOLDER_ACCOUNT = "123456789012"
+TERMINAL = ("Succeeded", "Failed", "Stopped")
+IMAGE_COMMANDS = "python -m pipeline image build && python -m pipeline image push"
+
+Say = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where the commands act: a boto3 session, its region, and the pipeline's role."""
+
+    session: Any  # boto3.Session
+    region: str
+    role_arn: str
+
+    def client(self, service: str) -> Any:
+        return self.session.client(service, region_name=self.region)
+
+
+def connect(spec: Spec, region: str | None = None, profile: str | None = None, role_arn: str | None = None) -> Target:
+    """Region: --region, else AWS_REGION / AWS_DEFAULT_REGION, else the spec. Credentials: --profile, else the
+    usual chain (AWS_PROFILE, environment, ~/.aws, SSO, instance role). AWS_ENDPOINT_URL is honoured by boto3."""
+    import boto3
+    import botocore.exceptions
+
+    quiet()
+    region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or spec.region
+    if not region:
+        raise AwsError(f"{spec.where('region')}: no AWS region: set region in the spec, pass --region or set AWS_REGION")
+    role = role_arn or spec.role_arn
+    if not role:
+        raise AwsError(f"{spec.where('role_arn')}: no IAM role for the pipeline: set role_arn in the spec or pass --role-arn")
+    try:
+        session = boto3.Session(profile_name=profile, region_name=region)
+        credentials = session.get_credentials()
+    except botocore.exceptions.ProfileNotFound as exc:
+        raise AwsError(f"AWS profile {exc.kwargs.get('profile')!r} not found; pick one from ~/.aws/config or unset "
+                       "AWS_PROFILE") from None
+    except botocore.exceptions.BotoCoreError as exc:
+        raise AwsError(f"cannot load AWS credentials: {exc}; check AWS_PROFILE and ~/.aws/config") from None
+    if credentials is None:
+        raise AwsError("no AWS credentials found; run `aws configure` or `aws sso login`, or set AWS_PROFILE "
+                       "(or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)")
+    return Target(session, region, role)
+
+
+def quiet() -> None:
+    """One clean line per outcome: the SDK's and botocore's INFO chatter and warnings are noise here."""
+    for name in ("sagemaker", "botocore", "boto3", "urllib3"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", module=r"(sagemaker|botocore|boto3)(\..*)?")
+    os.environ.setdefault("SAGEMAKER_VALIDATE_ROLE", "false")  # ModelTrainer would call IAM (notes, gotcha 1)
+
+
+def call(what: str, fn: Callable[..., Any], **kwargs: Any) -> Any:
+    """One AWS call; a failure becomes one line with the cause and the fix."""
+    import botocore.exceptions
+
+    try:
+        return fn(**kwargs)
+    except botocore.exceptions.NoCredentialsError:
+        raise AwsError(f"{what}: no AWS credentials found; run `aws configure` or `aws sso login`, or set "
+                       "AWS_PROFILE") from None
+    except botocore.exceptions.EndpointConnectionError as exc:
+        raise AwsError(f"{what}: cannot reach {exc.kwargs.get('endpoint_url')}; check the network, the region "
+                       "and AWS_ENDPOINT_URL") from None
+    except botocore.exceptions.ClientError as exc:
+        error = exc.response.get("Error", {})
+        code = error.get("Code", "Error")
+        message = next((line.strip() for line in str(error.get("Message") or exc).splitlines() if line.strip()), "")
+        http = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        if code in ("UnrecognizedClientException", "InvalidClientTokenId", "ExpiredTokenException", "ExpiredToken"):
+            fix = "refresh your AWS credentials (`aws sso login`, or new access keys)"
+        elif code in ("AccessDeniedException", "AccessDenied"):
+            fix = "your AWS identity needs this permission; ask your administrator"
+        elif code == "ThrottlingException":
+            fix = "retry in a minute"
+        elif http >= 500:
+            code, message, fix = f"HTTP {http}", "the service failed", "retry later"
+        else:
+            fix = "fix what AWS names above and retry"
+        raise AwsError(f"{what}: {code}: {message[:300]}; {fix}") from None
+    except botocore.exceptions.BotoCoreError as exc:
+        raise AwsError(f"{what}: {exc}; check your AWS configuration") from None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Image: placeholder detection and ECR
+
+
+def check_publishable(spec: Spec, role_arn: str) -> None:
+    """Refuse the shipped placeholders before anything is sent (UsageError names the fix)."""
+    reason = placeholder_reason(spec, role_arn)
+    if reason:
+        raise UsageError(reason)
+
+
+def placeholder_reason(spec: Spec, role_arn: str) -> str | None:
+    """Why the spec still names the example account (None when it does not)."""
+    if f"{PLACEHOLDER_ACCOUNT}.dkr.ecr." in spec.image or spec.image.startswith(f"{PLACEHOLDER_ACCOUNT}."):
+        return (f"{spec.where('image')}: image: {spec.image} is the placeholder (account {PLACEHOLDER_ACCOUNT}); "
+                f"build and push the real one with `{IMAGE_COMMANDS}` and put the printed URI in image")
+    if f"::{PLACEHOLDER_ACCOUNT}:" in role_arn:
+        return (f"{spec.where('role_arn')}: role_arn: {role_arn} is the placeholder (account {PLACEHOLDER_ACCOUNT}); "
+                "set role_arn to your SageMaker execution role or pass --role-arn")
+    return None
+
+
+def mutable_tag_note(image: str) -> str | None:
+    if "@sha256:" in image:
+        return None
+    tag = image.rsplit("/", 1)[-1].partition(":")[2] or "latest"
+    return (f"note: image is named by the tag {tag!r}: each job runs whatever it points to then; pin the digest "
+            "that `python -m pipeline image push` prints") if tag == "latest" else None
+
+
+def ecr_repository(target: Target, name: str) -> str:
+    """The repository URI, creating the repository (scan on push, immutable tags) if missing."""
+    ecr = target.client("ecr")
+    try:
+        found = ecr.describe_repositories(repositoryNames=[name])["repositories"][0]
+    except ecr.exceptions.RepositoryNotFoundException:
+        found = call(f"ECR create_repository {name}", ecr.create_repository, repositoryName=name,
+                     imageTagMutability="IMMUTABLE", imageScanningConfiguration={"scanOnPush": True})["repository"]
+    except Exception:  # noqa: BLE001 - any other failure: report it through call()
+        found = call(f"ECR describe_repositories {name}", ecr.describe_repositories, repositoryNames=[name])[
+            "repositories"][0]
+    return found["repositoryUri"]
+
+
+def ecr_login(target: Target) -> tuple[str, str, str]:
+    """(registry, user, password) for `docker login`."""
+    import base64
+
+    data = call("ECR get_authorization_token", target.client("ecr").get_authorization_token)["authorizationData"][0]
+    user, _, password = base64.b64decode(data["authorizationToken"]).decode().partition(":")
+    return data["proxyEndpoint"].removeprefix("https://"), user, password
+
+
+def ecr_digest(target: Target, repository: str, tag: str) -> str:
+    images = call(f"ECR describe_images {repository}:{tag}", target.client("ecr").describe_images,
+                  repositoryName=repository, imageIds=[{"imageTag": tag}])["imageDetails"]
+    return images[0]["imageDigest"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Pipelines
+
+
+@dataclass(frozen=True)
+class Deployed:
+    arn: str
+    definition: str
+    role_arn: str
+    description: str
+
+
+def describe(target: Target, name: str) -> Deployed | None:
+    """The deployed pipeline, or None when there is none of that name in the region."""
+    import botocore.exceptions
+
+    sm = target.client("sagemaker")
+    try:
+        found = sm.describe_pipeline(PipelineName=name)
+    except botocore.exceptions.ClientError as exc:
+        # The service says ResourceNotFound; moto a ValidationException "Could not find pipeline ...".
+        error = exc.response.get("Error", {})
+        text = str(error.get("Message", "")).lower()
+        if error.get("Code") == "ResourceNotFound" or "could not find" in text or "does not exist" in text:
+            return None
+        found = call(f"SageMaker describe_pipeline {name}", sm.describe_pipeline, PipelineName=name)
+    except botocore.exceptions.BotoCoreError:
+        found = call(f"SageMaker describe_pipeline {name}", sm.describe_pipeline, PipelineName=name)
+    return Deployed(found["PipelineArn"], found["PipelineDefinition"], found.get("RoleArn", ""),
+                    found.get("PipelineDescription", ""))
+
+
+def require(target: Target, name: str) -> Deployed:
+    deployed = describe(target, name)
+    if deployed is None:
+        raise AwsError(f"pipeline {name} not found in {target.region}; publish it first: python -m pipeline upsert "
+                       "(or pass --region where it lives)")
+    return deployed
+
+
+def check_role(target: Target, role_arn: str) -> None:
+    """The role must exist and trust SageMaker. Without iam:GetRole permission, the check is skipped."""
+    import json
+    import urllib.parse
+
+    import botocore.exceptions
+
+    name = role_arn.rsplit("/", 1)[-1]
+    try:
+        role = target.client("iam").get_role(RoleName=name)["Role"]
+    except botocore.exceptions.ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") == "NoSuchEntity":
+            raise AwsError(f"role {role_arn} does not exist; create it (trusting sagemaker.amazonaws.com) or pass "
+                           "--role-arn with an existing SageMaker execution role") from None
+        return  # AccessDenied: the service checks the role itself when a job starts
+    policy = role.get("AssumeRolePolicyDocument")
+    if isinstance(policy, str):
+        policy = json.loads(urllib.parse.unquote(policy))
+    if "sagemaker.amazonaws.com" not in json.dumps(policy or {}):
+        raise AwsError(f"role {role_arn} does not trust sagemaker.amazonaws.com; add it to the role's trust "
+                       "policy or pass --role-arn with a SageMaker execution role")
+
+
+def upsert(target: Target, spec: Spec, definition: str) -> tuple[str, str]:
+    """Create or update the pipeline; returns (ARN, one-line summary of what changed)."""
+    check_publishable(spec, target.role_arn)
+    check_role(target, target.role_arn)
+    sm = target.client("sagemaker")
+    tags = [{"Key": key, "Value": value} for key, value in spec.tags.items()]
+    description = f"allpairs: top-{spec.parameters['TopK']} cosine neighbours of every row (from {spec.path.name})"
+    common = dict(PipelineName=spec.name, PipelineDisplayName=spec.name, PipelineDefinition=definition,
+                  PipelineDescription=description, RoleArn=target.role_arn)
+    deployed = describe(target, spec.name)
+    if deployed is None:
+        arn = call(f"SageMaker create_pipeline {spec.name}", sm.create_pipeline, **common,
+                   ClientRequestToken=str(uuid.uuid4()), **({"Tags": tags} if tags else {}))["PipelineArn"]
+        return arn, "created"
+    current_tags = {t["Key"]: t["Value"] for t in _tags(target, deployed.arn)}
+    missing_tags = [t for t in tags if current_tags.get(t["Key"]) != t["Value"]]
+    changes = changed_summary(deployed.definition, definition)
+    if deployed.role_arn != target.role_arn:
+        changes.append("role changed")
+    if missing_tags:
+        changes.append(f"{len(missing_tags)} tag{'s' if len(missing_tags) != 1 else ''} set")
+    if not changes and deployed.description == description:
+        return deployed.arn, "unchanged"
+    arn = call(f"SageMaker update_pipeline {spec.name}", sm.update_pipeline,
+               **{k: v for k, v in common.items() if k != "PipelineName"}, PipelineName=spec.name)["PipelineArn"]
+    if missing_tags:
+        call(f"SageMaker add_tags {spec.name}", sm.add_tags, ResourceArn=arn, Tags=missing_tags)
+    return arn, "updated: " + (", ".join(changes) or "description changed")
+
+
+def _tags(target: Target, arn: str) -> list[dict]:
+    sm = target.client("sagemaker")
+    return call(f"SageMaker list_tags {arn}", sm.list_tags, ResourceArn=arn).get("Tags", [])
+
+
+def diff(target: Target, spec: Spec, definition: str) -> list[str]:
+    deployed = require(target, spec.name)
+    lines = definition_diff(deployed.definition, definition)
+    if deployed.role_arn != target.role_arn:
+        lines.append(f"~ role: {deployed.role_arn} -> {target.role_arn}")
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Executions
+
+
+def start(target: Target, spec: Spec, overrides: Sequence[Any], local_definition: str) -> tuple[str, str]:
+    """Start an execution; returns (execution ARN, Studio link). Overrides are checked before any call."""
+    from pipeline.limits import check_definition
+    from pipeline.local.parameters import resolve_parameters
+
+    values = resolve_parameters(_json(local_definition), overrides)  # unknown name or bad value: UsageError
+    given = {o.name: o for o in overrides}
+    check_definition(local_definition, values, lambda n: given[n].origin if n in given else spec.where(""))
+    deployed = require(target, spec.name)
+    try:
+        resolve_parameters(_json(deployed.definition), overrides)
+    except UsageError as exc:
+        raise UsageError(f"{exc} (in the deployed pipeline {spec.name}: run `python -m pipeline upsert` first)") from None
+    sm = target.client("sagemaker")
+    params = [{"Name": o.name, "Value": _text(values[o.name])} for o in given.values()]
+    arn = call(f"SageMaker start_pipeline_execution {spec.name}", sm.start_pipeline_execution,
+               PipelineName=spec.name, PipelineParameters=params, ClientRequestToken=str(uuid.uuid4()))[
+        "PipelineExecutionArn"]
+    return arn, studio_link(target, arn)
+
+
+def studio_link(target: Target, execution_arn: str) -> str:
+    """Studio's page of the execution when the account has a Studio domain, else the console's pipelines page."""
+    import botocore.exceptions
+
+    pipeline, execution = _split_execution_arn(execution_arn)
+    try:
+        domains = target.client("sagemaker").list_domains().get("Domains", [])
+    except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError):
+        domains = []
+    domain = next((d["DomainId"] for d in domains if d.get("Status") in ("InService", None)), None)
+    if domain:
+        return (f"https://studio-{domain}.studio.{target.region}.sagemaker.aws/pipelines/{pipeline}/"
+                f"executions/{execution}/graph")
+    return f"https://{target.region}.console.aws.amazon.com/sagemaker/home?region={target.region}#/pipelines"
+
+
+def _split_execution_arn(arn: str) -> tuple[str, str]:
+    match = re.fullmatch(r"arn:aws[a-z\-]*:sagemaker:[^:]+:\d+:pipeline/([^/]+)/execution/([^/]+)", arn)
+    if not match:
+        raise UsageError(f"{arn}: not a pipeline execution ARN (arn:aws:sagemaker:<region>:<account>:pipeline/"
+                         "<name>/execution/<id>); pass one printed by `start`, or an execution id")
+    return match.group(1), match.group(2)
+
+
+def execution_arn(target: Target, spec: Spec, execution: str | None) -> str:
+    """An ARN, an execution id (of this spec's pipeline), or None for the latest execution."""
+    if execution and execution.startswith("arn:"):
+        _split_execution_arn(execution)
+        return execution
+    deployed = require(target, spec.name)
+    if execution:
+        if not re.fullmatch(r"[a-z0-9]{1,64}", execution):
+            raise UsageError(f"{execution!r}: not an execution id or ARN; `python -m pipeline status` shows the latest")
+        return f"{deployed.arn}/execution/{execution}"
+    sm = target.client("sagemaker")
+    found = call(f"SageMaker list_pipeline_executions {spec.name}", sm.list_pipeline_executions,
+                 PipelineName=spec.name, SortBy="CreationTime", SortOrder="Descending", MaxResults=1)
+    summaries = found.get("PipelineExecutionSummaries", [])
+    if not summaries:
+        raise AwsError(f"pipeline {spec.name} has no executions yet; start one: python -m pipeline start")
+    return summaries[0]["PipelineExecutionArn"]
+
+
+@dataclass(frozen=True)
+class StepState:
+    name: str
+    status: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ExecutionState:
+    arn: str
+    status: str
+    reason: str
+    steps: tuple[StepState, ...]
+    steps_unavailable: str = ""  # why the steps could not be listed (the execution's state still shows)
+
+    def lines(self) -> list[str]:
+        head = f"{self.arn}: {self.status}" + (f" ({self.reason})" if self.reason else "")
+        width = max((len(s.name) for s in self.steps), default=0)
+        steps = [f"  {s.name:<{width}}  {s.status}" + (f": {s.reason}" if s.reason else "") for s in self.steps]
+        return [head] + steps + ([f"  steps unavailable: {self.steps_unavailable}"] if self.steps_unavailable else [])
+
+
+def status(target: Target, arn: str) -> ExecutionState:
+    sm = target.client("sagemaker")
+    found = call(f"SageMaker describe_pipeline_execution {arn}", sm.describe_pipeline_execution,
+                 PipelineExecutionArn=arn)
+    try:
+        steps = _steps(sm, arn)
+    except AwsError as exc:  # e.g. no sagemaker:ListPipelineExecutionSteps permission: still show the state
+        return ExecutionState(arn, found["PipelineExecutionStatus"], found.get("FailureReason", ""), (), str(exc))
+    return ExecutionState(arn, found["PipelineExecutionStatus"], found.get("FailureReason", ""), tuple(steps))
+
+
+def _steps(sm: Any, arn: str) -> list[StepState]:
+    steps: list[StepState] = []
+    token = None
+    while True:  # paged; run order (Ascending)
+        kwargs = {"PipelineExecutionArn": arn, "SortOrder": "Ascending", **({"NextToken": token} if token else {})}
+        page = call("SageMaker list_pipeline_execution_steps", sm.list_pipeline_execution_steps, **kwargs)
+        steps += [StepState(s.get("StepDisplayName") or s["StepName"], s.get("StepStatus", "?"),
+                            s.get("FailureReason", "")) for s in page.get("PipelineExecutionSteps", [])]
+        token = page.get("NextToken")
+        if not token:
+            return steps
+
+
+def wait(target: Target, arn: str, say: Say, poll: float = 5.0, max_poll: float = 30.0,
+         timeout: float | None = None, sleep: Callable[[float], None] = time.sleep) -> str:
+    """Follow an execution to its end (polling every 5 s, backing off to 30 s); returns its final status."""
+    sm = target.client("sagemaker")
+    began, last, interval = time.monotonic(), None, poll
+    while True:
+        state = call(f"SageMaker describe_pipeline_execution {arn}", sm.describe_pipeline_execution,
+                     PipelineExecutionArn=arn)["PipelineExecutionStatus"]
+        if state != last:
+            say(f"{time.strftime('%H:%M:%S')} {state}")
+            last = state
+        if state in TERMINAL:
+            return state
+        if timeout is not None and time.monotonic() - began > timeout:
+            raise AwsError(f"{arn}: still {state} after {timeout:g} s; follow it with `python -m pipeline status`")
+        sleep(interval)
+        interval = min(max_poll, interval * 1.5)
+
+
+def _json(text: str) -> dict:
+    import json
+
+    return json.loads(text)
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value) if isinstance(value, float) else str(value)
+
