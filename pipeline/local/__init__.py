@@ -3,7 +3,8 @@
     definition (JSON) --plan_steps--> checked steps in order --run_local--> <workdir>/executions/<id>/
 
 Package layout: expressions (Get / Std:Join), parameters (typed overrides), plan (checks + order),
-storage (local paths, file://, s3://), hosts (concurrent processes), jobs (processing, training), execution.
+storage (local paths, file://, s3://), hosts (concurrent processes), jobs (processing, training), execution
+(run, resume, lock), interrupts (Ctrl-C), faults (ALLPAIRS_FAULTS fault injection).
 """
 from .execution import (
     REGISTRY_ENV,
@@ -12,6 +13,7 @@ from .execution import (
     StepRecord,
     overrides_from_mapping,
     read_registration,
+    resume_local,
     run_local,
 )
 from .expressions import DefinitionError, Scope
@@ -33,5 +35,6 @@ __all__ = [
     "plan_steps",
     "read_registration",
     "resolve_parameters",
+    "resume_local",
     "run_local",
 ]

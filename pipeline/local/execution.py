@@ -1,6 +1,20 @@
-"""A local pipeline execution: check everything, then run the steps in order, recording progress as it goes."""
+"""A local pipeline execution: check everything, then run the steps in order, recording progress as it goes.
+
+Reliability (issue 5):
+- Ctrl-C stops at a safe point (pipeline/local/interrupts.py): hosts get SIGTERM, the execution is marked
+  Stopped, no artifact or registry entry appears, and the last progress line says how to resume.
+- resume_local(execution_id) runs a Stopped or Failed execution again under the same id: same parameters,
+  same definition, same output and checkpoint locations; steps that Succeeded are skipped (their recorded
+  properties feed the later steps) and Similarity resumes from its checkpoints. The attempt before is kept
+  as <step>.attempt-<n>/ beside the new one.
+- One process per execution at a time: executions/<id>/.lock (flock). Concurrent runs get distinct ids
+  (their directories are created exclusively), distinct output prefixes and distinct registry versions.
+- ALLPAIRS_FAULTS injects host faults (pipeline/local/faults.py); parsed before anything runs.
+"""
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import importlib.util
 import json
 import os
@@ -11,20 +25,23 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
-from pipeline.errors import AllpairsError, LocalRunError
+from pipeline.errors import AllpairsError, LocalRunError, UsageError
 from steps.io import write_json
 from steps.paths import OPT_ML_ENV
 from steps.registry import LOCAL_REGISTRY_ENV
 
 from .expressions import Scope, utc_text
+from .faults import FAULTS_ENV, Fault, parse_faults
+from .interrupts import graceful_sigint
 from .jobs import JobContext, job_name, run_processing, run_training
-from .parameters import ParameterOverride, resolve_parameters
+from .parameters import ParameterOverride, check_parameter_values, resolve_parameters
 from .plan import StepPlan, load_definition, plan_steps
 from .storage import is_s3, join_uri, local_path, one_line, s3_client, split_s3
 
 REGISTRY_ENV = LOCAL_REGISTRY_ENV  # the container contract, section 3
 REGISTRY_FILE = "registry.sqlite"
 RECORD_FILE = "execution.json"
+LOCK_FILE = ".lock"
 RUNNERS = {"Processing": run_processing, "Training": run_training}
 JOB_NAME_VARIABLE = {"Processing": "ProcessingJobName", "Training": "TrainingJobName"}
 
@@ -94,42 +111,139 @@ def run_local(
     region: str | None = None,
     echo: Progress | None = None,
     progress: Progress | None = None,
+    faults: str | None = None,
 ) -> Execution:
     """Run a compiled definition on this machine. Everything is checked before the first step starts.
 
     `parameters` overrides the definition's defaults (a dict of values, or ParameterOverride from --param);
-    `echo` receives every process output line ("[Similarity algo-2] ..."); `progress` one line per step event.
-    Raises LocalRunError when a step fails (the record in <workdir>/executions/<id>/execution.json says more).
+    `echo` receives every process output line ("[Similarity algo-2] ..."); `progress` one line per step event;
+    `faults` is an ALLPAIRS_FAULTS value (default: that environment variable).
+    Raises LocalRunError when a step fails (the record in <workdir>/executions/<id>/execution.json says more),
+    KeyboardInterrupt when stopped by Ctrl-C (the execution is then Stopped and can be resumed).
     """
     definition = load_definition(definition)
     plans = plan_steps(definition)
     if isinstance(parameters, Mapping):
         parameters = overrides_from_mapping(parameters, "parameter")
+    parameters = list(parameters)
     values = resolve_parameters(definition, parameters)
+    check_parameter_values(values, {p.name: p.origin for p in parameters})
+    injected = parse_faults(os.environ.get(FAULTS_ENV) if faults is None else faults, plans)
     execution = start_execution(definition, plans, values, Path(workdir), pipeline_name)
-    scope = Scope(values, execution_variables(execution, region), properties={})
-    say = progress or (lambda line: None)
-    say(f"execution {execution.id}: {execution.directory}")
+    return run_execution(execution, plans, region, echo, progress, injected)
+
+
+def resume_local(
+    execution_id: str,
+    *,
+    workdir: str | Path,
+    region: str | None = None,
+    echo: Progress | None = None,
+    progress: Progress | None = None,
+    faults: str | None = None,
+) -> Execution:
+    """Run a Stopped or Failed execution again under its own id: steps that Succeeded are skipped, the others
+    run again (Similarity resumes from the execution's checkpoints)."""
+    execution, definition = load_execution(Path(os.path.abspath(workdir)), execution_id)
+    plans = plan_steps(definition)
+    injected = parse_faults(os.environ.get(FAULTS_ENV) if faults is None else faults, plans)
+    return run_execution(execution, plans, region, echo, progress, injected, resuming=True)
+
+
+def load_execution(workdir: Path, execution_id: str) -> tuple[Execution, dict]:
+    directory = workdir / "executions" / execution_id
     try:
-        for plan in plans:
-            run_step(plan, execution, scope, echo, say)
-    except KeyboardInterrupt:
-        finish(execution, "Stopped", "interrupted")
-        raise
-    except Exception as exc:
-        finish(execution, "Failed", str(exc))
-        raise
-    finish(execution, "Succeeded", None)
+        record = json.loads((directory / RECORD_FILE).read_text())
+        definition = load_definition(json.loads((directory / "definition.json").read_text()))
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"--resume {execution_id}: no readable execution record in {directory} ({one_line(exc)}); "
+                         f"pass the execution id printed by the run, and the same --workdir") from exc
+    if record.get("status") == "Succeeded":
+        raise UsageError(f"--resume {execution_id}: that execution already Succeeded; nothing to resume "
+                         "(start a new run for new results)")
+    steps = {s["name"]: StepRecord(**s) for s in record["steps"]}
+    execution = Execution(execution_id, record["pipeline_name"], directory, workdir, record["parameters"],
+                          record["started"], steps)
+    return execution, definition
+
+
+def run_execution(execution: Execution, plans: list[StepPlan], region: str | None, echo: Progress | None,
+                  progress: Progress | None, faults: list[Fault], resuming: bool = False) -> Execution:
+    say = progress or (lambda line: None)
+    with execution_lock(execution), graceful_sigint() as stop:
+        if resuming:
+            reset_unfinished_steps(execution)
+        scope = Scope(execution.parameters, execution_variables(execution, region), properties={})
+        say(f"execution {execution.id}: {execution.directory}" + (" (resumed)" if resuming else ""))
+        try:
+            for plan in plans:
+                record = execution.steps[plan.name]
+                if record.status == "Succeeded":  # only when resuming: its outputs are where it put them
+                    scope.properties[plan.name] = record.properties
+                    say(f"{plan.name}: Succeeded before, skipped")
+                    continue
+                stop.raise_if_requested()
+                run_step(plan, execution, scope, echo, say, faults)
+        except KeyboardInterrupt:
+            finish(execution, "Stopped", "interrupted")
+            say(f"execution {execution.id}: Stopped; nothing was published or registered. {resume_hint(execution)}")
+            raise
+        except Exception as exc:
+            finish(execution, "Failed", str(exc))
+            raise
+        finish(execution, "Succeeded", None)
     say(f"execution {execution.id}: Succeeded")
     return execution
 
 
+def resume_hint(execution: Execution) -> str:
+    return (f"Resume it with: python -m pipeline run --resume {execution.id} --workdir {execution.workdir} "
+            "(finished steps are kept; Similarity resumes from its checkpoints)")
+
+
+@contextlib.contextmanager
+def execution_lock(execution: Execution):
+    """One process per execution: a second run or resume of the same id is refused, not interleaved."""
+    path = execution.directory / LOCK_FILE
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LocalRunError(f"execution {execution.id} is being run by another process (lock {path}); "
+                                "wait for it to end or stop it first") from None
+        yield
+
+
+def reset_unfinished_steps(execution: Execution) -> None:
+    """Every step that did not succeed runs again from scratch; its attempt before is kept beside it."""
+    for record in execution.steps.values():
+        if record.status == "Succeeded":
+            continue
+        old = execution.directory / record.name
+        if old.exists():
+            n = 1
+            while (execution.directory / f"{record.name}.attempt-{n}").exists():
+                n += 1
+            os.replace(old, execution.directory / f"{record.name}.attempt-{n}")
+        execution.steps[record.name] = StepRecord(record.name, record.type)
+    execution.status, execution.ended, execution.failure_reason = "Executing", None, None
+    execution.save()
+
+
 def start_execution(definition: Mapping, plans: list[StepPlan], values: dict, workdir: Path, pipeline_name: str) -> Execution:
-    now = datetime.now(timezone.utc)
-    execution_id = new_execution_id(now)
     workdir = Path(os.path.abspath(workdir))
-    directory = workdir / "executions" / execution_id
-    directory.mkdir(parents=True)
+    for _ in range(5):  # the directory is created exclusively: two runs can never share an id
+        now = datetime.now(timezone.utc)
+        execution_id = new_execution_id(now)
+        directory = workdir / "executions" / execution_id
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            directory.mkdir()
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise LocalRunError(f"{workdir / 'executions'}: could not create a new execution directory; check it")
     write_json(directory / "definition.json", definition)  # the exact program this execution ran
     steps = {p.name: StepRecord(p.name, p.type) for p in plans}
     execution = Execution(execution_id, pipeline_name, directory, workdir, values, utc_text(now), steps)
@@ -148,14 +262,16 @@ def execution_variables(execution: Execution, region: str | None) -> dict[str, s
     }
 
 
-def run_step(plan: StepPlan, execution: Execution, scope: Scope, echo: Progress | None, say: Progress) -> None:
+def run_step(plan: StepPlan, execution: Execution, scope: Scope, echo: Progress | None, say: Progress,
+             faults: list[Fault] = ()) -> None:
     record = execution.steps[plan.name]
     record.job_name = job_name(execution.pipeline_name, plan, plan.arguments, execution.id.rsplit("-", 1)[1])
     record.status, record.started = "Executing", utc_text(datetime.now(timezone.utc))
     execution.save()
     say(f"{plan.name}: started ({plan.type} job {record.job_name})")
     clock = time.monotonic()
-    ctx = JobContext(execution.directory / plan.name, record.job_name, Path.cwd(), step_environment(plan, execution), echo)
+    ctx = JobContext(execution.directory / plan.name, record.job_name, Path.cwd(), step_environment(plan, execution), echo,
+                     faults=list(faults))
     try:
         job_scope = scope.for_job(JOB_NAME_VARIABLE[plan.type], record.job_name)
         record.arguments = job_scope.resolve(plan.arguments, f"step {plan.name}, Arguments")
@@ -178,7 +294,9 @@ def end_step(record: StepRecord, ctx: JobContext, clock: float, status: str, rea
     record.status, record.failure_reason = status, reason
     record.ended = utc_text(datetime.now(timezone.utc))
     record.seconds = round(time.monotonic() - clock, 3)
-    record.hosts = {r.host: {"exit_code": r.exit_code, "log": str(r.log), "reason": r.reason} for r in ctx.host_results}
+    record.hosts = {r.host: {"exit_code": r.exit_code, "log": str(r.log), "reason": r.reason,
+                             **({"restarts": r.restarts} if r.restarts else {})}  # restarts: injected faults
+                    for r in ctx.host_results}
 
 
 def finish(execution: Execution, status: str, reason: str | None) -> None:

@@ -1,17 +1,29 @@
-"""Run a step's simulated hosts as concurrent processes, each logging to its own root."""
+"""Run a step's simulated hosts as concurrent processes, each logging to its own root.
+
+Restarts (fault injection, pipeline/local/faults.py): a host given a fault prints a line with
+steps.checkpoints.FAULT_MARKER just before killing itself. When it then exits, it is started again with the
+same root (its `fresh` folders emptied, as on a new instance) and without the fault; for a whole-step fault
+every other host is first stopped with SIGTERM (spot's warning), and then all of them start again. The
+shared checkpoints/ link is untouched, so the restarted hosts resume from it.
+"""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
+
+from steps.checkpoints import FAULT_ENV, FAULT_MARKER
+
+from .interrupts import STOP
 
 LOG_NAME = "job.log"  # in each host's root, beside what the container sees as /opt/ml
-STOP_GRACE_SECONDS = 5.0
+STOP_GRACE_SECONDS = 30.0  # SIGTERM lets a Similarity host checkpoint its completed rows: give it time
 
 Echo = Callable[[str], None]
 
@@ -23,6 +35,7 @@ class HostCommand:
     argv: list[str]
     env: dict[str, str]
     root: Path  # the host's ALLPAIRS_OPT_ML
+    fresh: tuple[Path, ...] = ()  # emptied before a restart: what a new instance would not have (model/, output/)
 
 
 @dataclass
@@ -31,6 +44,7 @@ class HostResult:
     exit_code: int | None  # None: stopped because another host failed
     log: Path
     reason: str = ""  # why it failed, one line
+    restarts: int = 0  # times it was killed by an injected fault and started again
 
 
 @dataclass(eq=False)
@@ -40,24 +54,78 @@ class _Running:
     log: Path
     last_stderr: list[str] = field(default_factory=lambda: [""])
     pumps: list[threading.Thread] = field(default_factory=list)
+    fault_fired: list[bool] = field(default_factory=lambda: [False])  # set by the pump on FAULT_MARKER
+    restarts: int = 0
 
 
-def run_hosts(commands: Sequence[HostCommand], cwd: Path, echo: Echo | None = None) -> list[HostResult]:
-    """Start every host, wait for all; the first failure stops the others (as a failed training job does)."""
+def run_hosts(commands: Sequence[HostCommand], cwd: Path, echo: Echo | None = None,
+              restart_scope: Mapping[str, str] | None = None) -> list[HostResult]:
+    """Start every host, wait for all; the first failure stops the others (as a failed training job does).
+    `restart_scope` maps a host given a fault to "host" (restart it alone) or "step" (restart every host)."""
     running = [start(command, cwd, echo) for command in commands]
     results: dict[str, HostResult] = {}
+    pending = dict(restart_scope or {})
     try:
         while len(results) < len(running):
-            for run in running:
-                if run.command.host not in results and run.process.poll() is not None:
-                    results[run.command.host] = finish(run)
-                    if run.process.returncode != 0:
-                        stop_others(running, results)
+            if STOP.requested:  # Ctrl-C: stop the hosts (SIGTERM); if all of them finished anyway, the job did
+                stop_others(running, results, "stopped: the run was interrupted")
+                if all(r.exit_code == 0 for r in results.values()):
+                    break
+                raise KeyboardInterrupt("stop requested")
+            for i, run in enumerate(list(running)):
+                if run.command.host in results or run.process.poll() is None:
+                    continue
+                scope = pending.pop(run.command.host, None)
+                if scope and run.fault_fired[0]:
+                    running = restart_after_fault(running, i, results, cwd, echo, scope)
+                    break
+                results[run.command.host] = finish(run)
+                if run.process.returncode != 0:
+                    stop_others(running, results)
             time.sleep(0.05)
     except BaseException:
         stop_others(running, results)
         raise
     return [results[c.host] for c in commands]
+
+
+def restart_after_fault(running: list[_Running], i: int, results: dict[str, HostResult], cwd: Path,
+                        echo: Echo | None, scope: str) -> list[_Running]:
+    """The host at `i` was killed by its injected fault: start it again (scope "host"), or stop every host and
+    start them all again (scope "step"), each without its fault."""
+    killed = running[i]
+    finish(killed)
+    if scope == "step":
+        stop_others(running, results, "stopped: the whole step is restarted")
+        results.clear()
+        again = list(range(len(running)))
+    else:
+        again = [i]
+    running = list(running)
+    for j in again:
+        old = running[j]
+        for pump in old.pumps:
+            pump.join()
+        command = without_fault(old.command)
+        _log_line(old.log, f"--- {old.command.label}: restarted after an injected fault, as spot restarts it ---")
+        if echo:
+            echo(f"[{old.command.label}] restarted after an injected fault (ALLPAIRS_FAULTS)")
+        for folder in command.fresh:
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+        running[j] = start(command, cwd, echo)
+        running[j].restarts = old.restarts + 1
+    return running
+
+
+def without_fault(command: HostCommand) -> HostCommand:
+    env = {k: v for k, v in command.env.items() if k != FAULT_ENV}
+    return HostCommand(command.host, command.label, command.argv, env, command.root, command.fresh)
+
+
+def _log_line(log: Path, line: str) -> None:
+    with open(log, "ab") as f:
+        f.write(line.encode() + b"\n")
 
 
 def start(command: HostCommand, cwd: Path, echo: Echo | None) -> _Running:
@@ -91,6 +159,8 @@ def _pump(run: _Running, stream, sink, lock: threading.Lock, is_stderr: bool, ec
         line = raw.decode("utf-8", "replace").rstrip()
         if is_stderr and line.strip():
             run.last_stderr[0] = line.strip()
+        if FAULT_MARKER in line:
+            run.fault_fired[0] = True
         if echo:
             echo(f"[{run.command.label}] {line}")
     stream.close()
@@ -107,7 +177,7 @@ def finish(run: _Running) -> HostResult:
         pump.join()  # the last stderr line is only known once the pipes are drained
     code = run.process.returncode
     reason = "" if code == 0 else failure_reason(run, code)
-    return HostResult(run.command.host, code, run.log, reason)
+    return HostResult(run.command.host, code, run.log, reason, run.restarts)
 
 
 def failure_reason(run: _Running, code: int) -> str:
@@ -122,7 +192,8 @@ def failure_reason(run: _Running, code: int) -> str:
     return f"killed by signal {-code}" if code < 0 else f"exit code {code}"
 
 
-def stop_others(running: Sequence[_Running], results: dict[str, HostResult]) -> None:
+def stop_others(running: Sequence[_Running], results: dict[str, HostResult],
+                why: str = "stopped: another host failed") -> None:
     alive = [r for r in running if r.command.host not in results and r.process.poll() is None]
     for run in alive:
         _signal_group(run.process, signal.SIGTERM)
@@ -136,10 +207,10 @@ def stop_others(running: Sequence[_Running], results: dict[str, HostResult]) -> 
     for run in running:
         if run.command.host in results:
             continue
-        if run in alive:
+        if run in alive and run.process.returncode != 0:
             for pump in run.pumps:
                 pump.join()
-            results[run.command.host] = HostResult(run.command.host, None, run.log, "stopped: another host failed")
+            results[run.command.host] = HostResult(run.command.host, None, run.log, why, run.restarts)
         else:  # it ended on its own meanwhile
             results[run.command.host] = finish(run)
 

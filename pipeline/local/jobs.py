@@ -13,7 +13,10 @@ from pipeline.errors import LocalRunError
 from steps.io import write_json
 from steps.paths import OPT_ML_ENV
 
+from steps.checkpoints import FAULT_ENV
+
 from .expressions import bug, expression_kind
+from .faults import Fault, host_faults
 from .hosts import Echo, HostCommand, HostResult, run_hosts
 from .plan import StepPlan
 from .storage import deliver_file, deliver_tree, download_prefix, is_s3, join_uri, local_path, stage_input, upload_tree
@@ -21,6 +24,7 @@ from .storage import deliver_file, deliver_tree, download_prefix, is_s3, join_ur
 OPT_ML = "/opt/ml"
 # The image's `train` (containers/ maps it to this module); locally it runs with this interpreter.
 TRAIN_MODULE = "steps.similarity"
+TRAINING_JOB_ENV = "TRAINING_JOB_NAME"
 
 
 @dataclass
@@ -31,6 +35,7 @@ class JobContext:
     env: dict[str, str]  # the environment every host starts from
     echo: Echo | None = None
     host_results: list[HostResult] = field(default_factory=list)  # filled in as the hosts end
+    faults: list[Fault] = field(default_factory=list)  # ALLPAIRS_FAULTS (pipeline/local/faults.py)
 
 
 def job_name(pipeline_name: str, plan: StepPlan, arguments: Mapping, suffix: str) -> str:
@@ -148,15 +153,22 @@ def run_training(plan: StepPlan, args: Mapping, ctx: JobContext) -> dict[str, ob
     hosts = [f"algo-{i}" for i in range(1, instance_count(args, where) + 1)]
     channels = stage_channels(plan, args, ctx, where)
     shared_checkpoints, checkpoint_uri = prepare_checkpoints(args, ctx, where)
+    faults = host_faults(ctx.faults, plan.name, hosts)
     commands = []
     for host in hosts:
         root = ctx.step_dir / host
         prepare_training_host(root, host, hosts, args, channels, shared_checkpoints, where)
         argv = training_argv(args, where)
-        commands.append(HostCommand(host, f"{plan.name} {host}", argv, host_env(ctx, args.get("Environment"), root), root))
-    ctx.host_results = run_hosts(commands, ctx.cwd, ctx.echo)
-    if checkpoint_uri:  # SageMaker syncs checkpoints even for a failed job: that is what a resume reads
-        upload_tree(shared_checkpoints, checkpoint_uri, f"{where}, checkpoints")
+        env = host_env(ctx, args.get("Environment"), root)
+        env[TRAINING_JOB_ENV] = ctx.job_name  # as SageMaker sets it: the shards record their job
+        if host in faults:
+            env[FAULT_ENV] = faults[host].condition
+        commands.append(HostCommand(host, f"{plan.name} {host}", argv, env, root, (root / "model", root / "output")))
+    try:
+        ctx.host_results = run_hosts(commands, ctx.cwd, ctx.echo, {h: f.scope for h, f in faults.items()})
+    finally:
+        if checkpoint_uri:  # SageMaker syncs checkpoints even for a failed or stopped job: a resume reads them
+            upload_tree(shared_checkpoints, checkpoint_uri, f"{where}, checkpoints")
     raise_if_failed(plan.name, ctx.host_results)
     output = args.get("OutputDataConfig") or {}
     artifacts = publish_model({h: ctx.step_dir / h / "model" for h in hosts}, output, ctx, where)

@@ -52,6 +52,35 @@ def resolve_parameters(definition: Mapping, overrides: Iterable[ParameterOverrid
     return values
 
 
+# What the Similarity step would refuse, refused before any step runs. These mirror pipeline/spec.py's
+# _PARAMETER_CHECKS (same wording: "must be <expected>, got <value>"); they go once spec.py exposes its checks.
+_VALUE_RULES = {
+    "TopK": (lambda v: isinstance(v, int) and 1 <= v <= 100000, "an integer between 1 and 100000",
+             "the number of neighbours kept per row"),
+    "MinScore": (lambda v: isinstance(v, (int, float)) and -1 <= v <= 1, "a number between -1 and 1",
+                 "cosine scores lie in [-1, 1]; -1 keeps every pair"),
+    "InstanceCount": (lambda v: isinstance(v, int) and 1 <= v <= 1000, "an integer between 1 and 1000",
+                      "the number of similarity hosts"),
+}
+
+
+def parameter_value_problem(name: str, value: object) -> str | None:
+    """'must be <expected>, got <value>; <why>' when `value` is out of range for parameter `name`, else None."""
+    rule = _VALUE_RULES.get(name)
+    if rule is None or isinstance(value, bool) or rule[0](value):
+        return None
+    return f"{name} must be {rule[1]}, got {_show_plain(value)} ({rule[2]})"
+
+
+def check_parameter_values(values: Mapping[str, object], origins: Mapping[str, str]) -> None:
+    """Refuse out-of-range values before any step runs; the message starts where the value came from."""
+    for name, value in values.items():
+        problem = parameter_value_problem(name, value)
+        if problem:
+            origin = origins.get(name, f"the definition's default for {name}")
+            raise UsageError(f"{origin}: {problem}; pass --param {name}=<value> within that range")
+
+
 def unknown_parameter_message(override: ParameterOverride, declared: Mapping[str, dict]) -> str:
     names = sorted(declared)
     by_lower = {n.lower(): n for n in names}
