@@ -2,13 +2,21 @@
 
 Streams shard by shard and batch by batch: memory holds the row ids (N) and one batch, never N x k.
 Nothing is trusted: each shard's metadata, checksums, shape, row range and input fingerprint are checked,
-and no artifact file or registry entry is written unless all of them pass. See docs/container-contract.md.
+all shards must come from one training job (their `job`) and name hosts of that job's host list, and no
+artifact file or registry entry is written unless all of them pass. See docs/container-contract.md.
+
+Publishing: the files are built in a staging folder, moved in (manifest last), and only then registered. From
+the first move on, SIGTERM is ignored: stopping half-way would leave an artifact without its registry entry
+(or the reverse); this last part takes milliseconds. Any failure before the registry entry is committed
+removes the moved files again.
 """
 from __future__ import annotations
 
 import json
 import shutil
+import signal
 import sys
+import threading
 import tarfile
 import time
 from dataclasses import dataclass
@@ -71,6 +79,7 @@ def collect_shards(shards_dir: Path, rows: int, fingerprint: str) -> list[Shard]
         raise StepError(f"{shards_dir}: no shard-<host>.json files; the Similarity step wrote no output "
                         "(check its logs)")
     shards = [_check_shard(path, fingerprint) for path in metas]
+    _check_one_job(shards)
     ks = {s.meta["k"] for s in shards}
     thresholds = {s.meta["min_score"] for s in shards}
     host_lists = {tuple(s.meta["hosts"]) for s in shards}
@@ -81,6 +90,9 @@ def collect_shards(shards_dir: Path, rows: int, fingerprint: str) -> list[Shard]
     seen: dict[str, Shard] = {}
     for shard in shards:
         host = shard.meta["host"]
+        if host not in hosts:
+            raise StepError(f"{shard.meta_path}: host {host} is not one of the job's hosts ({', '.join(hosts)}); "
+                            "it belongs to another job: remove it or rerun the Similarity step")
         if host in seen:
             raise StepError(f"host {host} has two shards: {seen[host].meta_path} and {shard.meta_path}; "
                             "remove the stale one or rerun the Similarity step")
@@ -100,6 +112,17 @@ def collect_shards(shards_dir: Path, rows: int, fingerprint: str) -> list[Shard]
     if position != rows:
         raise StepError(f"shards cover rows [0, {position}) but the matrix has {rows} rows; rerun the Similarity step")
     return ordered
+
+
+def _check_one_job(shards: list[Shard]) -> None:
+    """Shards of another training job (another execution, or an earlier attempt) are never mixed in."""
+    first = shards[0]
+    for shard in shards[1:]:
+        if shard.meta.get("job") != first.meta.get("job"):
+            raise StepError(f"{shard.meta_path}: written by training job {shard.meta.get('job')!r}, but "
+                            f"{first.meta_path.name} by {first.meta.get('job')!r}; shards of different jobs "
+                            "(another execution's output?) are never merged: rerun the Similarity step into an "
+                            "empty output")
 
 
 def _check_shard(path: Path, fingerprint: str) -> Shard:
@@ -209,8 +232,9 @@ def merge(shards_dir: Path, normalized_dir: Path, out: Path, scratch: Path, args
                   "normalized_fingerprint": normalized.fingerprint},
         "parameters": parse_parameters(args.parameter),
         "execution_id": args.execution_id, "artifact_uri": args.artifact_uri,
-        "hosts": [{"host": s.meta["host"], "start": s.start, "stop": s.stop, "seconds": s.meta.get("seconds")}
-                  for s in shards],
+        "training_job": shards[0].meta.get("job"),
+        "hosts": [{"host": s.meta["host"], "start": s.start, "stop": s.stop, "seconds": s.meta.get("seconds"),
+                   "resumed_rows": s.meta.get("resumed_rows", 0)} for s in shards],
         "files": files,
         "timings": {"merge_seconds": round(time.time() - began, 3)},
     }
@@ -230,6 +254,24 @@ def registry_metadata(manifest: dict) -> dict[str, str]:
         **{f"param_{key}": value for key, value in sorted(params.items())[:30]},
     }
     return registry.customer_metadata(flat)
+
+
+def publish(staging: Path, out: Path, args, manifest: dict, metadata: dict) -> dict:
+    """Move the verified files into place and register them: both, or neither."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # see the module docstring: finish rather than half-publish
+    moved = []
+    try:
+        for name in ARTIFACT_FILES:
+            (staging / name).replace(out / name)
+            moved.append(out / name)
+        return registry.register(args.model_package_group, args.approval_status,
+                                 f"allpairs top-{manifest['k']} neighbours of {manifest['rows']} rows, "
+                                 f"execution {args.execution_id}", metadata)
+    except BaseException:
+        for path in moved:  # no artifact without its registry entry
+            path.unlink(missing_ok=True)
+        raise
 
 
 def main(argv: Sequence[str]) -> None:
@@ -253,18 +295,7 @@ def main(argv: Sequence[str]) -> None:
                          paths.opt_ml() / "processing" / "scratch", args)
         manifest["manifest_sha256"] = sha256_file(staging / MANIFEST)
         metadata = registry_metadata(manifest)
-        moved = []
-        for name in ARTIFACT_FILES:
-            (staging / name).replace(out / name)
-            moved.append(out / name)
-        try:
-            record = registry.register(args.model_package_group, args.approval_status,
-                                       f"allpairs top-{manifest['k']} neighbours of {manifest['rows']} rows, "
-                                       f"execution {args.execution_id}", metadata)
-        except BaseException:
-            for path in moved:  # no artifact without its registry entry
-                path.unlink(missing_ok=True)
-            raise
+        record = publish(staging, out, args, manifest, metadata)
         write_json(out / "registration.json", {**record, "metadata": metadata})
     finally:
         shutil.rmtree(staging, ignore_errors=True)

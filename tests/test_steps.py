@@ -89,3 +89,71 @@ def test_merge_refuses_a_missing_shard_and_writes_nothing(monkeypatch, tmp_path)
         "(a host failed or its output was lost)\n")
     assert list((root / "processing/output/artifact").iterdir()) == []
     assert not (tmp_path / "registry.sqlite").exists()
+
+
+def _duplicate(model, tmp_path):
+    (model / "copy").mkdir()
+    for name in ("shard-algo-2.json", "shard-algo-2.neighbors.npy", "shard-algo-2.scores.npy"):
+        (model / "copy" / name).write_bytes((model / name).read_bytes())
+    return ("host algo-2 has two shards: SHARDS/copy/shard-algo-2.json and SHARDS/shard-algo-2.json; "
+            "remove the stale one or rerun the Similarity step")
+
+
+def _truncate(model, tmp_path):
+    path = model / "shard-algo-3.scores.npy"
+    path.write_bytes(path.read_bytes()[:-8])
+    return f"SHARDS/{path.name}: checksum differs from shard-algo-3.json (truncated or altered); rerun the Similarity step"
+
+
+def _other_job(model, tmp_path):
+    meta = json.loads((model / "shard-algo-2.json").read_text())
+    (model / "shard-algo-2.json").write_text(json.dumps({**meta, "job": "allpairs-similarity-0ther"}))
+    return ("SHARDS/shard-algo-2.json: written by training job 'allpairs-similarity-0ther', but shard-algo-1.json "
+            "by 'allpairs-similarity-abc123'; shards of different jobs (another execution's output?) are never "
+            "merged: rerun the Similarity step into an empty output")
+
+
+def _other_input(model, tmp_path):
+    meta = json.loads((model / "shard-algo-1.json").read_text())
+    (model / "shard-algo-1.json").write_text(json.dumps({**meta, "input_fingerprint": "f" * 64}))
+    return (f"SHARDS/shard-algo-1.json: computed from other input (fingerprint ffffffffffff, this run's is "
+            f"{meta['input_fingerprint'][:12]}); it belongs to another execution: remove it")
+
+
+def _stranger(model, tmp_path):
+    meta = json.loads((model / "shard-algo-3.json").read_text())
+    (model / "shard-algo-3.json").rename(model / "shard-algo-7.json")
+    for kind in ("neighbors", "scores"):
+        (model / f"shard-algo-3.{kind}.npy").rename(model / f"shard-algo-7.{kind}.npy")
+    files = {name.replace("algo-3", "algo-7"): digest for name, digest in meta["files"].items()}
+    (model / "shard-algo-7.json").write_text(json.dumps({**meta, "host": "algo-7", "files": files}))
+    return ("SHARDS/shard-algo-7.json: host algo-7 is not one of the job's hosts (algo-1, algo-2, algo-3); "
+            "it belongs to another job: remove it or rerun the Similarity step")
+
+
+@pytest.mark.parametrize("damage", [_duplicate, _truncate, _other_job, _other_input, _stranger],
+                         ids=["duplicated", "truncated", "other job", "other input", "host not in the job"])
+def test_merge_trusts_no_shard_and_writes_nothing(monkeypatch, tmp_path, damage):
+    X = np.random.default_rng(8).standard_normal((30, 4)).astype(np.float32)
+    normalized = run_preprocess(monkeypatch, tmp_path, X)
+    monkeypatch.setenv("TRAINING_JOB_NAME", "allpairs-similarity-abc123")
+    model = run_hosts(monkeypatch, tmp_path, normalized, 3, k=3)
+    expected = damage(model, tmp_path)
+    code, root = run_merge(monkeypatch, tmp_path, normalized, model, "damaged")
+    assert code == 1
+    shards = str(root / "processing/input/shards")
+    assert (root / "output/failure").read_text() == f"merge: {expected.replace('SHARDS', shards)}\n"
+    assert list((root / "processing/output/artifact").iterdir()) == []
+    assert not (tmp_path / "registry.sqlite").exists()
+
+
+def test_a_failed_registration_leaves_no_artifact_file(monkeypatch, tmp_path):
+    X = np.random.default_rng(9).standard_normal((20, 4)).astype(np.float32)
+    normalized = run_preprocess(monkeypatch, tmp_path, X)
+    model = run_hosts(monkeypatch, tmp_path, normalized, 2, k=3)
+    (tmp_path / "registry.sqlite").mkdir()  # a directory where the registry file should be: sqlite cannot open it
+    code, root = run_merge(monkeypatch, tmp_path, normalized, model, "noregistry")
+    assert code == 1
+    # (steps/registry.py opens the database outside its located-error handler: reported to its owner)
+    assert (root / "output/failure").read_text() == "merge: internal error: OperationalError: unable to open database file\n"
+    assert list((root / "processing/output/artifact").iterdir()) == []
