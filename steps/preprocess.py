@@ -9,6 +9,10 @@ writes /opt/ml/processing/output/normalized/ as docs/container-contract.md secti
 Streaming: the input is read in bounded batches; at most one output chunk (float32) and one input batch
 (float64) are in memory, plus the set of ids seen (for the duplicate check).
 
+Conversion: every input type ends as float32 (the kernel's type). What that costs is stated, not hidden: the
+manifest's input.conversion and the step's log say it for float64 and integer input (precision; for
+integers, how many values were beyond float32's exact range), see `conversion_cost`.
+
 All-or-nothing output: everything is written under `<output>/.partial/` and moved into place only once the
 whole input has been read and checked; the manifest goes last. On any failure `.partial/` is removed, so the
 output directory never holds a half-written result (and never a manifest describing one).
@@ -38,6 +42,7 @@ MANIFEST_VERSION = 1
 DEFAULT_CHUNK_ROWS = 65536
 STAGING_DIR = ".partial"
 DROPPED_SAMPLE_SIZE = 10  # dropped rows listed by name in the manifest; the rest are only counted
+FLOAT32_EXACT_INTEGER = 2 ** 24  # integers up to this magnitude are exact in float32
 
 
 # ---------------------------------------------------------------------------------------------- arguments
@@ -77,6 +82,20 @@ def normalize_rows(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def non_finite_rows(values: np.ndarray) -> np.ndarray:
     """Mask of rows holding at least one NaN or infinity."""
     return ~np.isfinite(values).all(axis=1)
+
+
+def conversion_cost(source_dtype: str, large_integers: int = 0) -> str | None:
+    """One sentence: what converting `source_dtype` input to float32 costs (None for float32/float16)."""
+    kind = np.dtype(source_dtype).kind
+    if kind == "f" and np.dtype(source_dtype).itemsize > 4:
+        return (f"{source_dtype} input converted to float32 after normalizing in float64: values keep about 7 "
+                "significant digits (relative rounding <= 6e-8), so scores are exact to about 1e-7, not 1e-16; "
+                "the chunks take half the input's 8 bytes per value")
+    if kind in "iub":
+        return (f"{source_dtype} input converted to float32 after normalizing in float64: values keep about 7 "
+                f"significant digits (relative rounding <= 6e-8); {large_integers} value(s) beyond "
+                f"{FLOAT32_EXACT_INTEGER} (2**24) in magnitude, where integers stop being exact in float32")
+    return None
 
 
 def describe_value(value: float) -> str:
@@ -176,6 +195,7 @@ class Counts:
     dropped_rows: int = 0
     dropped_sample: list[str] = field(default_factory=list)
     rows_per_file: dict[str, int] = field(default_factory=dict)
+    large_integers: int = 0  # integer input: values beyond float32's exact range
 
 
 def preprocess(input_dir: Path, output_dir: Path, input_uri: str, id_column: str | None = None,
@@ -202,9 +222,12 @@ def _write_normalized(plan: MatrixPlan, staging: Path, input_uri: str, non_finit
     ids_writer = IdsWriter(staging / "ids.parquet", plan.id_type)
     duplicates = DuplicateIdCheck() if plan.id_column else None  # row numbers are unique by construction
     counts = Counts(rows_per_file={f.key: 0 for f in plan.files})
+    integers = np.dtype(plan.source_dtype).kind in "iub"
     try:
         for batch in iter_matrix(plan, batch_rows_for(plan.dim, chunk_rows)):
             counts.rows_per_file[batch.key] += len(batch.values)
+            if integers:
+                counts.large_integers += int((np.abs(batch.values) > FLOAT32_EXACT_INTEGER).sum())
             kept = _kept_rows(plan, batch, non_finite, counts)
             if duplicates:
                 duplicates.add(batch.ids[kept], batch, kept)
@@ -270,6 +293,7 @@ def _manifest(plan: MatrixPlan, input_uri: str, non_finite: str, chunk_rows: int
             "files": files,
             "fingerprint": sha256_text(*[part for f in files for part in (f["key"], f["sha256"])]),
             "source_dtype": plan.source_dtype,
+            "conversion": conversion_cost(plan.source_dtype, counts.large_integers),
             "columns": list(plan.feature_columns),
             "id_column": plan.id_column,
         },
@@ -295,6 +319,8 @@ def main(argv: Sequence[str]) -> None:
           f"{manifest['input']['format']} file(s); {len(manifest['chunks'])} chunk(s); ids from "
           f"{manifest['ids']['source']}; {manifest['zero_rows']} all-zero row(s); "
           f"{manifest['dropped_rows']} dropped row(s)")
+    if manifest["input"]["conversion"]:
+        print(f"preprocess: {manifest['input']['conversion']}")
 
 
 if __name__ == "__main__":

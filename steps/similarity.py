@@ -117,7 +117,7 @@ def compute_shard(normalized_dir: Path, host: Host, settings: Settings, out_dir:
     corpus = Corpus(data.chunks)
     if len(host.hosts) > max(data.rows, 1):
         raise StepError(f"InstanceCount={len(host.hosts)} is larger than the number of rows ({data.rows}): "
-                        f"use at most {max(data.rows, 1)} instances")
+                        f"use at most {max(data.rows, 1)} instances (--param InstanceCount={max(data.rows, 1)})")
     start, stop = host.share(data.rows)
     names = shard_names(host.name)
     k = settings.top_k
