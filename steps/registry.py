@@ -19,17 +19,23 @@ MAX_ENTRIES, MAX_KEY, MAX_VALUE = 50, 128, 256
 
 
 def customer_metadata(flat: dict[str, object]) -> dict[str, str]:
-    """Stringify a flat record within the Model Registry's limits. Over-long values are cut with "..."
-    (the artifact's manifest.json keeps them whole); too many entries or a long key is a bug, not user input."""
+    """Stringify a flat record within the Model Registry's limits: values 1-256 characters of letters, digits,
+    spaces and _.:/=+-@ (others become "_", over-long values are cut with "...", empty or None is "none"; the
+    artifact's manifest.json keeps every value whole). Too many entries or a long key is a bug, not user input."""
     if len(flat) > MAX_ENTRIES:
         raise ValueError(f"{len(flat)} metadata entries, the Model Registry takes at most {MAX_ENTRIES}")
     out = {}
     for key, value in flat.items():
         if len(str(key)) > MAX_KEY:
             raise ValueError(f"metadata key {str(key)[:40]}... is longer than {MAX_KEY} characters")
-        text = "" if value is None else str(value)
-        out[str(key)] = text if len(text) <= MAX_VALUE else text[: MAX_VALUE - 3] + "..."
+        text = _registry_text("" if value is None else str(value)) or "none"
+        out[_registry_text(str(key))] = text if len(text) <= MAX_VALUE else text[: MAX_VALUE - 3] + "..."
     return out
+
+
+def _registry_text(text: str) -> str:
+    """CustomerMetadata's character set: [\\p{L}\\p{Z}\\p{N}_.:/=+\\-@]."""
+    return "".join(c if c.isalpha() or c.isnumeric() or c.isspace() or c in "_.:/=+-@" else "_" for c in text)
 
 
 def register(group: str, approval_status: str, description: str, metadata: dict[str, str]) -> dict:
@@ -102,18 +108,28 @@ def list_local(path: Path, group: str | None = None) -> list[dict]:
     return [dict(zip(keys, row[:5] + (json.loads(row[5]),) + row[6:])) for row in rows]
 
 
+def ensure_group(client, group: str) -> None:
+    """Create the model package group if missing. Two executions may race to create it: whatever the error
+    (the wording of "already exists" varies), the group existing afterwards is success."""
+    from botocore.exceptions import ClientError
+
+    try:
+        client.create_model_package_group(ModelPackageGroupName=group,
+                                          ModelPackageGroupDescription="allpairs similarity artifacts")
+    except ClientError as exc:
+        try:
+            client.describe_model_package_group(ModelPackageGroupName=group)
+        except ClientError:
+            raise exc from None
+
+
 def register_sagemaker(group, approval_status, description, metadata) -> dict:
     import boto3
     from botocore.exceptions import BotoCoreError, ClientError
 
     client = boto3.client("sagemaker")
     try:
-        try:
-            client.create_model_package_group(ModelPackageGroupName=group,
-                                              ModelPackageGroupDescription="allpairs similarity artifacts")
-        except ClientError as exc:
-            if "already exists" not in str(exc).lower():
-                raise
+        ensure_group(client, group)
         response = client.create_model_package(
             ModelPackageGroupName=group,
             ModelPackageDescription=description[:1024],
