@@ -28,7 +28,8 @@ Decisions (the container contract, section 2, points here):
 
 Fault injection (for the local runner's ALLPAIRS_FAULTS, see pipeline/local/faults.py): a host started with
 ALLPAIRS_HOST_FAULT=`after-checkpoints=N` kills itself right after its Nth checkpoint write, `during-checkpoint=N`
-halfway through writing the Nth (leaving a torn temp file); `;signal=TERM` sends SIGTERM instead of SIGKILL.
+halfway through writing the Nth (leaving a torn temp file); `;signal=TERM` sends SIGTERM instead of SIGKILL;
+`hang-after-checkpoints=N` stalls (sleeps until stopped) after the Nth, as a hung host does.
 """
 from __future__ import annotations
 
@@ -85,7 +86,7 @@ def read_interval() -> float:
 
 @dataclass
 class Fault:
-    when: str  # "after" | "during"
+    when: str  # "after" | "during" | "hang"
     count: int
     sig: int = signal.SIGKILL
     fired: bool = False
@@ -95,16 +96,22 @@ def read_fault() -> Fault | None:
     raw = os.environ.get(FAULT_ENV, "").strip()
     if not raw:
         return None
-    match = re.fullmatch(r"(after-checkpoints|during-checkpoint)=(\d+)(?:;signal=(KILL|TERM))?", raw)
+    match = re.fullmatch(r"(after-checkpoints|during-checkpoint|hang-after-checkpoints)=(\d+)(?:;signal=(KILL|TERM))?",
+                         raw)
     if not match or int(match[2]) < 1:
-        raise StepError(f"{FAULT_ENV}={raw!r}: expected after-checkpoints=N or during-checkpoint=N (N >= 1), "
-                        "optionally ;signal=KILL|TERM; the local runner sets it from ALLPAIRS_FAULTS")
+        raise StepError(f"{FAULT_ENV}={raw!r}: expected after-checkpoints=N, during-checkpoint=N or "
+                        "hang-after-checkpoints=N (N >= 1), optionally ;signal=KILL|TERM; the local runner sets it "
+                        "from ALLPAIRS_FAULTS")
     sig = signal.SIGTERM if match[3] == "TERM" else signal.SIGKILL
     return Fault(match[1].split("-")[0], int(match[2]), sig)
 
 
 def _fire(fault: Fault, what: str, log: Log) -> None:
     fault.fired = True
+    if fault.when == "hang":
+        log(f"{FAULT_MARKER} {what}; hanging until stopped")
+        while True:
+            time.sleep(3600)  # SIGTERM raises out of here
     log(f"{FAULT_MARKER} {what}; sending {signal.Signals(fault.sig).name} to this host")
     sys.stdout.flush()
     os.kill(os.getpid(), fault.sig)
@@ -257,8 +264,9 @@ class Writer:
         self.saved, self.last = stop, time.monotonic()
         self.files += 1
         self.log(f"checkpoint rows [{start}, {stop}) saved: {file_name(start, stop, self.key)}")
-        if self.fault and not self.fault.fired and self.fault.when == "after" and self.files == self.fault.count:
-            _fire(self.fault, f"killed after checkpoint {self.files} (rows [{start}, {stop}))", self.log)
+        if self.fault and not self.fault.fired and self.fault.when in ("after", "hang") and self.files == self.fault.count:
+            verb = "stalled" if self.fault.when == "hang" else "killed"
+            _fire(self.fault, f"{verb} after checkpoint {self.files} (rows [{start}, {stop}))", self.log)
 
     def _write(self, start: int, stop: int) -> None:
         lo, hi = start - self.base, stop - self.base

@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from pipeline.cli import main
-from pipeline.errors import UsageError
+from pipeline.errors import LocalRunError, UsageError
+from pipeline.local import resume_local
 from pipeline.local.faults import Fault, host_faults, parse_faults
 from pipeline.local.plan import StepPlan
+from steps.registry import list_local
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -124,3 +131,96 @@ def test_fault_parsing_and_validation_messages():
         host_faults(parse_faults("Similarity:algo-4:after-checkpoints=1", plans), "Similarity", ["algo-1", "algo-2"])
     assert str(info.value) == ("ALLPAIRS_FAULTS: step Similarity runs hosts algo-1..algo-2, so 'algo-4' cannot "
                                "take a fault: name one of them")
+
+
+# ---- Ctrl-C, resume, concurrent runs -------------------------------------------------------------------------
+
+
+def start_cli(tmp_path, setup, workdir, out, faults=""):
+    data, spec = setup
+    env = {**os.environ, "ALLPAIRS_FAULTS": faults, "ALLPAIRS_CHECKPOINT_SECONDS": "0"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "run", "--spec", str(spec), "--workdir", str(workdir),
+         "--param", f"InputData={data}", "--param", f"OutputPrefix={out}", "--param", "InstanceCount=3",
+         "--param", "TopK=4"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(predicate, seconds=60):
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_ctrl_c_stops_the_hosts_publishes_nothing_and_the_execution_resumes_to_the_same_artifact(
+        tmp_path, setup, reference, monkeypatch):
+    work, out = tmp_path / "work", tmp_path / "out"
+    # algo-2 stalls after its first checkpoint, so the interrupt lands while Similarity is running.
+    proc = start_cli(tmp_path, setup, work, out, "Similarity:algo-2:hang-after-checkpoints=1")
+    logs = lambda: list(work.glob("executions/*/Similarity/algo-2/job.log"))  # noqa: E731
+    wait_for(lambda: logs() and "fault injected" in logs()[0].read_text())
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    (record_path,) = work.glob("executions/*/execution.json")
+    record = json.loads(record_path.read_text())
+    execution_id = record["id"]
+    lines = stderr.strip().splitlines()
+    assert lines[-2] == (f"execution {execution_id}: Stopped; nothing was published or registered. Resume it with: "
+                         f"python -m pipeline run --resume {execution_id} --workdir {work} (finished steps are kept; "
+                         "Similarity resumes from its checkpoints)")
+    assert lines[-1] == "error: interrupted"
+    assert record["status"] == "Stopped"
+    assert [s["status"] for s in record["steps"]] == ["Succeeded", "Stopped", "NotStarted"]
+    hosts = record["steps"][1]["hosts"]
+    assert {h["reason"] for h in hosts.values()} <= {"stopped: the run was interrupted", ""}
+    assert not list(out.glob("*/artifact")) and not list(out.glob("*/.*partial*"))
+    assert not (work / "registry.sqlite").exists()
+    hung = Path(hosts["algo-2"]["log"]).read_text().splitlines()
+    assert hung[-1] == "similarity: stopped by SIGTERM"
+    assert list(out.glob(f"{execution_id}/checkpoints/rows-*.ckpt"))  # the work done so far is kept
+
+    monkeypatch.delenv("ALLPAIRS_FAULTS", raising=False)
+    monkeypatch.setenv("ALLPAIRS_CHECKPOINT_SECONDS", "0")
+    progress = []
+    execution = resume_local(execution_id, workdir=work, progress=progress.append)
+    assert execution.status == "Succeeded"
+    assert progress[:2] == [f"execution {execution_id}: {record_path.parent} (resumed)",
+                            "Preprocess: Succeeded before, skipped"]
+    (artifact,) = out.glob(f"{execution_id}/artifact")
+    assert digest(artifact) == reference
+    assert (record_path.parent / "Similarity.attempt-1/algo-2/job.log").exists()  # the attempt before is kept
+    resumed_log = (record_path.parent / "Similarity/algo-2/job.log").read_text()
+    assert "algo-2: resumed rows [200, 250) from checkpoint" in resumed_log
+    assert [e["version"] for e in list_local(work / "registry.sqlite")] == [1]
+    with pytest.raises(UsageError) as info:
+        resume_local(execution_id, workdir=work)
+    assert str(info.value) == (f"--resume {execution_id}: that execution already Succeeded; nothing to resume "
+                               "(start a new run for new results)")
+
+
+def test_two_runs_at_once_with_one_output_prefix_do_not_interfere(tmp_path, setup, reference):
+    work, out = tmp_path / "work", tmp_path / "out"
+    procs = [start_cli(tmp_path, setup, work, out) for _ in range(2)]
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 0, stderr
+    artifacts = sorted(out.glob("*/artifact"))
+    assert len(artifacts) == 2 and all(digest(a) == reference for a in artifacts)
+    entries = list_local(work / "registry.sqlite")
+    assert sorted(e["version"] for e in entries) == [1, 2]
+    assert {e["metadata"]["execution_id"] for e in entries} == {a.parent.name for a in artifacts}
+
+
+def test_one_execution_cannot_be_run_by_two_processes(tmp_path):
+    from pipeline.local.execution import LOCK_FILE, Execution, execution_lock
+
+    directory = tmp_path / "executions/local-x"
+    directory.mkdir(parents=True)
+    execution = Execution("local-x", "p", directory, tmp_path, {}, "now", {})
+    with execution_lock(execution):
+        with pytest.raises(LocalRunError) as info:
+            with execution_lock(execution):
+                pass
+    assert str(info.value) == (f"execution local-x is being run by another process (lock {directory / LOCK_FILE}); "
+                               "wait for it to end or stop it first")

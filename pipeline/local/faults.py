@@ -7,6 +7,9 @@
     ALLPAIRS_FAULTS="Similarity:*:after-checkpoints=1"         the whole step: when algo-1 reaches it, every other
                                                                host is stopped with SIGTERM (spot's warning) and
                                                                all hosts start again, finished ones included
+    ALLPAIRS_FAULTS="Similarity:algo-2:hang-after-checkpoints=1"  algo-2 stalls after its 1st checkpoint until stopped
+                                                               (a hung host: not restarted; Ctrl-C or a failure
+                                                               elsewhere stops it)
     append ";signal=TERM" to a fault to send SIGTERM instead of SIGKILL; separate several faults with commas.
 
 Read by run_local before anything runs (a malformed value is a usage error). Each fault fires once: a restarted
@@ -25,7 +28,8 @@ from typing import Sequence
 from pipeline.errors import LocalRunError, UsageError
 
 FAULTS_ENV = "ALLPAIRS_FAULTS"
-_FAULT = re.compile(r"([^:\s]+):(algo-[1-9]\d*|\*):((?:after-checkpoints|during-checkpoint)=[1-9]\d*(?:;signal=(?:KILL|TERM))?)")
+_FAULT = re.compile(r"([^:\s]+):(algo-[1-9]\d*|\*):"
+                    r"((?:after-checkpoints|during-checkpoint|hang-after-checkpoints)=[1-9]\d*(?:;signal=(?:KILL|TERM))?)")
 
 
 @dataclass(frozen=True)
@@ -35,7 +39,10 @@ class Fault:
     condition: str  # what the host gets in steps.checkpoints.FAULT_ENV
 
     @property
-    def scope(self) -> str:
+    def scope(self) -> str | None:
+        """What the runner restarts when the fault fires: "host", "step", or None (a hang: nothing exits)."""
+        if self.condition.startswith("hang-"):
+            return None
         return "step" if self.host == "*" else "host"
 
     @property

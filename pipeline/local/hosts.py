@@ -59,9 +59,10 @@ class _Running:
 
 
 def run_hosts(commands: Sequence[HostCommand], cwd: Path, echo: Echo | None = None,
-              restart_scope: Mapping[str, str] | None = None) -> list[HostResult]:
+              restart_scope: Mapping[str, str] | None = None, collect: list | None = None) -> list[HostResult]:
     """Start every host, wait for all; the first failure stops the others (as a failed training job does).
-    `restart_scope` maps a host given a fault to "host" (restart it alone) or "step" (restart every host)."""
+    `restart_scope` maps a host given a fault to "host" (restart it alone) or "step" (restart every host);
+    `collect` receives the results even when this raises (Ctrl-C), for the execution record."""
     running = [start(command, cwd, echo) for command in commands]
     results: dict[str, HostResult] = {}
     pending = dict(restart_scope or {})
@@ -86,6 +87,9 @@ def run_hosts(commands: Sequence[HostCommand], cwd: Path, echo: Echo | None = No
     except BaseException:
         stop_others(running, results)
         raise
+    finally:
+        if collect is not None:
+            collect[:] = [results[c.host] for c in commands if c.host in results]
     return [results[c.host] for c in commands]
 
 

@@ -120,7 +120,7 @@ def run_processing(plan: StepPlan, args: Mapping, ctx: JobContext) -> dict[str, 
     if not argv:
         raise bug(f"{where}, Arguments.AppSpecification", "no ContainerEntrypoint, and locally there is no image to fall back on")
     command = HostCommand("algo-1", f"{plan.name} algo-1", argv, host_env(ctx, args.get("Environment"), root), root)
-    ctx.host_results = run_hosts([command], ctx.cwd, ctx.echo)
+    ctx.host_results = run_hosts([command], ctx.cwd, ctx.echo, collect=ctx.host_results)
     raise_if_failed(plan.name, ctx.host_results)
     properties: dict[str, object] = {"ProcessingJobName": ctx.job_name}
     for i, output in enumerate(outputs):
@@ -165,7 +165,8 @@ def run_training(plan: StepPlan, args: Mapping, ctx: JobContext) -> dict[str, ob
             env[FAULT_ENV] = faults[host].condition
         commands.append(HostCommand(host, f"{plan.name} {host}", argv, env, root, (root / "model", root / "output")))
     try:
-        ctx.host_results = run_hosts(commands, ctx.cwd, ctx.echo, {h: f.scope for h, f in faults.items()})
+        ctx.host_results = run_hosts(commands, ctx.cwd, ctx.echo, {h: f.scope for h, f in faults.items() if f.scope},
+                                     collect=ctx.host_results)
     finally:
         if checkpoint_uri:  # SageMaker syncs checkpoints even for a failed or stopped job: a resume reads them
             upload_tree(shared_checkpoints, checkpoint_uri, f"{where}, checkpoints")
