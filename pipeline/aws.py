@@ -71,7 +71,6 @@ def quiet() -> None:
     for name in ("sagemaker", "botocore", "boto3", "urllib3"):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", module=r"(sagemaker|botocore|boto3)(\..*)?")
-    os.environ.setdefault("SAGEMAKER_VALIDATE_ROLE", "false")  # ModelTrainer would call IAM (notes, gotcha 1)
 
 
 def call(what: str, fn: Callable[..., Any], **kwargs: Any) -> Any:
@@ -138,16 +137,17 @@ def mutable_tag_note(image: str) -> str | None:
 
 def ecr_repository(target: Target, name: str) -> str:
     """The repository URI, creating the repository (scan on push, immutable tags) if missing."""
+    import botocore.exceptions
+
     ecr = target.client("ecr")
     try:
-        found = ecr.describe_repositories(repositoryNames=[name])["repositories"][0]
-    except ecr.exceptions.RepositoryNotFoundException:
-        found = call(f"ECR create_repository {name}", ecr.create_repository, repositoryName=name,
-                     imageTagMutability="IMMUTABLE", imageScanningConfiguration={"scanOnPush": True})["repository"]
-    except Exception:  # noqa: BLE001 - any other failure: report it through call()
-        found = call(f"ECR describe_repositories {name}", ecr.describe_repositories, repositoryNames=[name])[
-            "repositories"][0]
-    return found["repositoryUri"]
+        return ecr.describe_repositories(repositoryNames=[name])["repositories"][0]["repositoryUri"]
+    except botocore.exceptions.ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") != "RepositoryNotFoundException":
+            call(f"ECR describe_repositories {name}", ecr.describe_repositories, repositoryNames=[name])
+    created = call(f"ECR create_repository {name}", ecr.create_repository, repositoryName=name,
+                   imageTagMutability="IMMUTABLE", imageScanningConfiguration={"scanOnPush": True})
+    return created["repository"]["repositoryUri"]
 
 
 def ecr_login(target: Target) -> tuple[str, str, str]:

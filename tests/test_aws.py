@@ -78,10 +78,6 @@ def write_spec(tmp_path: Path, **edits: str) -> Path:
     return path
 
 
-def target_for(spec, **kwargs):
-    return aws.connect(spec, **kwargs)
-
-
 class CallRecorder:
     """Records every AWS operation name (and lets them through)."""
 
@@ -147,7 +143,7 @@ def test_region_and_role_precedence(aws_env, monkeypatch, compiled_real):
     monkeypatch.setenv("AWS_REGION", "eu-central-1")
     assert aws.connect(spec).region == "eu-central-1"
     other = "arn:aws:iam::111122223333:role/Other"
-    assert aws.connect(spec, region="ap-south-1", role_arn=other) .region == "ap-south-1"
+    assert aws.connect(spec, region="ap-south-1", role_arn=other).region == "ap-south-1"
     assert aws.connect(spec, role_arn=other).role_arn == other
 
 
