@@ -4,9 +4,12 @@ Exactness and determinism come from a split between *selection* and *scoring*:
 
 - Selection runs on float32 block products (fast BLAS). Each row keeps a buffer of its best `k + margin`
   approximate scores.
-- Scoring recomputes every buffered candidate's score canonically: float32 inputs, float64 products and
-  a fixed-order (pairwise) float64 sum, rounded to float32. That value does not depend on block shapes,
-  BLAS kernels, thread counts or host splits, so the output is bit-identical whatever they are.
+- Scoring recomputes every buffered candidate's score canonically: the float32 rounding of the correctly
+  rounded float64 dot product of the two float32 vectors. That value depends on the two vectors only, not on
+  block shapes, BLAS kernels, thread counts or host splits, so the output is bit-identical whatever they are.
+  It is computed with float64 BLAS (any summation order, error <= gamma_D in float64) and accepted when no
+  float32 rounding boundary lies within that error; otherwise (about one pair in a million) an exact sum
+  (math.fsum) decides.
 - A float32 dot product of two unit vectors of dimension D is within `eps = gamma_D` of the true value
   (standard rounding analysis). Every true top-k neighbour therefore has an approximate score of at least
   `a_k - 2*eps`, where `a_k` is the k-th best approximate score. If a row's buffer holds everything down to
@@ -95,12 +98,27 @@ def dot_error_bound(dim: int) -> float:
 
 
 def canonical_scores(query: np.ndarray, candidates: np.ndarray) -> np.ndarray:
-    """Scores that depend only on the two vectors: float64 products, fixed-order sum, float32 result.
+    """float32(RN64(q . c)) for each pair: depends on the two vectors only, however it is computed.
 
     query: (n, D) float32; candidates: (n, m, D) float32 -> (n, m) float32.
     """
-    prod = candidates.astype(np.float64) * query.astype(np.float64)[:, None, :]
-    return np.add.reduce(prod, axis=-1).astype(np.float32)
+    q64 = query.astype(np.float64)
+    c64 = candidates.astype(np.float64)
+    fast = np.matmul(c64, q64[:, :, None])[..., 0]
+    # |fast - exact| <= gamma_D * |q| |c| (any summation order); the correctly rounded float64 is within half
+    # an ulp more. RN32 is constant between consecutive float32 midpoints: if none lies that close, fast's
+    # float32 rounding is the canonical one.
+    norms = np.sqrt(np.einsum("nd,nd->n", q64, q64))[:, None] * np.sqrt(np.einsum("nmd,nmd->nm", c64, c64))
+    d = query.shape[-1] + 2
+    error = 1.01 * d * 2.0**-53 / (1 - d * 2.0**-53) * norms + np.abs(fast) * 2.0**-52 + 2.0**-1000
+    out = fast.astype(np.float32)
+    up = (out.astype(np.float64) + np.nextafter(out, np.float32(np.inf)).astype(np.float64)) / 2
+    down = (out.astype(np.float64) + np.nextafter(out, np.float32(-np.inf)).astype(np.float64)) / 2
+    close = (np.abs(fast - up) <= error) | (np.abs(fast - down) <= error)
+    for i, j in zip(*np.nonzero(close)):
+        # Products of float32 values are exact in float64; fsum returns their correctly rounded sum.
+        out[i, j] = np.float32(math.fsum((q64[i] * c64[i, j]).tolist()))
+    return out
 
 
 @dataclass(frozen=True)

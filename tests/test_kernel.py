@@ -132,3 +132,19 @@ def test_large_tiles_estimate_and_mirror_paths():
         neighbors, scores = run(X, k, thr, budget=1 << 23, chunk=600, hosts=2)
         bn, bs = brute_force(X, k, thr)
         assert np.array_equal(neighbors, bn) and np.array_equal(scores, bs, equal_nan=True)
+
+
+def test_canonical_scores_are_the_float32_rounding_of_the_exact_dot_product():
+    import math
+
+    rng = np.random.default_rng(11)
+    q = normalize(rng.standard_normal((6, 40)))
+    c = normalize(rng.standard_normal((6 * 30, 40))).reshape(6, 30, 40)
+    exact = np.array([[np.float32(math.fsum((q[i].astype(np.float64) * c[i, j].astype(np.float64)).tolist()))
+                       for j in range(30)] for i in range(6)])
+    assert canonical_scores(q, c).tobytes() == exact.tobytes()
+    # 1 + 2**-24 lies exactly between two float32 values: only the exact sum can decide (ties to even: 1.0),
+    # and 1 + 2**-24 + 2**-40 rounds up. Either way the fast float64 product is too close to call.
+    q = np.array([[1, 2**-24, 2**-40]], dtype=np.float32)
+    c = np.array([[[1, 1, 0], [1, 1, 1]]], dtype=np.float32)
+    assert canonical_scores(q, c).tolist() == [[1.0, float(np.nextafter(np.float32(1), np.float32(2)))]]
