@@ -278,11 +278,15 @@ def diff(target: Target, spec: Spec, definition: str) -> list[str]:
 def start(target: Target, spec: Spec, overrides: Sequence[Any], local_definition: str) -> tuple[str, str]:
     """Start an execution; returns (execution ARN, Studio link). Overrides are checked before any call."""
     from pipeline.limits import check_definition
-    from pipeline.local.parameters import resolve_parameters
+    from pipeline.local.parameters import check_parameter_values, resolve_parameters
+    from pipeline.spec import parameter_value_problem
 
     values = resolve_parameters(_json(local_definition), overrides)  # unknown name or bad value: UsageError
     given = {o.name: o for o in overrides}
     check_definition(local_definition, values, lambda n: given[n].origin if n in given else spec.where(""))
+    # Out of range (TopK=0, a local path as InputData...): refused here, not hours later by a step.
+    check_parameter_values({n: values[n] for n in given}, {n: o.origin for n, o in given.items()},
+                           lambda name, value: parameter_value_problem(name, value, local=False))
     deployed = require(target, spec.name)
     try:
         resolve_parameters(_json(deployed.definition), overrides)

@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", parents=[common], help="run the pipeline on this machine (no AWS, no Docker)")
     run.add_argument("--param", action="append", default=[], metavar="Name=value", help="override a parameter (repeatable)")
     run.add_argument("--workdir", help="run directory (default: the spec's local.workdir)")
+    run.add_argument("--resume", metavar="EXECUTION_ID",
+                     help="finish a Stopped or Failed execution: finished steps are kept, Similarity resumes from its checkpoints")
     run.set_defaults(handler=cmd_run)
 
     registry = commands.add_parser("registry", parents=[common], help="list the local registry's artifact versions")
@@ -96,6 +98,12 @@ def load(args):
     return spec, compile_definition(spec)
 
 
+def local_value_problem(name, value):
+    from pipeline.spec import parameter_value_problem
+
+    return parameter_value_problem(name, value, local=True)
+
+
 def spec_overrides(spec) -> list:
     """The spec's local.parameters as overrides whose errors point at their line in the spec."""
     from pipeline.local import ParameterOverride
@@ -124,12 +132,22 @@ def cmd_definition(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from pipeline.local import parse_param_args, read_registration, run_local
+    from pipeline.errors import UsageError
+    from pipeline.local import parse_param_args, read_registration, resume_local, run_local
 
-    spec, text = load(args)
-    overrides = spec_overrides(spec) + parse_param_args(args.param)
-    execution = run_local(text, overrides, workdir=args.workdir or spec.local.workdir, pipeline_name=spec.name,
-                          region=spec.region, echo=say if args.verbose else None, progress=say)
+    if args.resume and args.param:
+        raise UsageError(f"--resume {args.resume} takes the parameters the execution started with; drop --param "
+                         "(or start a new run without --resume)")
+    echo = say if args.verbose else None
+    if args.resume:
+        spec = load_spec_only(args)
+        execution = resume_local(args.resume, workdir=args.workdir or spec.local.workdir, region=spec.region,
+                                 echo=echo, progress=say)
+    else:
+        spec, text = load(args)
+        overrides = spec_overrides(spec) + parse_param_args(args.param)
+        execution = run_local(text, overrides, workdir=args.workdir or spec.local.workdir, pipeline_name=spec.name,
+                              region=spec.region, echo=echo, progress=say, value_problem=local_value_problem)
     artifact = execution.output_uri(MERGE_STEP, ARTIFACT_OUTPUT)
     print(f"artifact: {artifact}")
     registration = read_registration(artifact)

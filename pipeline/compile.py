@@ -288,6 +288,7 @@ def _similarity_step(spec: Spec, session: Any, params: dict[str, Any], preproces
             enable_network_isolation=sec.network_isolation,
         ),
         tags=[Tag(key=t["Key"], value=t["Value"]) for t in _tags(spec) or []] or None,
+        environment={"ALLPAIRS_CHECKPOINT_SECONDS": str(s.checkpoint_seconds)},
         # SageMaker passes hyperparameters as strings: parameters go through to_string() (notes, gotcha 7)
         hyperparameters={
             "top_k": params["TopK"].to_string(),

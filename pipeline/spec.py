@@ -75,6 +75,7 @@ class SimilaritySettings:
     volume_gb: int
     max_runtime_seconds: int
     memory_budget_mb: int
+    checkpoint_seconds: int = 120  # how much work a spot interruption or a dead host can cost at most
     spot: bool = False  # managed spot training; resumes from the checkpoint prefix after an interruption
     max_wait_seconds: int | None = None  # spot only: runtime plus time spent waiting for capacity
 
@@ -331,6 +332,29 @@ _PARAMETER_CHECKS: dict[str, Check] = {
     "ApprovalStatus": _choice(APPROVAL_STATUSES),
 }
 _LOCAL_PARAMETER_CHECKS = {**_PARAMETER_CHECKS, "InputData": _location(False), "OutputPrefix": _location(True)}
+# Why a range holds, said when a --param value is refused.
+_PARAMETER_PURPOSE = {
+    "TopK": "the number of neighbours kept per row",
+    "MinScore": "cosine scores lie in [-1, 1]; -1 keeps every pair",
+    "InstanceCount": "the number of similarity hosts",
+}
+
+
+def parameter_value_problem(name: str, value: Any, *, local: bool) -> str | None:
+    """'<Name> must be <expected>, got <value> (<why>)' when a typed parameter value is out of range, else None.
+
+    The same rules as the spec's defaults; `local` allows plain paths for InputData and OutputPrefix.
+    """
+    check = (_LOCAL_PARAMETER_CHECKS if local else _PARAMETER_CHECKS).get(name)
+    if check is None:
+        return None
+    try:
+        check(value)
+        return None
+    except _Invalid as exc:
+        why = f" ({_PARAMETER_PURPOSE[name]})" if name in _PARAMETER_PURPOSE else ""
+        shown = value if isinstance(value, (int, float)) and not isinstance(value, bool) else _show(value)
+        return f"{name} must be {exc.expected}, got {shown}{why}"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -397,6 +421,7 @@ _SCHEMA: dict[str, Any] = {
             "volume_gb": (_integer(1, MAX_VOLUME_GB), 30),
             "max_runtime_seconds": (_integer(60, MAX_TRAINING_RUNTIME), 86400),
             "memory_budget_mb": (_integer(16), 1024),
+            "checkpoint_seconds": (_integer(0, 86400), 120),
             "spot": (_boolean, False),
             "max_wait_seconds": (_optional(_integer(60, MAX_TRAINING_RUNTIME)), None),
         }

@@ -234,9 +234,13 @@ def merge(shards_dir: Path, normalized_dir: Path, out: Path, scratch: Path, args
         "execution_id": args.execution_id, "artifact_uri": args.artifact_uri,
         "training_job": shards[0].meta.get("job"),
         "hosts": [{"host": s.meta["host"], "start": s.start, "stop": s.stop, "seconds": s.meta.get("seconds"),
+                   "cpu_seconds": s.meta.get("cpu_seconds"),
                    "resumed_rows": s.meta.get("resumed_rows", 0)} for s in shards],
         "files": files,
-        "timings": {"merge_seconds": round(time.time() - began, 3)},
+        "timings": {"preprocess_seconds": pre.get("seconds"),
+                    "similarity_seconds": max((s.meta.get("seconds") or 0) for s in shards),  # the slowest host
+                    "similarity_cpu_seconds": round(sum(s.meta.get("cpu_seconds") or 0 for s in shards), 3),
+                    "merge_seconds": round(time.time() - began, 3)},
     }
     write_json(out / MANIFEST, manifest)
     return manifest

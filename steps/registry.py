@@ -62,10 +62,15 @@ CREATE TABLE IF NOT EXISTS model_packages (
 
 
 def connect_local(path: Path) -> sqlite3.Connection:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    con = sqlite3.connect(path, timeout=60, isolation_level=None)
-    con.execute(_SCHEMA)
-    return con
+    """Open (creating if needed) the local registry; a failure says which file and how to fix it."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        con = sqlite3.connect(path, timeout=60, isolation_level=None)
+        con.execute(_SCHEMA)
+        return con
+    except (sqlite3.Error, OSError) as exc:
+        raise StepError(f"local registry {path}: {exc}; check the path is a writable SQLite file (or remove it "
+                        "to start a new registry)") from exc
 
 
 def register_local(path: Path, group, approval_status, description, metadata) -> dict:
@@ -83,7 +88,8 @@ def register_local(path: Path, group, approval_status, description, metadata) ->
                      created))
         con.execute("COMMIT")
     except sqlite3.Error as exc:
-        raise StepError(f"local registry {path}: {exc}; check the file is writable and not corrupt")
+        raise StepError(f"local registry {path}: {exc}; check the path is a writable SQLite file (or remove it "
+                        "to start a new registry)") from exc
     finally:
         con.close()
     return {"registry": "local", "location": str(path), "model_package_group": group, "version": version,

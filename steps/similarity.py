@@ -127,7 +127,7 @@ def compute_shard(normalized_dir: Path, host: Host, settings: Settings, out_dir:
     key = checkpoints.checkpoint_key(data.fingerprint, k, settings.min_score)
     found = checkpoints.scan(checkpoint_dir, key, expected, (start, stop), log) if checkpoint_dir else checkpoints.Scan()
     pieces = checkpoints.plan_cover((start, stop), found.usable)
-    began = time.time()
+    began, cpu_began = time.time(), time.process_time()
     from numpy.lib.format import open_memmap
 
     with atomic_path(out_dir / names["neighbors"]) as tmp_n, atomic_path(out_dir / names["scores"]) as tmp_s:
@@ -146,6 +146,7 @@ def compute_shard(normalized_dir: Path, host: Host, settings: Settings, out_dir:
         "job": os.environ.get(JOB_ENV), "resumed_rows": resumed,
         "files": {names[key]: sha256_file(out_dir / names[key]) for key in ("neighbors", "scores")},
         "seconds": round(time.time() - began, 3),
+        "cpu_seconds": round(time.process_time() - cpu_began, 3),  # every thread of this host's process
     }
     write_json(out_dir / names["meta"], meta)
     return meta

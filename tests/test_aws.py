@@ -297,6 +297,10 @@ def test_start_checks_parameters_before_any_call(moto, compiled_real, monkeypatc
                      "InputData, InstanceCount, InstanceType, MinScore, ModelPackageGroup, OutputPrefix, TopK"),
         (["ApprovalStatus=Yes"], '--param ApprovalStatus=Yes: "Yes" is not an allowed value of ApprovalStatus; '
                                  "allowed: PendingManualApproval, Approved, Rejected"),
+        (["TopK=0"], "--param TopK=0: TopK must be an integer between 1 and 100000, got 0 (the number of neighbours "
+                     "kept per row); pass --param TopK=<value> within that range"),
+        (["InputData=data/x.npy"], "--param InputData=data/x.npy: InputData must be an s3:// URI, got 'data/x.npy'; "
+                                   "pass --param InputData=<value> of that form"),
         (["InputData=s3://b/" + "x" * 300], "--param InputData=s3://b/" + "x" * 300 + ": step Preprocess passes the "
          "value of InputData in AppSpecification.ContainerArguments[1]: 307 characters where SageMaker allows 256; "
          "use a shorter value"),

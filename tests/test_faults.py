@@ -33,8 +33,10 @@ def setup(tmp_path_factory):
     X[300] = 0
     np.save(folder / "X.npy", X)
     spec = folder / "pipeline.yaml"
-    text = (REPO / "pipeline.yaml").read_text().replace("chunk_rows: 65536", "chunk_rows: 50")
-    assert "chunk_rows: 50" in text
+    # A checkpoint after every block, so a kill point counted in checkpoints is exact.
+    text = (REPO / "pipeline.yaml").read_text().replace("chunk_rows: 65536", "chunk_rows: 50").replace(
+        "checkpoint_seconds: 120", "checkpoint_seconds: 0")
+    assert "chunk_rows: 50" in text and "checkpoint_seconds: 0" in text
     spec.write_text(text)
     return folder / "X.npy", spec
 
@@ -42,7 +44,6 @@ def setup(tmp_path_factory):
 def run(tmp_path, setup, monkeypatch, faults=""):
     data, spec = setup
     monkeypatch.setenv("ALLPAIRS_FAULTS", faults)
-    monkeypatch.setenv("ALLPAIRS_CHECKPOINT_SECONDS", "0")  # a checkpoint per block: the kill point is exact
     out = tmp_path / "out"
     code = main(["run", "--spec", str(spec), "--workdir", str(tmp_path / "work"), "--param", f"InputData={data}",
                  "--param", f"OutputPrefix={out}", "--param", "InstanceCount=3", "--param", "TopK=4"])
@@ -138,7 +139,7 @@ def test_fault_parsing_and_validation_messages():
 
 def start_cli(tmp_path, setup, workdir, out, faults=""):
     data, spec = setup
-    env = {**os.environ, "ALLPAIRS_FAULTS": faults, "ALLPAIRS_CHECKPOINT_SECONDS": "0"}
+    env = {**os.environ, "ALLPAIRS_FAULTS": faults}
     return subprocess.Popen(
         [sys.executable, "-m", "pipeline", "run", "--spec", str(spec), "--workdir", str(workdir),
          "--param", f"InputData={data}", "--param", f"OutputPrefix={out}", "--param", "InstanceCount=3",
@@ -153,7 +154,7 @@ def wait_for(predicate, seconds=60):
 
 
 def test_ctrl_c_stops_the_hosts_publishes_nothing_and_the_execution_resumes_to_the_same_artifact(
-        tmp_path, setup, reference, monkeypatch):
+        tmp_path, setup, reference, monkeypatch, capsys):
     work, out = tmp_path / "work", tmp_path / "out"
     # algo-2 stalls after its first checkpoint, so the interrupt lands while Similarity is running.
     proc = start_cli(tmp_path, setup, work, out, "Similarity:algo-2:hang-after-checkpoints=1")
@@ -181,22 +182,28 @@ def test_ctrl_c_stops_the_hosts_publishes_nothing_and_the_execution_resumes_to_t
     assert list(out.glob(f"{execution_id}/checkpoints/rows-*.ckpt"))  # the work done so far is kept
 
     monkeypatch.delenv("ALLPAIRS_FAULTS", raising=False)
-    monkeypatch.setenv("ALLPAIRS_CHECKPOINT_SECONDS", "0")
-    progress = []
-    execution = resume_local(execution_id, workdir=work, progress=progress.append)
-    assert execution.status == "Succeeded"
-    assert progress[:2] == [f"execution {execution_id}: {record_path.parent} (resumed)",
-                            "Preprocess: Succeeded before, skipped"]
+    capsys.readouterr()
+    # The command the interrupted run printed, through the real CLI entry point.
+    resume = ["run", "--spec", str(setup[1]), "--resume", execution_id, "--workdir", str(work)]
+    assert main(resume) == 0
+    captured = capsys.readouterr()
+    assert captured.err.splitlines()[:2] == [f"execution {execution_id}: {record_path.parent} (resumed)",
+                                             "Preprocess: Succeeded before, skipped"]
     (artifact,) = out.glob(f"{execution_id}/artifact")
+    assert f"artifact: {artifact}" in captured.out.splitlines()
     assert digest(artifact) == reference
     assert (record_path.parent / "Similarity.attempt-1/algo-2/job.log").exists()  # the attempt before is kept
     resumed_log = (record_path.parent / "Similarity/algo-2/job.log").read_text()
     assert "algo-2: resumed rows [200, 250) from checkpoint" in resumed_log
     assert [e["version"] for e in list_local(work / "registry.sqlite")] == [1]
-    with pytest.raises(UsageError) as info:
-        resume_local(execution_id, workdir=work)
-    assert str(info.value) == (f"--resume {execution_id}: that execution already Succeeded; nothing to resume "
-                               "(start a new run for new results)")
+    assert main(resume) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: --resume {execution_id}: that execution already Succeeded; nothing to resume "
+        "(start a new run for new results)")
+    assert main(resume + ["--param", "TopK=3"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: --resume {execution_id} takes the parameters the execution started with; drop --param "
+        "(or start a new run without --resume)")
 
 
 def test_two_runs_at_once_with_one_output_prefix_do_not_interfere(tmp_path, setup, reference):

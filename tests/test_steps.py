@@ -154,6 +154,7 @@ def test_a_failed_registration_leaves_no_artifact_file(monkeypatch, tmp_path):
     (tmp_path / "registry.sqlite").mkdir()  # a directory where the registry file should be: sqlite cannot open it
     code, root = run_merge(monkeypatch, tmp_path, normalized, model, "noregistry")
     assert code == 1
-    # (steps/registry.py opens the database outside its located-error handler: reported to its owner)
-    assert (root / "output/failure").read_text() == "merge: internal error: OperationalError: unable to open database file\n"
+    assert (root / "output/failure").read_text() == (
+        f"merge: local registry {tmp_path / 'registry.sqlite'}: unable to open database file; check the path is a "
+        "writable SQLite file (or remove it to start a new registry)\n")
     assert list((root / "processing/output/artifact").iterdir()) == []

@@ -34,7 +34,7 @@ from .expressions import Scope, utc_text
 from .faults import FAULTS_ENV, Fault, parse_faults
 from .interrupts import graceful_sigint
 from .jobs import JobContext, job_name, run_processing, run_training
-from .parameters import ParameterOverride, check_parameter_values, resolve_parameters
+from .parameters import ParameterOverride, ValueProblem, check_parameter_values, resolve_parameters
 from .plan import StepPlan, load_definition, plan_steps
 from .storage import is_s3, join_uri, local_path, one_line, s3_client, split_s3
 
@@ -112,6 +112,7 @@ def run_local(
     echo: Progress | None = None,
     progress: Progress | None = None,
     faults: str | None = None,
+    value_problem: ValueProblem = lambda name, value: None,
 ) -> Execution:
     """Run a compiled definition on this machine. Everything is checked before the first step starts.
 
@@ -127,7 +128,7 @@ def run_local(
         parameters = overrides_from_mapping(parameters, "parameter")
     parameters = list(parameters)
     values = resolve_parameters(definition, parameters)
-    check_parameter_values(values, {p.name: p.origin for p in parameters})
+    check_parameter_values(values, {p.name: p.origin for p in parameters}, value_problem)
     injected = parse_faults(os.environ.get(FAULTS_ENV) if faults is None else faults, plans)
     execution = start_execution(definition, plans, values, Path(workdir), pipeline_name)
     return run_execution(execution, plans, region, echo, progress, injected)

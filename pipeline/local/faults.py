@@ -15,8 +15,8 @@
 Read by run_local before anything runs (a malformed value is a usage error). Each fault fires once: a restarted
 host runs without it. The amount of work is counted in checkpoint writes (the host's own, see
 steps/checkpoints.py), so the kill point is exact, not a race against a timer; set
-ALLPAIRS_CHECKPOINT_SECONDS=0 to checkpoint after every block. The restarted hosts keep their checkpoints/
-link, so they resume from the shared checkpoint directory. Only training steps (the hosts that checkpoint)
+`similarity.checkpoint_seconds: 0` in pipeline.yaml to checkpoint after every block. The restarted hosts keep
+their checkpoints/ link, so they resume from the shared checkpoint directory. Only training steps (the hosts that checkpoint)
 take faults.
 """
 from __future__ import annotations

@@ -5,7 +5,7 @@ import difflib
 import math
 import re
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 from pipeline.errors import UsageError
 
@@ -52,33 +52,20 @@ def resolve_parameters(definition: Mapping, overrides: Iterable[ParameterOverrid
     return values
 
 
-# What the Similarity step would refuse, refused before any step runs. These mirror pipeline/spec.py's
-# _PARAMETER_CHECKS (same wording: "must be <expected>, got <value>"); they go once spec.py exposes its checks.
-_VALUE_RULES = {
-    "TopK": (lambda v: isinstance(v, int) and 1 <= v <= 100000, "an integer between 1 and 100000",
-             "the number of neighbours kept per row"),
-    "MinScore": (lambda v: isinstance(v, (int, float)) and -1 <= v <= 1, "a number between -1 and 1",
-                 "cosine scores lie in [-1, 1]; -1 keeps every pair"),
-    "InstanceCount": (lambda v: isinstance(v, int) and 1 <= v <= 1000, "an integer between 1 and 1000",
-                      "the number of similarity hosts"),
-}
+ValueProblem = Callable[[str, object], "str | None"]
 
 
-def parameter_value_problem(name: str, value: object) -> str | None:
-    """'must be <expected>, got <value>; <why>' when `value` is out of range for parameter `name`, else None."""
-    rule = _VALUE_RULES.get(name)
-    if rule is None or isinstance(value, bool) or rule[0](value):
-        return None
-    return f"{name} must be {rule[1]}, got {_show_plain(value)} ({rule[2]})"
+def check_parameter_values(values: Mapping[str, object], origins: Mapping[str, str], problem: ValueProblem) -> None:
+    """Refuse out-of-range values before any step runs; the message starts where the value came from.
 
-
-def check_parameter_values(values: Mapping[str, object], origins: Mapping[str, str]) -> None:
-    """Refuse out-of-range values before any step runs; the message starts where the value came from."""
+    The runner interprets any definition; what is in range is the product's rule (pipeline/spec.py), passed in.
+    """
     for name, value in values.items():
-        problem = parameter_value_problem(name, value)
-        if problem:
+        found = problem(name, value)
+        if found:
             origin = origins.get(name, f"the definition's default for {name}")
-            raise UsageError(f"{origin}: {problem}; pass --param {name}=<value> within that range")
+            fits = "within that range" if isinstance(value, (int, float)) else "of that form"
+            raise UsageError(f"{origin}: {found}; pass --param {name}=<value> {fits}")
 
 
 def unknown_parameter_message(override: ParameterOverride, declared: Mapping[str, dict]) -> str:
