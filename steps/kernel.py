@@ -20,8 +20,10 @@ Order within a row: score descending, ties by lower row index. Padding: index -1
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterator, Sequence
@@ -32,6 +34,7 @@ PAD_INDEX = -1
 # Bytes of working memory per element of a (query rows x corpus rows) score tile: the float32 scores, the
 # bool compare mask, and room for the survivors' indices (normally a small fraction of the tile).
 _TILE_BYTES_PER_ELEMENT = 16
+_MAX_TILE = 1536
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,8 @@ class Corpus:
 
     def take(self, index: np.ndarray) -> np.ndarray:
         """Rows at arbitrary global indices (any shape), as float32 of shape index.shape + (dim,)."""
+        if len(self.chunks) == 1:
+            return np.take(self.chunks[0], index, axis=0)
         flat = index.reshape(-1)
         out = np.empty((flat.size, self.dim), dtype=np.float32)
         which = np.searchsorted(self.starts, flat, side="right") - 1
@@ -130,9 +135,11 @@ class Plan:
     score_rows: int  # query rows rescored at once
 
     @classmethod
-    def from_budget(cls, budget_bytes: int, dim: int, width: int, total_rows: int) -> "Plan":
-        # Half the budget for the score tile, half for the group's buffers (float32 score + int64 index).
-        tile = int(min(4096, max(64, math.isqrt(budget_bytes // 2 // _TILE_BYTES_PER_ELEMENT))))
+    def from_budget(cls, budget_bytes: int, dim: int, width: int, total_rows: int, workers: int = 1) -> "Plan":
+        # Half the budget for the workers' score tiles, half for the group's buffers (float32 score + int64
+        # index). Tiles past ~1500 rows stop paying: the selection's pass over a tile then misses the cache.
+        per_worker = budget_bytes // 2 // max(workers, 1) // _TILE_BYTES_PER_ELEMENT
+        tile = int(min(_MAX_TILE, max(64, math.isqrt(per_worker))))
         buffers = budget_bytes // 2 // (12 * max(width, 1))
         group = int(max(tile, buffers // tile * tile))
         # Rescoring works on (rows, width, dim) float32 + float64 copies; small slices stay in cache.
@@ -161,9 +168,9 @@ def top_k(
     """Top-k neighbours of rows [start, stop) among all rows.
 
     Yields (first_row, neighbors int64 (n, k), scores float32 (n, k)) per query block, in row order, so a
-    caller can checkpoint between blocks. `min_score` (inclusive) drops pairs scoring below it. The matrix
-    products use BLAS's own threads; the canonical rescoring runs on `threads` workers (0: every core this
-    process may use).
+    caller can checkpoint between blocks. `min_score` (inclusive) drops pairs scoring below it. The work runs
+    on `threads` workers (0: every core this process may use), each doing its own products with BLAS held to
+    one thread, so selection runs on every core too, not only the matrix products.
     """
     if k < 1:
         raise ValueError("k must be >= 1")
@@ -172,18 +179,36 @@ def top_k(
     margin = max(16, k // 4)
     width = min(k + margin, max(corpus.rows - 1, 1))
     workers = threads if threads > 0 else default_threads()
-    plan = Plan.from_budget(budget_bytes, corpus.dim, width, corpus.rows)
+    plan = Plan.from_budget(budget_bytes, corpus.dim, width, corpus.rows, workers)
     threshold = None if min_score is None else np.float32(min_score)
     # Selection never needs a pair below this: it cannot reach the threshold even with rounding error.
     floor = np.float32(-np.inf) if threshold is None else np.float32(threshold - eps)
-    with ThreadPoolExecutor(workers) as pool:
+    with ThreadPoolExecutor(workers) as pool, _single_threaded_blas(workers > 1):
         for g0 in range(start, stop, plan.group_rows):
             g1 = min(stop, g0 + plan.group_rows)
-            tiles = _select_group(corpus, g0, g1, width, zero, floor, plan)
+            tiles = _select_group(corpus, g0, g1, width, zero, floor, plan, pool)
             scored = [pool.submit(_score, corpus, t.first, t.query, t.best_s, t.best_i, k, zero, threshold, eps,
                                   plan) for t in tiles]
             for t, job in zip(tiles, scored):
                 yield (t.first, *job.result())
+
+
+@contextlib.contextmanager
+def _single_threaded_blas(wanted: bool):
+    """Hold BLAS to one thread while our workers each run their own products (no oversubscription).
+
+    threadpoolctl is the standard tool for this (scikit-learn does the same); without it BLAS keeps its threads.
+    """
+    if not wanted:
+        yield
+        return
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        yield
+        return
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
 
 
 class _Rows:
@@ -284,36 +309,45 @@ class _Rows:
         self.thr[rows] = np.maximum(worst, self.floor)
 
 
-def _select_group(corpus, g0, g1, width, zero, floor, plan):
+def _select_group(corpus, g0, g1, width, zero, floor, plan, pool):
     """Selection for query rows [g0, g1): every (row tile, column tile) product, each pair inside the group once.
 
     Inside the group, the product of row tiles a < b serves both: S for a's rows, S.T for b's rows. Columns
-    outside the group are plain products. Products run one at a time: BLAS already spreads each over every
-    core, and a second Python thread selecting meanwhile measured slower on OpenBLAS (its idle threads spin).
+    outside the group are plain products. Products run on the pool's workers, each with its own score tile;
+    a tile's selection state is updated under its own lock. The order of updates does not change the result:
+    the buffers always end up holding each row's best approximate candidates, which _score makes exact.
     """
     t = plan.tile
     tiles = [_Rows(first, block, width, zero, floor) for first, block in
              ((f, np.ascontiguousarray(b)) for f, b in corpus.blocks(g0, g1, t))]
-    # One tile and one mask, reused: a fresh 64 MB array per product costs page faults comparable to the product.
-    scores = np.empty(t * t, dtype=np.float32)
-    mask = np.empty(t * t, dtype=bool)
+    locks = [threading.Lock() for _ in tiles]
+    scratch = threading.local()  # one score tile and mask per worker, reused: fresh ones cost page faults
 
-    def product(rows: _Rows, cols: np.ndarray, col0: int, mirror: _Rows | None) -> None:
-        S = scores[: len(rows.query) * len(cols)].reshape(len(rows.query), len(cols))
+    def product(a: int, cols: np.ndarray, col0: int, b: int | None) -> None:
+        if not hasattr(scratch, "scores"):
+            scratch.scores, scratch.mask = np.empty(t * t, dtype=np.float32), np.empty(t * t, dtype=bool)
+        rows = tiles[a]
+        S = scratch.scores[: len(rows.query) * len(cols)].reshape(len(rows.query), len(cols))
         np.matmul(rows.query, cols.T, out=S)
-        rows.update(S, col0, zero, mask, mirrored=False)
-        if mirror is not None:
-            mirror.update(S, rows.first, zero, mask, mirrored=True)
+        with locks[a]:
+            rows.update(S, col0, zero, scratch.mask, mirrored=False)
+        if b is not None:
+            with locks[b]:
+                tiles[b].update(S, rows.first, zero, scratch.mask, mirrored=True)
 
-    for a, rows in enumerate(tiles):
-        for b in range(a, len(tiles)):
-            product(rows, tiles[b].query, tiles[b].first, tiles[b] if b > a else None)
+    jobs = []
+    # Pairs inside the group by diagonal, so workers running side by side rarely want the same tile's lock.
+    for d in range(len(tiles)):
+        for a in range(len(tiles) - d):
+            b = a + d
+            jobs.append(pool.submit(product, a, tiles[b].query, tiles[b].first, b if d else None))
     for lo, hi in ((0, g0), (g1, corpus.rows)):
         for col0, block in corpus.blocks(lo, hi, t):
-            for rows in tiles:
-                product(rows, block, col0, None)
-    for rows in tiles:
-        rows.flush()
+            jobs += [pool.submit(product, a, block, col0, None) for a in range(len(tiles))]
+    for job in jobs:
+        job.result()  # re-raises a worker's error here
+    for job in [pool.submit(rows.flush) for rows in tiles]:
+        job.result()
     return tiles
 
 
