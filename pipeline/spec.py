@@ -551,11 +551,15 @@ class _Walker:
         expected = "a non-empty list of SageMaker instance types"
         if not isinstance(node, yaml.SequenceNode) or not node.value:
             raise self.fail(node, ypath, f"must be {expected}, got {_show(self.scalar(node))}")
+        return self.unique_items(node, ypath, _INSTANCE_TYPE, "instance type")
+
+    def unique_items(self, node: yaml.SequenceNode, ypath: str, check: Check, what: str) -> tuple[str, ...]:
+        """Each item passes `check`; a repeated one is an error at its own line."""
         seen: list[str] = []
         for i, item in enumerate(node.value):
-            value = self.check(item, f"{ypath}[{i}]", _INSTANCE_TYPE)
+            value = self.check(item, f"{ypath}[{i}]", check)
             if value in seen:
-                raise self.fail(item, f"{ypath}[{i}]", f"duplicate instance type {value!r}")
+                raise self.fail(item, f"{ypath}[{i}]", f"duplicate {what} {value!r}")
             seen.append(value)
         return tuple(seen)
 
@@ -593,13 +597,7 @@ class _Walker:
         if not isinstance(node, yaml.SequenceNode) or len(node.value) > limit:
             raise self.fail(node, ypath, f"must be {expected}, got {_show(self.scalar(node))}")
         check = _pattern(rf"{kind}-[0-9a-f]{{8,17}}", f"an id like '{kind}-0123456789abcdef0'")
-        seen: list[str] = []
-        for i, item in enumerate(node.value):
-            value = self.check(item, f"{ypath}[{i}]", check)
-            if value in seen:
-                raise self.fail(item, f"{ypath}[{i}]", f"duplicate id {value!r}")
-            seen.append(value)
-        return tuple(seen)
+        return self.unique_items(node, ypath, check, "id")
 
     def overrides(self, node: yaml.Node, ypath: str) -> dict[str, Any]:
         present = self.mapping(node, ypath, list(PARAMETER_NAMES))
