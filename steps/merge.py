@@ -27,13 +27,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import paths, registry
+from . import npy, paths, registry
 from .errors import StepArgumentParser, StepError, run_step
 from .io import atomic_path, sha256_file, write_json
 from .normalized import MANIFEST, load_normalized
 
 FORMAT, VERSION = "allpairs.artifact", 1
-BATCH_ROWS = 65536
+BATCH_EDGES = 1 << 20  # edges handled at once (about 60 MB of arrays): memory follows this, not N or N*k
 # Moved into place together, the manifest last; registration.json follows the registry entry.
 ARTIFACT_FILES = ("neighbors.parquet", "neighbors.npy", "scores.npy", MANIFEST)
 
@@ -51,8 +51,18 @@ class Shard:
     def stop(self) -> int:
         return int(self.meta["stop"])
 
-    def array(self, kind: str) -> np.ndarray:
-        return np.load(self.meta_path.parent / f"shard-{self.meta['host']}.{kind}.npy", mmap_mode="r")
+    def path(self, kind: str) -> Path:
+        return self.meta_path.parent / f"shard-{self.meta['host']}.{kind}.npy"
+
+    def shape(self, kind: str) -> tuple[int, ...]:
+        try:
+            return npy.read_header(self.path(kind)).shape
+        except (ValueError, EOFError, OSError) as exc:
+            raise StepError(f"{self.path(kind)}: not a readable .npy file ({exc}); rerun the Similarity step")
+
+    def rows(self, kind: str, lo: int, hi: int) -> np.ndarray:
+        """Rows [lo, hi) of this shard (relative to its start), read from disk: memory holds one batch."""
+        return npy.read_rows(self.path(kind), lo, hi)
 
 
 def unpack_shards(shards_dir: Path, scratch: Path) -> Path:
@@ -145,10 +155,9 @@ def _check_shard(path: Path, fingerprint: str) -> Shard:
             raise StepError(f"{file}: checksum differs from {path.name} (truncated or altered); "
                             "rerun the Similarity step")
     for kind in ("neighbors", "scores"):
-        shape = shard.array(kind).shape
+        shape = shard.shape(kind)
         if shape != (shard.stop - shard.start, meta["k"]):
-            file = path.parent / f"shard-{meta['host']}.{kind}.npy"
-            raise StepError(f"{file}: shape {shape}, expected "
+            raise StepError(f"{shard.path(kind)}: shape {shape}, expected "
                             f"({shard.stop - shard.start}, {meta['k']}); rerun the Similarity step")
     return shard
 
@@ -166,40 +175,33 @@ def read_ids(normalized) -> pa.Array:
 
 def write_artifact(shards: list[Shard], ids: pa.Array, rows: int, k: int, out: Path) -> dict:
     """Stream the shards into neighbors.npy, scores.npy and neighbors.parquet; return counts."""
-    from numpy.lib.format import open_memmap
-
     index_dtype = np.int32 if rows < 2**31 else np.int64
     schema = pa.schema([("id", ids.type), ("neighbor_id", ids.type), ("rank", pa.int32()), ("score", pa.float32())])
     pairs = short_rows = 0
-    with atomic_path(out / "neighbors.npy") as tmp_n, atomic_path(out / "scores.npy") as tmp_s, \
-            atomic_path(out / "neighbors.parquet") as tmp_p:
-        all_n = open_memmap(tmp_n, mode="w+", dtype=index_dtype, shape=(rows, k))
-        all_s = open_memmap(tmp_s, mode="w+", dtype=np.float32, shape=(rows, k))
-        with pq.ParquetWriter(tmp_p, schema) as writer:
-            for shard in shards:
-                nb_all, sc_all = shard.array("neighbors"), shard.array("scores")
-                for lo in range(0, shard.stop - shard.start, BATCH_ROWS):
-                    nb = np.asarray(nb_all[lo: lo + BATCH_ROWS])
-                    sc = np.asarray(sc_all[lo: lo + BATCH_ROWS])
-                    first = shard.start + lo
-                    if ((nb < -1) | (nb >= rows)).any():
-                        raise StepError(f"{shard.meta_path}: neighbour index out of range near row {first}; "
-                                        "rerun the Similarity step")
-                    all_n[first: first + len(nb)] = nb
-                    all_s[first: first + len(sc)] = sc
-                    found = nb >= 0
-                    pairs += int(found.sum())
-                    short_rows += int((~found[:, -1]).sum()) if k else 0
-                    r, c = np.nonzero(found)
-                    writer.write_table(pa.table({
-                        "id": ids.take(pa.array(first + r)),
-                        "neighbor_id": ids.take(pa.array(nb[r, c])),
-                        "rank": pa.array((c + 1).astype(np.int32)),
-                        "score": pa.array(sc[r, c]),
-                    }, schema=schema))
-        all_n.flush()
-        all_s.flush()
-        del all_n, all_s
+    batch_rows = max(1, BATCH_EDGES // max(k, 1))
+    with npy.row_writer(out / "neighbors.npy", index_dtype, (rows, k)) as all_n, \
+            npy.row_writer(out / "scores.npy", np.float32, (rows, k)) as all_s, \
+            atomic_path(out / "neighbors.parquet") as tmp_p, pq.ParquetWriter(tmp_p, schema) as writer:
+        for shard in shards:  # in row order: collect_shards sorted them and checked they tile [0, rows)
+            for lo in range(0, shard.stop - shard.start, batch_rows):
+                hi = min(lo + batch_rows, shard.stop - shard.start)
+                nb, sc = shard.rows("neighbors", lo, hi), shard.rows("scores", lo, hi)
+                first = shard.start + lo
+                if ((nb < -1) | (nb >= rows)).any():
+                    raise StepError(f"{shard.meta_path}: neighbour index out of range near row {first}; "
+                                    "rerun the Similarity step")
+                all_n.write(nb)
+                all_s.write(sc)
+                found = nb >= 0
+                pairs += int(found.sum())
+                short_rows += int((~found[:, -1]).sum())
+                r, c = np.nonzero(found)
+                writer.write_table(pa.table({
+                    "id": ids.take(pa.array(first + r)),
+                    "neighbor_id": ids.take(pa.array(nb[r, c])),
+                    "rank": pa.array((c + 1).astype(np.int32)),
+                    "score": pa.array(sc[r, c]),
+                }, schema=schema))
     return {"pairs": pairs, "rows_with_fewer_than_k": short_rows}
 
 

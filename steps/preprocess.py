@@ -7,7 +7,7 @@ Reads the channel /opt/ml/processing/input/matrix/ (see steps/readers.py for for
 writes /opt/ml/processing/output/normalized/ as docs/container-contract.md section 1 says.
 
 Streaming: the input is read in bounded batches; at most one output chunk (float32) and one input batch
-(float64) are in memory, plus the set of ids seen (for the duplicate check).
+(float64) are in memory, plus a 64-bit hash per id (for the duplicate check).
 
 Conversion: every input type ends as float32 (the kernel's type). What that costs is stated, not hidden: the
 manifest's input.conversion and the step's log say it for float64 and integer input (precision; for
@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -170,20 +171,33 @@ class IdsWriter:
 
 
 class DuplicateIdCheck:
-    """Remembers where each id was seen. Memory grows with the number of rows (one dict entry per id):
-    acceptable next to the matrix itself, and the only way to name both rows of a duplicate in one pass."""
+    """Ids must be unique. Keeps a 64-bit hash per id (8 bytes a row, not a Python object per id); only when two
+    hashes match does a second pass over the input's ids name both rows (or find a harmless hash collision)."""
 
     def __init__(self) -> None:
-        self._seen: dict = {}
+        self._hashes: list[np.ndarray] = []
 
-    def add(self, ids: np.ndarray, batch: MatrixBatch, kept: np.ndarray) -> None:
-        for row, value in zip(np.flatnonzero(kept).tolist(), ids.tolist()):
-            first = self._seen.setdefault(value, (batch.key, batch.file_row + row))
-            if first != (batch.key, batch.file_row + row):
-                raise StepError(
-                    f"duplicate id {value!r}: {describe_row(*first)} and {batch.where(row)}; "
-                    "ids must be unique: fix the id column (or name another with input.id_column)"
-                )
+    def add(self, ids: np.ndarray) -> None:
+        self._hashes.append(pd.util.hash_array(np.asarray(ids)))
+
+    def raise_if_any(self, plan: MatrixPlan, batch_rows: int, non_finite: str) -> None:
+        hashes = np.sort(np.concatenate(self._hashes)) if self._hashes else np.zeros(0, np.uint64)
+        repeated = np.unique(hashes[1:][hashes[1:] == hashes[:-1]])
+        if not len(repeated):
+            return
+        seen: dict = {}
+        for batch in iter_matrix(plan, batch_rows):
+            suspect = np.isin(pd.util.hash_array(np.asarray(batch.ids)), repeated)
+            if non_finite == "drop":  # the first pass kept only finite rows
+                suspect &= ~non_finite_rows(batch.values)
+            for row in np.flatnonzero(suspect).tolist():
+                value = batch.ids[row].item() if hasattr(batch.ids[row], "item") else batch.ids[row]
+                first = seen.setdefault(value, (batch.key, batch.file_row + row))
+                if first != (batch.key, batch.file_row + row):
+                    raise StepError(
+                        f"duplicate id {value!r}: {describe_row(*first)} and {batch.where(row)}; "
+                        "ids must be unique: fix the id column (or name another with input.id_column)"
+                    )
 
 
 # ---------------------------------------------------------------------------------------------- the step
@@ -223,14 +237,15 @@ def _write_normalized(plan: MatrixPlan, staging: Path, input_uri: str, non_finit
     duplicates = DuplicateIdCheck() if plan.id_column else None  # row numbers are unique by construction
     counts = Counts(rows_per_file={f.key: 0 for f in plan.files})
     integers = np.dtype(plan.source_dtype).kind in "iub"
+    batch_rows = batch_rows_for(plan.dim, chunk_rows)
     try:
-        for batch in iter_matrix(plan, batch_rows_for(plan.dim, chunk_rows)):
+        for batch in iter_matrix(plan, batch_rows):
             counts.rows_per_file[batch.key] += len(batch.values)
             if integers:
                 counts.large_integers += int((np.abs(batch.values) > FLOAT32_EXACT_INTEGER).sum())
             kept = _kept_rows(plan, batch, non_finite, counts)
             if duplicates:
-                duplicates.add(batch.ids[kept], batch, kept)
+                duplicates.add(batch.ids[kept])
             normalized, zero = normalize_rows(batch.values[kept])
             counts.zero_rows += int(zero.sum())
             chunks.add(normalized)
@@ -238,6 +253,8 @@ def _write_normalized(plan: MatrixPlan, staging: Path, input_uri: str, non_finit
         chunks.flush()
     finally:
         ids_writer.close()
+    if duplicates:
+        duplicates.raise_if_any(plan, batch_rows, non_finite)
     _check_not_empty(plan, chunks.rows_written, counts)
     return _manifest(plan, input_uri, non_finite, chunk_rows, chunks, ids_writer.path, counts)
 

@@ -33,6 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from . import npy
 from .errors import StepError
 
 FORMATS = {".npy": "npy", ".parquet": "parquet", ".csv": "csv"}
@@ -245,11 +246,8 @@ def _npy_header(file: InputFile) -> tuple[tuple[int, ...], np.dtype, int]:
     """Read and check the .npy header ourselves: np.load would try to unpickle a file that is not .npy."""
     fix = "re-save it with numpy.save(path, matrix)"
     try:
-        with open(file.path, "rb") as f:
-            major, _ = np.lib.format.read_magic(f)
-            read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-            shape, _, dtype = read_header(f)
-            data_offset = f.tell()
+        header = npy.read_header(file.path)
+        shape, dtype, data_offset = header.shape, header.dtype, header.offset
     except (ValueError, OSError, EOFError) as exc:
         raise StepError(f"{file.key}: not a valid .npy file ({exc}); {fix}") from exc
     if dtype.hasobject:
@@ -379,11 +377,11 @@ def iter_matrix(plan: MatrixPlan, batch_rows: int) -> Iterator[MatrixBatch]:
 
 
 def _iter_npy(file: InputFile, plan: MatrixPlan, batch_rows: int):
-    matrix = np.load(file.path, mmap_mode="r")  # header already validated by _npy_header
-    for start in range(0, matrix.shape[0], batch_rows):
-        values = np.ascontiguousarray(matrix[start:start + batch_rows], dtype=np.float64)
+    header = npy.read_header(file.path)  # already validated by _npy_header
+    # Plain reads, not a memory map: mapped pages would stay counted in memory until the whole file is done.
+    for start in range(0, header.shape[0], batch_rows):
+        values = npy.read_rows(file.path, start, start + batch_rows, header).astype(np.float64)
         yield start, None, values
-    del matrix  # release the mapping before the next file
 
 
 def _iter_parquet(file: InputFile, plan: MatrixPlan, batch_rows: int):

@@ -158,3 +158,18 @@ def test_a_failed_registration_leaves_no_artifact_file(monkeypatch, tmp_path):
         f"merge: local registry {tmp_path / 'registry.sqlite'}: unable to open database file; check the path is a "
         "writable SQLite file (or remove it to start a new registry)\n")
     assert list((root / "processing/output/artifact").iterdir()) == []
+
+
+def test_npy_rows_stream_in_order_and_appear_only_complete(tmp_path):
+    from steps.npy import read_rows, row_writer
+
+    X = np.arange(60, dtype=np.float32).reshape(20, 3)
+    with row_writer(tmp_path / "a.npy", np.float32, (20, 3)) as out:
+        out.write(X[:7])
+        out.write(X[7:])
+    assert np.array_equal(np.load(tmp_path / "a.npy"), X)
+    assert np.array_equal(read_rows(tmp_path / "a.npy", 5, 9), X[5:9])
+    with pytest.raises(ValueError, match="b.npy: 3 rows written, 20 expected"):
+        with row_writer(tmp_path / "b.npy", np.float32, (20, 3)) as out:
+            out.write(X[:3])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npy"]  # no half-written b.npy, no temp file
