@@ -140,9 +140,9 @@ def cmd_run(args) -> int:
                          "(or start a new run without --resume)")
     echo = say if args.verbose else None
     if args.resume:
-        spec = load_spec_only(args)
-        execution = resume_local(args.resume, workdir=args.workdir or spec.local.workdir, region=spec.region,
-                                 echo=echo, progress=say)
+        # The record holds all a resume needs; the spec only supplies the default workdir.
+        workdir = args.workdir or load_spec_only(args).local.workdir
+        execution = resume_local(args.resume, workdir=workdir, echo=echo, progress=say)
     else:
         spec, text = load(args)
         overrides = spec_overrides(spec) + parse_param_args(args.param)

@@ -70,11 +70,6 @@ class Corpus:
             yield pos, np.asarray(self.chunks[c][pos - starts[c]: end - starts[c]], dtype=np.float32)
             pos = end
 
-    def rows_range(self, start: int, stop: int) -> np.ndarray:
-        """Rows [start, stop) as one contiguous float32 array (copies across chunk boundaries)."""
-        parts = [b for _, b in self.blocks(start, stop, stop - start or 1)]
-        return np.ascontiguousarray(np.concatenate(parts) if parts else np.zeros((0, self.dim), np.float32))
-
     def take(self, index: np.ndarray) -> np.ndarray:
         """Rows at arbitrary global indices (any shape), as float32 of shape index.shape + (dim,)."""
         if len(self.chunks) == 1:

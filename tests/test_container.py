@@ -179,3 +179,22 @@ def test_image_push_creates_the_repository_and_prints_the_digest(tmp_path, monke
     registry = uri.split("/")[0]
     assert log.read_text().splitlines() == [
         "info", f"login --username AWS --password-stdin {registry}", f"tag allpairs:t3 {uri}:t3", f"push {uri}:t3"]
+
+
+def test_a_regular_install_ships_every_module(tmp_path):
+    """What `pip install .` copies (build_py on a clean tree, unlike the tests' editable install) holds every
+    module we have. A clean copy: a left-over *.egg-info would make setuptools ship files the config forgets."""
+    import shutil
+
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    for package in ("pipeline", "steps"):
+        shutil.copytree(REPO / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
+    built = tmp_path / "built"
+    subprocess.run([sys.executable, "-c", "from setuptools import setup; setup()", "-q", "build_py",
+                    "--build-lib", str(built)], cwd=source, check=True, capture_output=True, timeout=300)
+    shipped = {str(p.relative_to(built)) for p in built.rglob("*.py")}
+    ours = {str(p.relative_to(source)) for package in ("pipeline", "steps") for p in (source / package).rglob("*.py")}
+    assert ours <= shipped, sorted(ours - shipped)

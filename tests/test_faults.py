@@ -183,8 +183,9 @@ def test_ctrl_c_stops_the_hosts_publishes_nothing_and_the_execution_resumes_to_t
 
     monkeypatch.delenv("ALLPAIRS_FAULTS", raising=False)
     capsys.readouterr()
-    # The command the interrupted run printed, through the real CLI entry point.
-    resume = ["run", "--spec", str(setup[1]), "--resume", execution_id, "--workdir", str(work)]
+    # The command the interrupted run printed, through the real CLI entry point, from a folder with no spec.
+    monkeypatch.chdir(tmp_path)
+    resume = ["run", "--resume", execution_id, "--workdir", str(work)]
     assert main(resume) == 0
     captured = capsys.readouterr()
     assert captured.err.splitlines()[:2] == [f"execution {execution_id}: {record_path.parent} (resumed)",

@@ -73,6 +73,7 @@ class Execution:
     started: str
     steps: dict[str, StepRecord]
     status: str = "Executing"  # Executing | Succeeded | Failed | Stopped
+    region: str | None = None  # for the execution ARNs; kept so a resume needs nothing but the id
     ended: str | None = None
     failure_reason: str | None = None
 
@@ -130,25 +131,25 @@ def run_local(
     values = resolve_parameters(definition, parameters)
     check_parameter_values(values, {p.name: p.origin for p in parameters}, value_problem)
     injected = parse_faults(os.environ.get(FAULTS_ENV) if faults is None else faults, plans)
-    execution = start_execution(definition, plans, values, Path(workdir), pipeline_name)
-    return run_execution(execution, plans, region, echo, progress, injected)
+    execution = start_execution(definition, plans, values, Path(workdir), pipeline_name, region)
+    return run_execution(execution, plans, echo, progress, injected)
 
 
 def resume_local(
     execution_id: str,
     *,
     workdir: str | Path,
-    region: str | None = None,
     echo: Progress | None = None,
     progress: Progress | None = None,
     faults: str | None = None,
 ) -> Execution:
     """Run a Stopped or Failed execution again under its own id: steps that Succeeded are skipped, the others
-    run again (Similarity resumes from the execution's checkpoints)."""
+    run again (Similarity resumes from the execution's checkpoints). Everything it needs is in the execution's
+    record (parameters, definition, region), so no spec is read."""
     execution, definition = load_execution(Path(os.path.abspath(workdir)), execution_id)
     plans = plan_steps(definition)
     injected = parse_faults(os.environ.get(FAULTS_ENV) if faults is None else faults, plans)
-    return run_execution(execution, plans, region, echo, progress, injected, resuming=True)
+    return run_execution(execution, plans, echo, progress, injected, resuming=True)
 
 
 def load_execution(workdir: Path, execution_id: str) -> tuple[Execution, dict]:
@@ -164,17 +165,17 @@ def load_execution(workdir: Path, execution_id: str) -> tuple[Execution, dict]:
                          "(start a new run for new results)")
     steps = {s["name"]: StepRecord(**s) for s in record["steps"]}
     execution = Execution(execution_id, record["pipeline_name"], directory, workdir, record["parameters"],
-                          record["started"], steps)
+                          record["started"], steps, region=record.get("region"))
     return execution, definition
 
 
-def run_execution(execution: Execution, plans: list[StepPlan], region: str | None, echo: Progress | None,
+def run_execution(execution: Execution, plans: list[StepPlan], echo: Progress | None,
                   progress: Progress | None, faults: list[Fault], resuming: bool = False) -> Execution:
     say = progress or (lambda line: None)
     with execution_lock(execution), graceful_sigint() as stop:
         if resuming:
             reset_unfinished_steps(execution)
-        scope = Scope(execution.parameters, execution_variables(execution, region), properties={})
+        scope = Scope(execution.parameters, execution_variables(execution), properties={})
         say(f"execution {execution.id}: {execution.directory}" + (" (resumed)" if resuming else ""))
         try:
             for plan in plans:
@@ -231,7 +232,8 @@ def reset_unfinished_steps(execution: Execution) -> None:
     execution.save()
 
 
-def start_execution(definition: Mapping, plans: list[StepPlan], values: dict, workdir: Path, pipeline_name: str) -> Execution:
+def start_execution(definition: Mapping, plans: list[StepPlan], values: dict, workdir: Path, pipeline_name: str,
+                    region: str | None = None) -> Execution:
     workdir = Path(os.path.abspath(workdir))
     for _ in range(5):  # the directory is created exclusively: two runs can never share an id
         now = datetime.now(timezone.utc)
@@ -247,13 +249,13 @@ def start_execution(definition: Mapping, plans: list[StepPlan], values: dict, wo
         raise LocalRunError(f"{workdir / 'executions'}: could not create a new execution directory; check it")
     write_json(directory / "definition.json", definition)  # the exact program this execution ran
     steps = {p.name: StepRecord(p.name, p.type) for p in plans}
-    execution = Execution(execution_id, pipeline_name, directory, workdir, values, utc_text(now), steps)
+    execution = Execution(execution_id, pipeline_name, directory, workdir, values, utc_text(now), steps, region=region)
     execution.save()
     return execution
 
 
-def execution_variables(execution: Execution, region: str | None) -> dict[str, str]:
-    pipeline_arn = f"arn:aws:sagemaker:{region or 'local'}:000000000000:pipeline/{execution.pipeline_name.lower()}"
+def execution_variables(execution: Execution) -> dict[str, str]:
+    pipeline_arn = f"arn:aws:sagemaker:{execution.region or 'local'}:000000000000:pipeline/{execution.pipeline_name.lower()}"
     return {
         "PipelineExecutionId": execution.id,
         "PipelineName": execution.pipeline_name,
