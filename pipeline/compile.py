@@ -219,6 +219,8 @@ def _preprocess_step(spec: Spec, session: Any, params: dict[str, Any]) -> Any:
         "--input-uri", params["InputData"],
         "--non-finite", spec.input.non_finite,
         "--chunk-rows", str(spec.preprocess.chunk_rows),
+        # Preprocess knows the rows: more hosts than rows is refused there, before any host is paid for.
+        "--instance-count", params["InstanceCount"].to_string(),
     ]  # fmt: skip
     if spec.input.id_column is not None:
         arguments += ["--id-column", spec.input.id_column]

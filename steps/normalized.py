@@ -67,3 +67,11 @@ def load_normalized(root: Path, verify: bool = True) -> Normalized:
         raise StepError(f"{manifest_path}: chunks cover {expected_start} rows, the manifest says {manifest['rows']}; "
                         "rerun the Preprocess step")
     return Normalized(root, manifest, chunks)
+
+
+def check_instance_count(hosts: int, rows: int) -> None:
+    """Every similarity host needs at least one row: refused by Preprocess, before any host starts."""
+    if hosts > max(rows, 1):
+        most = max(rows, 1)
+        raise StepError(f"InstanceCount={hosts} is larger than the number of rows ({rows}): use at most {most} "
+                        f"instance{'s' if most > 1 else ''} (--param InstanceCount={most})")

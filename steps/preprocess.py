@@ -36,6 +36,7 @@ import pyarrow.parquet as pq
 from . import paths
 from .errors import StepArgumentParser, StepError, run_step
 from .io import sha256_file, sha256_text, write_json, write_npy
+from .normalized import check_instance_count
 from .readers import MatrixBatch, MatrixPlan, batch_rows_for, describe_row, iter_matrix, plan_matrix
 
 MANIFEST_FORMAT = "allpairs.normalized"
@@ -56,6 +57,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--non-finite", choices=("error", "drop"), default="error",
                         help="NaN/inf values: fail (default) or drop those rows and count them")
     parser.add_argument("--chunk-rows", type=int, default=DEFAULT_CHUNK_ROWS, help="rows per output chunk")
+    parser.add_argument("--instance-count", type=int, default=1,
+                        help="similarity hosts to come: more than the rows is refused here, before any host starts")
     args = parser.parse_args(list(argv))
     if args.chunk_rows < 1:
         parser.error(f"--chunk-rows must be at least 1, got {args.chunk_rows}")
@@ -213,7 +216,7 @@ class Counts:
 
 
 def preprocess(input_dir: Path, output_dir: Path, input_uri: str, id_column: str | None = None,
-               non_finite: str = "error", chunk_rows: int = DEFAULT_CHUNK_ROWS) -> dict:
+               non_finite: str = "error", chunk_rows: int = DEFAULT_CHUNK_ROWS, instance_count: int = 1) -> dict:
     """Run the whole step; returns the manifest it wrote."""
     started = time.monotonic()
     plan = plan_matrix(input_dir, id_column)
@@ -222,6 +225,7 @@ def preprocess(input_dir: Path, output_dir: Path, input_uri: str, id_column: str
     staging.mkdir(parents=True)
     try:
         manifest = _write_normalized(plan, staging, input_uri, non_finite, chunk_rows)
+        check_instance_count(instance_count, manifest["rows"])
         manifest["seconds"] = round(time.monotonic() - started, 3)
         write_json(staging / "manifest.json", manifest)
         _publish(staging, output_dir)
@@ -331,7 +335,7 @@ def _publish(staging: Path, output_dir: Path) -> None:
 def main(argv: Sequence[str]) -> None:
     args = parse_args(argv)
     manifest = preprocess(paths.processing_input("matrix"), paths.processing_output("normalized"), args.input_uri,
-                          args.id_column, args.non_finite, args.chunk_rows)
+                          args.id_column, args.non_finite, args.chunk_rows, args.instance_count)
     print(f"preprocess: {manifest['rows']} rows x {manifest['dim']} from {len(manifest['input']['files'])} "
           f"{manifest['input']['format']} file(s); {len(manifest['chunks'])} chunk(s); ids from "
           f"{manifest['ids']['source']}; {manifest['zero_rows']} all-zero row(s); "

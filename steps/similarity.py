@@ -28,7 +28,7 @@ from . import checkpoints, paths
 from .errors import StepError, run_step
 from .io import atomic_path, sha256_file, write_json
 from .kernel import Corpus, top_k
-from .normalized import MANIFEST, load_normalized
+from .normalized import MANIFEST, check_instance_count, load_normalized
 
 CHANNEL = "normalized"
 JOB_ENV = "TRAINING_JOB_NAME"  # SageMaker sets it in every training container; the local runner does too
@@ -115,9 +115,7 @@ def compute_shard(normalized_dir: Path, host: Host, settings: Settings, out_dir:
     check_fits(normalized_dir, host, settings, available_memory() if available is None else available)
     data = load_normalized(normalized_dir)
     corpus = Corpus(data.chunks)
-    if len(host.hosts) > max(data.rows, 1):
-        raise StepError(f"InstanceCount={len(host.hosts)} is larger than the number of rows ({data.rows}): "
-                        f"use at most {max(data.rows, 1)} instances (--param InstanceCount={max(data.rows, 1)})")
+    check_instance_count(len(host.hosts), data.rows)  # Preprocess refused it already; a job started by hand
     start, stop = host.share(data.rows)
     names = shard_names(host.name)
     k = settings.top_k

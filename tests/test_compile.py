@@ -34,6 +34,10 @@ def get(name: str) -> dict:
     return {"Get": f"Parameters.{name}"}
 
 
+def to_string(name: str) -> dict:
+    return {"Std:Join": {"On": "", "Values": [get(name)]}}
+
+
 def run_uri(leaf: str) -> dict:
     return {"Std:Join": {"On": "/", "Values": [get("OutputPrefix"), EXEC_ID, leaf]}}
 
@@ -203,7 +207,8 @@ def test_preprocess_step(steps):
     assert args["AppSpecification"] == {
         "ImageUri": "123456789012.dkr.ecr.us-east-1.amazonaws.com/allpairs:latest",
         "ContainerEntrypoint": ["python3", "-m", "steps.preprocess"],
-        "ContainerArguments": ["--input-uri", get("InputData"), "--non-finite", "error", "--chunk-rows", "65536"],
+        "ContainerArguments": ["--input-uri", get("InputData"), "--non-finite", "error", "--chunk-rows", "65536",
+                               "--instance-count", to_string("InstanceCount")],
     }
     assert args["ProcessingResources"] == {
         "ClusterConfig": {"InstanceType": "ml.m5.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 30}
@@ -338,7 +343,8 @@ def test_spec_settings_reach_the_definition(compiled, tmp_path):
     assert "EnumValues" not in doc["Parameters"][PARAMETER_NAMES.index("InstanceType")]
     by_name = {s["Name"]: s["Arguments"] for s in doc["Steps"]}
     assert by_name["Preprocess"]["AppSpecification"]["ContainerArguments"] == [
-        "--input-uri", get("InputData"), "--non-finite", "drop", "--chunk-rows", "1000", "--id-column", "doc_id",
+        "--input-uri", get("InputData"), "--non-finite", "drop", "--chunk-rows", "1000",
+        "--instance-count", to_string("InstanceCount"), "--id-column", "doc_id",
     ]  # fmt: skip
     assert by_name["Similarity"]["HyperParameters"]["memory_budget_mb"] == "64"
     assert by_name["Similarity"]["StoppingCondition"] == {"MaxRuntimeInSeconds": 7200}
