@@ -23,11 +23,13 @@ they agree; `iter_matrix(plan, batch_rows)` then yields `MatrixBatch`es of at mo
 from __future__ import annotations
 
 import csv
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
@@ -37,6 +39,10 @@ from . import npy
 from .errors import StepError
 
 FORMATS = {".npy": "npy", ".parquet": "parquet", ".csv": "csv"}
+STRAY_TEXT_SHARE = 0.9  # a sampled column this numeric is a feature with bad cells, not an id column
+# Numeric columns that hold ids or a saved index, not features: `id`, `user_id`, pandas' `Unnamed: 0`, ...
+_ID_LIKE = re.compile(r"(?i)id|.*[_ \-]id|index|key")
+_SAVED_INDEX = re.compile(r"(?i)|unnamed: ?\d+")
 CSV_BLOCK_BYTES = 1 << 22  # pyarrow parses CSV in blocks of this size; bounds memory and the type-inference sample
 BATCH_BUDGET_BYTES = 64 << 20  # one float64 batch stays under this, whatever the row width
 
@@ -58,6 +64,7 @@ class FileSchema:
     non_numeric: tuple[str, ...]  # columns whose type is not numeric (id candidates)
     dim: int  # npy: width; parquet/csv: number of columns
     source_dtype: str | None  # numpy name of the file's numeric type(s), e.g. "float32"; None: no typed values
+    typed: tuple[str, ...] = ()  # columns with a known numeric type (a CSV column with no values has none)
 
 
 @dataclass(frozen=True)
@@ -188,7 +195,8 @@ def _columns_schema(file: InputFile, schema: pa.Schema) -> FileSchema:
         raise StepError(f"{file.key}: column name {duplicates[0]!r} appears more than once; give every column a unique name")
     numeric = [f.type for f in schema if _is_numeric(f.type)]
     non_numeric = tuple(f.name for f in schema if not _is_numeric(f.type))
-    return FileSchema(file, names, non_numeric, len(names), _numpy_name(numeric))
+    typed = tuple(f.name for f in schema if _is_numeric(f.type) and not pa.types.is_null(f.type))
+    return FileSchema(file, names, non_numeric, len(names), _numpy_name(numeric), typed)
 
 
 def _parquet_schema(file: InputFile) -> FileSchema:
@@ -281,18 +289,24 @@ def _plan_columns(schemas: Sequence[FileSchema], id_column: str | None) -> Matri
     first = schemas[0]
     for other in schemas[1:]:
         _check_same_columns(first, other)
+    explicit_id = id_column
     id_column = id_column or _detect_id_column(schemas)
     if id_column is not None and id_column not in first.columns:
         raise StepError(
             f"{first.file.key}: id column {id_column!r} (input.id_column) not found; "
             f"columns present: {', '.join(first.columns)}; fix input.id_column in pipeline.yaml"
         )
+    named = id_column is not None and id_column == explicit_id
     features = tuple(c for c in first.columns if c != id_column)
     if not features:
+        separator = next((sep for sep in ";\t|" if id_column and sep in id_column), None)
+        hint = (f"; the header looks {separator!r}-separated, but CSV input must be comma-separated"
+                if separator else "")
         raise StepError(
             f"{first.file.key}: no feature columns (only the id column {id_column!r}); "
-            "the input needs at least one numeric column"
+            f"the input needs at least one numeric column{hint}"
         )
+    _check_id_like_features(first, features, named)
     if first.file.format == "parquet":  # csv types are only guessed from a sample: checked value by value instead
         for schema in schemas:
             _check_numeric_features(schema, features)
@@ -323,11 +337,51 @@ def _detect_id_column(schemas: Sequence[FileSchema]) -> str | None:
             candidates.setdefault(name, schema.file.key)
     if len(candidates) <= 1:
         return next(iter(candidates), None)
+    # A CSV column of numbers with one stray word is guessed as text: name that cell, not the ambiguity.
+    for schema in schemas:
+        if schema.file.format == "csv":
+            _raise_on_stray_text(schema, [c for c in schema.non_numeric if c in candidates])
     listed = ", ".join(f"{name!r} ({key})" for name, key in candidates.items())
     raise StepError(
         f"more than one non-numeric column: {listed}; set input.id_column in pipeline.yaml to say which one holds the ids "
         "(the others must be numeric features)"
     )
+
+
+def _raise_on_stray_text(schema: FileSchema, columns: Sequence[str]) -> None:
+    """In the sampled block, a text column whose values are nearly all numbers is a feature with a bad cell."""
+    try:
+        block = _open_csv(schema.file, {c: pa.string() for c in columns}).read_next_batch()
+    except (pa.ArrowInvalid, StopIteration):
+        return
+    for name in columns:
+        values = block.column(name).to_pandas()
+        present = values.notna()
+        numbers = pd.to_numeric(values, errors="coerce").notna()
+        if present.sum() and numbers.sum() >= STRAY_TEXT_SHARE * present.sum():
+            row = int(np.flatnonzero(present & ~numbers)[0])
+            raise StepError(
+                f"{schema.file.key} row {row} (line {row + 2}) column {name!r}: {values.iloc[row]!r} is not a number; "
+                "fix the value, or make this column the id column with input.id_column"
+            )
+
+
+def _check_id_like_features(first: FileSchema, features: Sequence[str], named: bool) -> None:
+    """A numeric column named like an id (or pandas' saved index) would silently become a feature."""
+    if named:
+        return
+    for name in features:
+        if name in first.typed and _SAVED_INDEX.fullmatch(name):
+            raise StepError(
+                f"{first.file.key}: column {name!r} looks like a saved pandas index, so it would be used as a "
+                "feature; write the file without it (to_csv(index=False)), or name it in input.id_column"
+            )
+        if name in first.typed and _ID_LIKE.fullmatch(name):
+            raise StepError(
+                f"{first.file.key}: column {name!r} is numeric and named like an id, so it would be "
+                f"used as a feature; set input.id_column: {name} in pipeline.yaml (or drop or rename the column "
+                "if it really is a feature)"
+            )
 
 
 def _check_numeric_features(schema: FileSchema, features: Sequence[str]) -> None:

@@ -328,6 +328,21 @@ def bad_input_cases():
          "m.csv: file is empty (0 bytes); remove it or re-export the data"),
         ("header only", text("m.csv", "id,a,b\n"), (),
          "m.csv: no data rows; point InputData at a matrix with at least one row"),
+        # A stray word among numbers makes the column look like text: the cell is named, not an id ambiguity.
+        ("stray word in a feature column", text("m.csv", "sku,a,b\n" + "".join(
+            f"s{i},{i},{'oops' if i == 22 else i * 2}\n" for i in range(40))), (),
+         "m.csv row 22 (line 24) column 'b': 'oops' is not a number; "
+         "fix the value, or make this column the id column with input.id_column"),
+        ("semicolon-separated", text("m.csv", "id;a;b\nx;1;2\n"), (),
+         "m.csv: no feature columns (only the id column 'id;a;b'); the input needs at least one numeric column; "
+         "the header looks ';'-separated, but CSV input must be comma-separated"),
+        ("numeric id column", parquet("m.parquet", pa.table({"user_id": [7, 9], "a": [1.0, 2.0]})), (),
+         "m.parquet: column 'user_id' is numeric and named like an id, so it would be used as a "
+         "feature; set input.id_column: user_id in pipeline.yaml (or drop or rename the column if it really is a "
+         "feature)"),
+        ("saved pandas index", text("m.csv", ",a,b\n0,1,2\n1,3,4\n"), (),
+         "m.csv: column '' looks like a saved pandas index, so it would be used as a feature; write the file "
+         "without it (to_csv(index=False)), or name it in input.id_column"),
         ("npy without rows", npy("x.npy", np.zeros((0, 3))), (),
          "x.npy: no data rows; point InputData at a matrix with at least one row"),
         ("npy zero columns", npy("x.npy", np.zeros((3, 0))), (),
