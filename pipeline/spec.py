@@ -3,7 +3,7 @@
 The schema is data (the `_SCHEMA` tables below), checked against the composed YAML node tree so that every
 error can name the file, the line and the YAML path: one line, what is wrong and what is expected, e.g.
 
-    pipeline.yaml:14: similarity.memory_budget_mb: must be an integer >= 16, got 'lots'
+    pipeline.yaml:14: similarity.memory_budget_mb: must be an integer between 16 and 786432, got 'lots'
 
 Imports nothing heavy: `validate` and the local runner must not pay for the SageMaker SDK.
 """
@@ -420,7 +420,7 @@ _SCHEMA: dict[str, Any] = {
         {
             "volume_gb": (_integer(1, MAX_VOLUME_GB), 30),
             "max_runtime_seconds": (_integer(60, MAX_TRAINING_RUNTIME), 86400),
-            "memory_budget_mb": (_integer(16), 1024),
+            "memory_budget_mb": (_integer(16, 786432), 1024),  # up to the largest instance's 768 GiB
             "checkpoint_seconds": (_integer(0, 86400), 120),
             "spot": (_boolean, False),
             "max_wait_seconds": (_optional(_integer(60, MAX_TRAINING_RUNTIME)), None),

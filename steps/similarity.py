@@ -222,11 +222,13 @@ def memory_message(rows: int, dim: int, budget_mb: int, available: int | None, h
         return None
     where = f"host {host.name}" + (f" ({host.instance_type})" if host.instance_type else "")
     fits = [name for name, gib in INSTANCE_MEMORY_GIB if gib * 1024 * 0.9 >= need_mb]  # 10% for the OS
-    fix = (f"use an InstanceType with more memory (at least {fits[0]}, {dict(INSTANCE_MEMORY_GIB)[fits[0]]} GiB)"
-           if fits else f"no instance type up to {INSTANCE_MEMORY_GIB[-1][0]} holds it: reduce the dimension")
     smaller = have_mb - matrix_mb - PROGRAM_MB
+    fixes = [f"use an InstanceType with more memory (at least {fits[0]}, {dict(INSTANCE_MEMORY_GIB)[fits[0]]} GiB)"]\
+        if fits else []
     if smaller >= 16:
-        fix += f", or lower similarity.memory_budget_mb to {smaller}"
+        fixes.append(f"lower similarity.memory_budget_mb to {smaller}")
+    fix = ", or ".join(fixes) or (f"the matrix alone needs more memory than {INSTANCE_MEMORY_GIB[-1][0]} has: "
+                                  "reduce its dimension (e.g. with PCA) or its rows")
     return (f"{where}: the normalized matrix ({rows} rows x {dim} float32 = {matrix_mb} MB) plus "
             f"memory_budget_mb={budget_mb} and {PROGRAM_MB} MB for the program need {need_mb} MB, but only "
             f"{have_mb} MB are available; {fix}")

@@ -176,7 +176,7 @@ def test_unknown_local_parameter_name_suggests_the_closest(write):
 
 def test_wrong_type(write):
     assert error_of(write(MINIMAL + "similarity:\n  memory_budget_mb: lots\n")) == (
-        "pipeline.yaml:10: similarity.memory_budget_mb: must be an integer >= 16, got 'lots'"
+        "pipeline.yaml:10: similarity.memory_budget_mb: must be an integer between 16 and 786432, got 'lots'"
     )
 
 
@@ -188,7 +188,7 @@ def test_boolean_is_not_an_integer(write):
 
 def test_out_of_range(write):
     assert error_of(write(MINIMAL + "similarity:\n  memory_budget_mb: 8\n")) == (
-        "pipeline.yaml:10: similarity.memory_budget_mb: must be an integer >= 16, got 8"
+        "pipeline.yaml:10: similarity.memory_budget_mb: must be an integer between 16 and 786432, got 8"
     )
 
 
