@@ -13,6 +13,7 @@ benchmark-only extras (`pip install -e .[bench]`).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import platform
 import statistics
@@ -149,6 +150,10 @@ def main(argv=None):
     if a.quick:
         a.rows, a.repeat = 5000, 1
     threads = a.threads or default_threads()
+    for peer, module in (("faiss", "faiss"), ("sklearn", "sklearn")):
+        if peer not in a.skip and importlib.util.find_spec(module) is None:
+            print(f"{peer}: not installed, skipped (pip install -e '.[bench]' adds it)")
+            a.skip.append(peer)
     X = mixture(a.rows, a.dim, a.clusters, a.seed)
     flops = 2.0 * a.rows * a.rows * a.dim
     tol = 4 * dot_error_bound(a.dim)
