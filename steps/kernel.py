@@ -171,7 +171,7 @@ def top_k(
         raise ValueError("k must be >= 1")
     zero = corpus.zero_mask() if zero is None else zero
     eps = dot_error_bound(corpus.dim)
-    margin = max(16, k // 4)
+    margin = max(8, k // 16)
     width = min(k + margin, max(corpus.rows - 1, 1))
     workers = threads if threads > 0 else default_threads()
     plan = Plan.from_budget(budget_bytes, corpus.dim, width, corpus.rows, workers)
