@@ -169,6 +169,8 @@ def top_k(
     """
     if k < 1:
         raise ValueError("k must be >= 1")
+    if corpus.rows >= _PAD_LOW:
+        raise ValueError(f"{corpus.rows} rows: the selection keys hold row indices below {_PAD_LOW}")
     zero = corpus.zero_mask() if zero is None else zero
     eps = dot_error_bound(corpus.dim)
     margin = max(8, k // 16)
@@ -216,8 +218,9 @@ class _Rows:
     def __init__(self, first: int, query: np.ndarray, width: int, zero: np.ndarray, floor: np.float32):
         n = len(query)
         self.first, self.query, self.width, self.floor = first, query, width, floor
-        self.best_s = np.full((n, width), -np.inf, dtype=np.float32)
-        self.best_i = np.full((n, width), PAD_INDEX, dtype=np.int64)
+        # One uint64 key a candidate: its score's sortable bits above its row index, so merging is one
+        # partition of one array (no argpartition + gathers of two).
+        self.keys = np.full((n, width), _PAD_KEY, dtype=np.uint64)
         self.thr = np.where(zero[first: first + n], np.float32(np.inf), floor).astype(np.float32)
         self.full = zero[first: first + n].copy()  # rows whose bar comes from a full buffer (or zero rows)
         self.pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # survivors not merged yet
@@ -250,7 +253,7 @@ class _Rows:
             # lags meanwhile, which only admits a few more survivors.
             self.pending.append((r, col, s))
             self.pending_count += len(r)
-            if self.pending_count * 2 >= self.best_s.size or not self.full.all():
+            if self.pending_count * 2 >= self.keys.size or not self.full.all():
                 self.flush()
 
     def flush(self) -> None:
@@ -260,7 +263,15 @@ class _Rows:
         r, col, s = (np.concatenate(part) for part in zip(*self.pending))
         self.pending, self.pending_count = [], 0
         order = np.argsort(r.astype(np.uint16), kind="stable")  # tiles have <= 4096 rows: a radix sort
-        self._merge(r[order], col[order], s[order])
+        self._merge(r[order], _keys(s[order], col[order]))
+
+    @property
+    def best_s(self) -> np.ndarray:
+        return _key_scores(self.keys)
+
+    @property
+    def best_i(self) -> np.ndarray:
+        return _key_indices(self.keys)
 
     def _estimate(self, S, col0, zero, mirrored):
         """A safe early bar for rows whose buffer is not full yet, so the first tile does not admit everything.
@@ -281,7 +292,7 @@ class _Rows:
             maxima = S[:, : groups * size].reshape(len(S), groups, size).max(axis=2)
         return np.partition(maxima, groups - rank, axis=1)[:, groups - rank]
 
-    def _merge(self, r, col, s):
+    def _merge(self, r, keys):
         """Merge survivors (sorted by row) into the buffers: pad each row's survivors, keep the best `width`."""
         starts = np.flatnonzero(np.r_[True, r[1:] != r[:-1]])
         rows = r[starts]
@@ -289,19 +300,36 @@ class _Rows:
         extra = int(counts.max())
         line = np.repeat(np.arange(len(rows)), counts)
         pos = self.width + np.arange(len(r)) - np.repeat(starts, counts)
-        both_s = np.full((len(rows), self.width + extra), -np.inf, dtype=np.float32)
-        both_i = np.full((len(rows), self.width + extra), PAD_INDEX, dtype=np.int64)
-        both_s[:, : self.width] = self.best_s[rows]
-        both_i[:, : self.width] = self.best_i[rows]
-        both_s[line, pos] = s
-        both_i[line, pos] = col
-        keep = np.argpartition(both_s, extra, axis=1)[:, extra:]
-        best = np.take_along_axis(both_s, keep, axis=1)
-        self.best_s[rows] = best
-        self.best_i[rows] = np.take_along_axis(both_i, keep, axis=1)
-        worst = best.min(axis=1)
+        both = np.full((len(rows), self.width + extra), _PAD_KEY, dtype=np.uint64)
+        both[:, : self.width] = self.keys[rows]
+        both[line, pos] = keys
+        best = np.partition(both, extra, axis=1)[:, extra:]
+        self.keys[rows] = best
+        worst = _key_scores(best.min(axis=1))
         self.full[rows] = np.isfinite(worst)
         self.thr[rows] = np.maximum(worst, self.floor)
+
+
+def _keys(scores: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """Order-preserving uint64 keys: float32 bits made sortable as unsigned (negatives flipped) | row index."""
+    bits = scores.astype(np.float32).view(np.uint32)
+    high = np.where(bits >> 31, ~bits, bits | np.uint32(0x80000000))
+    return (high.astype(np.uint64) << np.uint64(32)) | index.astype(np.uint64)
+
+
+def _key_scores(keys: np.ndarray) -> np.ndarray:
+    high = (keys >> np.uint64(32)).astype(np.uint32)
+    bits = np.where(high >> 31, high & np.uint32(0x7FFFFFFF), ~high)
+    return bits.view(np.float32)
+
+
+def _key_indices(keys: np.ndarray) -> np.ndarray:
+    low = (keys & np.uint64(0xFFFFFFFF)).astype(np.int64)
+    return np.where(low == _PAD_LOW, PAD_INDEX, low)
+
+
+_PAD_LOW = 0xFFFFFFFF  # the index part of an empty slot (row indices stay below it)
+_PAD_KEY = _keys(np.array([-np.inf], dtype=np.float32), np.array([_PAD_LOW]))[0]
 
 
 def _select_group(corpus, g0, g1, width, zero, floor, plan, pool):

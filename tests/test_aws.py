@@ -250,8 +250,9 @@ def test_diff_before_and_after_upsert(moto, compiled_real, tmp_path):
     assert lines == [
         "~ parameter TopK: default 10 -> 20",
         "~ Preprocess: instance type: ml.m5.xlarge -> ml.m5.2xlarge",
-        "~ Preprocess: arguments: --input-uri Parameters.InputData --non-finite error --chunk-rows 65536 -> "
-        "--input-uri Parameters.InputData --non-finite error --chunk-rows 1000",
+        "~ Preprocess: arguments: --input-uri Parameters.InputData --non-finite error --chunk-rows 65536 "
+        "--instance-count Join('', [Parameters.InstanceCount]) -> --input-uri Parameters.InputData --non-finite error "
+        "--chunk-rows 1000 --instance-count Join('', [Parameters.InstanceCount])",
         f"~ role: {ROLE} -> arn:aws:iam::111122223333:role/Other",
     ]
 
