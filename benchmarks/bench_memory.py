@@ -47,7 +47,12 @@ def main(argv=None):
     a = p.parse_args(argv)
     path = Path(a.path)
     if not path.exists() or np.load(path, mmap_mode="r").shape != (a.rows, a.dim):
-        write_matrix(path, a.rows, a.dim, a.seed)
+        # In a child process: pages written here would count in this process's peak RSS.
+        import multiprocessing
+
+        writer = multiprocessing.get_context("spawn").Process(target=write_matrix, args=(path, a.rows, a.dim, a.seed))
+        writer.start()
+        writer.join()
     X = np.load(path, mmap_mode="r")
     share = a.rows // a.hosts
     stop = a.query_rows or share
