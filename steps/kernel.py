@@ -25,7 +25,7 @@ import math
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -42,15 +42,14 @@ class Corpus:
     """All rows, as a list of row-contiguous float32 chunks (usually memory-mapped files)."""
 
     chunks: Sequence[np.ndarray]
+    starts: np.ndarray = field(init=False, repr=False, compare=False)  # each chunk's first row, and the total
 
     def __post_init__(self):
         dims = {c.shape[1] for c in self.chunks}
         if len(dims) > 1:
             raise ValueError(f"chunks have different dimensions: {sorted(dims)}")
-
-    @property
-    def starts(self) -> np.ndarray:
-        return np.cumsum([0] + [len(c) for c in self.chunks])
+        # Computed once: blocks() and take() consult it on every call.
+        object.__setattr__(self, "starts", np.cumsum([0] + [len(c) for c in self.chunks]))
 
     @property
     def rows(self) -> int:

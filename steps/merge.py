@@ -19,7 +19,7 @@ import sys
 import threading
 import tarfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -42,6 +42,7 @@ ARTIFACT_FILES = ("neighbors.parquet", "neighbors.npy", "scores.npy", MANIFEST)
 class Shard:
     meta_path: Path
     meta: dict
+    headers: dict = field(default_factory=dict, compare=False)
 
     @property
     def start(self) -> int:
@@ -54,15 +55,18 @@ class Shard:
     def path(self, kind: str) -> Path:
         return self.meta_path.parent / f"shard-{self.meta['host']}.{kind}.npy"
 
-    def shape(self, kind: str) -> tuple[int, ...]:
-        try:
-            return npy.read_header(self.path(kind)).shape
-        except (ValueError, EOFError, OSError) as exc:
-            raise StepError(f"{self.path(kind)}: not a readable .npy file ({exc}); rerun the Similarity step")
+    def header(self, kind: str) -> npy.NpyHeader:
+        """Read once per file (the dict is the one mutable part of this frozen record)."""
+        if kind not in self.headers:
+            try:
+                self.headers[kind] = npy.read_header(self.path(kind))
+            except (ValueError, EOFError, OSError) as exc:
+                raise StepError(f"{self.path(kind)}: not a readable .npy file ({exc}); rerun the Similarity step")
+        return self.headers[kind]
 
     def rows(self, kind: str, lo: int, hi: int) -> np.ndarray:
         """Rows [lo, hi) of this shard (relative to its start), read from disk: memory holds one batch."""
-        return npy.read_rows(self.path(kind), lo, hi)
+        return npy.read_rows(self.path(kind), lo, hi, self.header(kind))
 
 
 def unpack_shards(shards_dir: Path, scratch: Path) -> Path:
@@ -155,7 +159,7 @@ def _check_shard(path: Path, fingerprint: str) -> Shard:
             raise StepError(f"{file}: checksum differs from {path.name} (truncated or altered); "
                             "rerun the Similarity step")
     for kind in ("neighbors", "scores"):
-        shape = shard.shape(kind)
+        shape = shard.header(kind).shape
         if shape != (shard.stop - shard.start, meta["k"]):
             raise StepError(f"{shard.path(kind)}: shape {shape}, expected "
                             f"({shard.stop - shard.start}, {meta['k']}); rerun the Similarity step")

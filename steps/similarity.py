@@ -142,7 +142,7 @@ def compute_shard(normalized_dir: Path, host: Host, settings: Settings, out_dir:
         "start": start, "stop": stop, "k": k,
         "min_score": settings.min_score, "input_fingerprint": data.fingerprint,
         "job": os.environ.get(JOB_ENV), "resumed_rows": resumed,
-        "files": {names[key]: sha256_file(out_dir / names[key]) for key in ("neighbors", "scores")},
+        "files": {names[kind]: sha256_file(out_dir / names[kind]) for kind in ("neighbors", "scores")},
         "seconds": round(time.time() - began, 3),
         "cpu_seconds": round(time.process_time() - cpu_began, 3),  # every thread of this host's process
     }

@@ -16,7 +16,6 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.errors import LocalRunError, UsageError
-from pipeline.local import resume_local
 from pipeline.local.faults import Fault, host_faults, parse_faults
 from pipeline.local.plan import StepPlan
 from steps.registry import list_local
