@@ -11,7 +11,7 @@ import threading
 import traceback
 from typing import Sequence
 
-from pipeline.errors import AllpairsError
+from pipeline.errors import AllpairsError, UsageError
 
 MERGE_STEP, ARTIFACT_OUTPUT = "Merge", "artifact"  # where the product of a run lands
 _print_lock = threading.Lock()
@@ -132,7 +132,6 @@ def cmd_definition(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from pipeline.errors import UsageError
     from pipeline.local import parse_param_args, read_registration, resume_local, run_local
 
     if args.resume and args.param:

@@ -18,6 +18,7 @@ from typing import Any, Callable
 import yaml
 
 from pipeline.errors import SpecError
+from steps.registry import APPROVAL_STATUSES  # one list for the spec, the compiler and Merge
 
 # The runtime parameters of the pipeline, in definition order, with their SageMaker types.
 PARAMETER_TYPES: dict[str, str] = {
@@ -31,7 +32,6 @@ PARAMETER_TYPES: dict[str, str] = {
     "ApprovalStatus": "String",
 }
 PARAMETER_NAMES: tuple[str, ...] = tuple(PARAMETER_TYPES)
-APPROVAL_STATUSES: tuple[str, ...] = ("PendingManualApproval", "Approved", "Rejected")
 NON_FINITE_POLICIES: tuple[str, ...] = ("error", "drop")
 
 # Service limits (CreateProcessingJob / CreateTrainingJob): checked here so a typo fails at validate time.

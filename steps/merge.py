@@ -292,9 +292,7 @@ def main(argv: Sequence[str]) -> None:
     parser.add_argument("--approval-status", default="PendingManualApproval")
     parser.add_argument("--parameter", action="append", default=[])
     args = parser.parse_args(argv)
-    if args.approval_status not in registry.APPROVAL_STATUSES:
-        raise StepError(f"ApprovalStatus={args.approval_status!r}: must be one of "
-                        f"{', '.join(registry.APPROVAL_STATUSES)}")
+    registry.check_approval_status(args.approval_status)  # before any work, not after it
     out = paths.processing_output("artifact")
     # Build in a staging folder and move the files in only when all are complete and verified.
     staging = out / ".staging"

@@ -4,11 +4,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+OPT_ML = "/opt/ml"
 OPT_ML_ENV = "ALLPAIRS_OPT_ML"
 
 
 def opt_ml() -> Path:
-    return Path(os.environ.get(OPT_ML_ENV) or "/opt/ml")
+    return Path(os.environ.get(OPT_ML_ENV) or OPT_ML)
 
 
 def processing_input(name: str) -> Path:

@@ -38,10 +38,14 @@ def _registry_text(text: str) -> str:
     return "".join(c if c.isalpha() or c.isnumeric() or c.isspace() or c in "_.:/=+-@" else "_" for c in text)
 
 
-def register(group: str, approval_status: str, description: str, metadata: dict[str, str]) -> dict:
-    """Register one version; returns the registration record (written as registration.json)."""
+def check_approval_status(approval_status: str) -> None:
     if approval_status not in APPROVAL_STATUSES:
         raise StepError(f"ApprovalStatus={approval_status!r}: must be one of {', '.join(APPROVAL_STATUSES)}")
+
+
+def register(group: str, approval_status: str, description: str, metadata: dict[str, str]) -> dict:
+    """Register one version; returns the registration record (written as registration.json)."""
+    check_approval_status(approval_status)
     local = os.environ.get(LOCAL_REGISTRY_ENV)
     if local:
         return register_local(Path(local), group, approval_status, description, metadata)

@@ -27,15 +27,14 @@ from typing import Callable, Iterable, Mapping
 
 from pipeline.errors import AllpairsError, LocalRunError, UsageError
 from steps.io import write_json
-from steps.paths import OPT_ML_ENV
 from steps.registry import LOCAL_REGISTRY_ENV
 
-from .expressions import Scope, utc_text
+from .expressions import JOB_NAME_VARIABLES, Scope, utc_text
 from .faults import FAULTS_ENV, Fault, parse_faults
 from .interrupts import graceful_sigint
 from .jobs import JobContext, job_name, run_processing, run_training
 from .parameters import ParameterOverride, ValueProblem, check_parameter_values, resolve_parameters
-from .plan import StepPlan, load_definition, plan_steps
+from .plan import StepPlan, load_definition, output_uri_property, plan_steps
 from .storage import is_s3, join_uri, local_path, one_line, s3_client, split_s3
 
 REGISTRY_ENV = LOCAL_REGISTRY_ENV  # the container contract, section 3
@@ -43,7 +42,7 @@ REGISTRY_FILE = "registry.sqlite"
 RECORD_FILE = "execution.json"
 LOCK_FILE = ".lock"
 RUNNERS = {"Processing": run_processing, "Training": run_training}
-JOB_NAME_VARIABLE = {"Processing": "ProcessingJobName", "Training": "TrainingJobName"}
+JOB_NAME_VARIABLE = {step_type: variable for variable, step_type in JOB_NAME_VARIABLES.items()}
 
 Progress = Callable[[str], None]
 
@@ -91,7 +90,7 @@ class Execution:
     def output_uri(self, step: str, output: str) -> str | None:
         """Where a processing step's named output landed (None if the step did not get that far)."""
         record = self.steps.get(step)
-        return record.properties.get(f"ProcessingOutputConfig.Outputs['{output}'].S3Output.S3Uri") if record else None
+        return record.properties.get(output_uri_property(output)) if record else None
 
 
 def new_execution_id(now: datetime) -> str:
@@ -130,7 +129,7 @@ def run_local(
     parameters = list(parameters)
     values = resolve_parameters(definition, parameters)
     check_parameter_values(values, {p.name: p.origin for p in parameters}, value_problem)
-    injected = parse_faults(os.environ.get(FAULTS_ENV) if faults is None else faults, plans)
+    injected = injected_faults(faults, plans)
     execution = start_execution(definition, plans, values, Path(workdir), pipeline_name, region)
     return run_execution(execution, plans, echo, progress, injected)
 
@@ -148,8 +147,12 @@ def resume_local(
     record (parameters, definition, region), so no spec is read."""
     execution, definition = load_execution(Path(os.path.abspath(workdir)), execution_id)
     plans = plan_steps(definition)
-    injected = parse_faults(os.environ.get(FAULTS_ENV) if faults is None else faults, plans)
-    return run_execution(execution, plans, echo, progress, injected, resuming=True)
+    return run_execution(execution, plans, echo, progress, injected_faults(faults, plans), resuming=True)
+
+
+def injected_faults(faults: str | None, plans: list[StepPlan]) -> list[Fault]:
+    """The faults to inject: `faults` if given, else the ALLPAIRS_FAULTS environment variable."""
+    return parse_faults(os.environ.get(FAULTS_ENV) if faults is None else faults, plans)
 
 
 def load_execution(workdir: Path, execution_id: str) -> tuple[Execution, dict]:
@@ -268,7 +271,7 @@ def execution_variables(execution: Execution) -> dict[str, str]:
 def run_step(plan: StepPlan, execution: Execution, scope: Scope, echo: Progress | None, say: Progress,
              faults: list[Fault] = ()) -> None:
     record = execution.steps[plan.name]
-    record.job_name = job_name(execution.pipeline_name, plan, plan.arguments, execution.id.rsplit("-", 1)[1])
+    record.job_name = job_name(execution.pipeline_name, plan, execution.id.rsplit("-", 1)[1])
     record.status, record.started = "Executing", utc_text(datetime.now(timezone.utc))
     execution.save()
     say(f"{plan.name}: started ({plan.type} job {record.job_name})")
@@ -311,7 +314,6 @@ def finish(execution: Execution, status: str, reason: str | None) -> None:
 def step_environment(plan: StepPlan, execution: Execution) -> dict[str, str]:
     """The environment every host of the step starts from (the definition's Environment is added per host)."""
     env = dict(os.environ)
-    env.pop(OPT_ML_ENV, None)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(package_root()), env.get("PYTHONPATH")]))
     env["PYTHONUNBUFFERED"] = "1"  # lines reach the log (and --verbose) as they are written
     if plan.type == "Processing":  # Merge registers into the embedded registry (container contract, section 3)

@@ -52,9 +52,9 @@ class _Running:
     command: HostCommand
     process: subprocess.Popen
     log: Path
-    last_stderr: list[str] = field(default_factory=lambda: [""])
+    last_stderr: str = ""  # set by the stderr pump
     pumps: list[threading.Thread] = field(default_factory=list)
-    fault_fired: list[bool] = field(default_factory=lambda: [False])  # set by the pump on FAULT_MARKER
+    fault_fired: bool = False  # set by the pump on FAULT_MARKER
     restarts: int = 0
 
 
@@ -73,11 +73,11 @@ def run_hosts(commands: Sequence[HostCommand], cwd: Path, echo: Echo | None = No
                 if all(r.exit_code == 0 for r in results.values()):
                     break
                 raise KeyboardInterrupt("stop requested")
-            for i, run in enumerate(list(running)):
+            for i, run in enumerate(running):
                 if run.command.host in results or run.process.poll() is None:
                     continue
                 scope = pending.pop(run.command.host, None)
-                if scope and run.fault_fired[0]:
+                if scope and run.fault_fired:
                     running = restart_after_fault(running, i, results, cwd, echo, scope)
                     break
                 results[run.command.host] = finish(run)
@@ -97,8 +97,6 @@ def restart_after_fault(running: list[_Running], i: int, results: dict[str, Host
                         echo: Echo | None, scope: str) -> list[_Running]:
     """The host at `i` was killed by its injected fault: start it again (scope "host"), or stop every host and
     start them all again (scope "step"), each without its fault."""
-    killed = running[i]
-    finish(killed)
     if scope == "step":
         stop_others(running, results, "stopped: the whole step is restarted")
         results.clear()
@@ -162,9 +160,9 @@ def _pump(run: _Running, stream, sink, lock: threading.Lock, is_stderr: bool, ec
             sink.flush()
         line = raw.decode("utf-8", "replace").rstrip()
         if is_stderr and line.strip():
-            run.last_stderr[0] = line.strip()
+            run.last_stderr = line.strip()
         if FAULT_MARKER in line:
-            run.fault_fired[0] = True
+            run.fault_fired = True
         if echo:
             echo(f"[{run.command.label}] {line}")
     stream.close()
@@ -191,8 +189,8 @@ def failure_reason(run: _Running, code: int) -> str:
         lines = failure.read_text(errors="replace").strip().splitlines()
         if lines:
             return lines[0].strip()
-    if run.last_stderr[0]:
-        return run.last_stderr[0]
+    if run.last_stderr:
+        return run.last_stderr
     return f"killed by signal {-code}" if code < 0 else f"exit code {code}"
 
 

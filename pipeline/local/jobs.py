@@ -11,17 +11,16 @@ from typing import Mapping, Sequence
 
 from pipeline.errors import LocalRunError
 from steps.io import write_json
-from steps.paths import OPT_ML_ENV
-
 from steps.checkpoints import FAULT_ENV
+from steps.paths import OPT_ML, OPT_ML_ENV
 
 from .expressions import bug, expression_kind
 from .faults import Fault, host_faults
 from .hosts import Echo, HostCommand, HostResult, run_hosts
-from .plan import StepPlan
-from .storage import deliver_file, deliver_tree, download_prefix, is_s3, join_uri, local_path, stage_input, upload_tree
+from .plan import StepPlan, output_uri_property
+from .storage import (deliver_file, deliver_tree, download_prefix, files_under, is_s3, join_uri, local_path, stage_input,
+                      upload_tree)
 
-OPT_ML = "/opt/ml"
 # The image's `train` (containers/ maps it to this module); locally it runs with this interpreter.
 TRAIN_MODULE = "steps.similarity"
 TRAINING_JOB_ENV = "TRAINING_JOB_NAME"
@@ -38,8 +37,9 @@ class JobContext:
     faults: list[Fault] = field(default_factory=list)  # ALLPAIRS_FAULTS (pipeline/local/faults.py)
 
 
-def job_name(pipeline_name: str, plan: StepPlan, arguments: Mapping, suffix: str) -> str:
+def job_name(pipeline_name: str, plan: StepPlan, suffix: str) -> str:
     """`allpairs-similarity-3f9a1c`: a SageMaker-valid name (63 chars, [a-z0-9-]) tied to the execution."""
+    arguments = plan.arguments
     base = arguments.get("ProcessingJobName") or arguments.get("TrainingJobName") or default_job_base(pipeline_name, plan.name)
     base = re.sub(r"[^a-z0-9-]+", "-", str(base).lower()).strip("-") or "job"
     return f"{base[:63 - len(suffix) - 1]}-{suffix}"
@@ -120,14 +120,14 @@ def run_processing(plan: StepPlan, args: Mapping, ctx: JobContext) -> dict[str, 
     if not argv:
         raise bug(f"{where}, Arguments.AppSpecification", "no ContainerEntrypoint, and locally there is no image to fall back on")
     command = HostCommand("algo-1", f"{plan.name} algo-1", argv, host_env(ctx, args.get("Environment"), root), root)
-    ctx.host_results = run_hosts([command], ctx.cwd, ctx.echo, collect=ctx.host_results)
+    run_hosts([command], ctx.cwd, ctx.echo, collect=ctx.host_results)
     raise_if_failed(plan.name, ctx.host_results)
     properties: dict[str, object] = {"ProcessingJobName": ctx.job_name}
     for i, output in enumerate(outputs):
         name, uri = output["OutputName"], output["S3Output"]["S3Uri"]
         deliver_tree(host_path(root, output["S3Output"]["LocalPath"], ""), uri, f"{where}, output {name}")
-        properties[f"ProcessingOutputConfig.Outputs['{name}'].S3Output.S3Uri"] = uri
-        properties[f"ProcessingOutputConfig.Outputs[{i}].S3Output.S3Uri"] = uri
+        properties[output_uri_property(name)] = uri
+        properties[output_uri_property(i)] = uri
     return properties
 
 
@@ -154,19 +154,19 @@ def run_training(plan: StepPlan, args: Mapping, ctx: JobContext) -> dict[str, ob
     channels = stage_channels(plan, args, ctx, where)
     shared_checkpoints, checkpoint_uri = prepare_checkpoints(args, ctx, where)
     faults = host_faults(ctx.faults, plan.name, hosts)
+    argv = training_argv(args, where)
     commands = []
     for host in hosts:
         root = ctx.step_dir / host
         prepare_training_host(root, host, hosts, args, channels, shared_checkpoints, where)
-        argv = training_argv(args, where)
         env = host_env(ctx, args.get("Environment"), root)
         env[TRAINING_JOB_ENV] = ctx.job_name  # as SageMaker sets it: the shards record their job
         if host in faults:
             env[FAULT_ENV] = faults[host].condition
         commands.append(HostCommand(host, f"{plan.name} {host}", argv, env, root, (root / "model", root / "output")))
     try:
-        ctx.host_results = run_hosts(commands, ctx.cwd, ctx.echo, {h: f.scope for h, f in faults.items() if f.scope},
-                                     collect=ctx.host_results)
+        run_hosts(commands, ctx.cwd, ctx.echo, {h: f.scope for h, f in faults.items() if f.scope},
+                  collect=ctx.host_results)
     finally:
         if checkpoint_uri:  # SageMaker syncs checkpoints even for a failed or stopped job: a resume reads them
             upload_tree(shared_checkpoints, checkpoint_uri, f"{where}, checkpoints")
@@ -280,16 +280,14 @@ def gather_model_files(model_dirs: Mapping[str, Path], where: str) -> dict[str, 
     owner: dict[str, str] = {}
     files: dict[str, Path] = {}
     for host, model_dir in model_dirs.items():
-        for directory, _, names in os.walk(model_dir):
-            for name in names:
-                path = Path(directory) / name
-                relative = path.relative_to(model_dir).as_posix()
-                if relative in owner:
-                    raise LocalRunError(
-                        f"{where}: hosts {owner[relative]} and {host} both wrote model/{relative}; SageMaker would keep only "
-                        f"one of them: make model file names host-unique (use current_host from resourceconfig.json)"
-                    )
-                owner[relative], files[relative] = host, path
+        for path in files_under(model_dir):
+            relative = path.relative_to(model_dir).as_posix()
+            if relative in owner:
+                raise LocalRunError(
+                    f"{where}: hosts {owner[relative]} and {host} both wrote model/{relative}; SageMaker would keep only "
+                    f"one of them: make model file names host-unique (use current_host from resourceconfig.json)"
+                )
+            owner[relative], files[relative] = host, path
     return dict(sorted(files.items()))
 
 

@@ -89,9 +89,9 @@ def declared_properties(name: str, raw: Mapping) -> tuple[str, ...]:
         output_name = output.get("OutputName")
         if not isinstance(output_name, str):
             raise bug(f"step {name}, Arguments.ProcessingOutputConfig.Outputs[{i}]", "OutputName must be a literal string")
-        paths.append(f"ProcessingOutputConfig.Outputs['{output_name}'].S3Output.S3Uri")
+        paths.append(output_uri_property(output_name))
     # SageMaker also accepts the output's index; list those after the named forms (error messages show the first ones).
-    paths += [f"ProcessingOutputConfig.Outputs[{i}].S3Output.S3Uri" for i in range(len(outputs))]
+    paths += [output_uri_property(i) for i in range(len(outputs))]
     return tuple(paths)
 
 
@@ -154,3 +154,9 @@ def topological_order(plans: list[StepPlan]) -> list[StepPlan]:
         done[ready[0].name] = ready[0]
         pending.remove(ready[0])
     return list(done.values())
+
+
+def output_uri_property(key: str | int) -> str:
+    """The property path of a processing output's URI, by name or position (as the SDK's properties spell it)."""
+    ref = f"'{key}'" if isinstance(key, str) else key
+    return f"ProcessingOutputConfig.Outputs[{ref}].S3Output.S3Uri"

@@ -62,8 +62,8 @@ def link_local(uri: str, dest: Path, where: str, fix: str) -> None:
         raise LocalRunError(f"{where}: {shown} does not exist; {fix}")
 
 
-def download_prefix(uri: str, dest: Path, where: str, fix: str, allow_empty: bool = False) -> int:
-    """Download the object `uri`, or every object under `uri/`, keeping keys relative to it; returns the count."""
+def download_prefix(uri: str, dest: Path, where: str, fix: str, allow_empty: bool = False) -> None:
+    """Download the object `uri`, or every object under `uri/`, keeping keys relative to it."""
     bucket, prefix = split_s3(uri)
     prefix = prefix.rstrip("/")
     dest.mkdir(parents=True, exist_ok=True)
@@ -79,12 +79,9 @@ def download_prefix(uri: str, dest: Path, where: str, fix: str, allow_empty: boo
             client.download_file(bucket, key, str(target))
             count += 1
     except Exception as exc:
-        if isinstance(exc, LocalRunError):
-            raise
         raise LocalRunError(f"{where}: cannot read {uri}: {one_line(exc)}; check the URI and your AWS credentials") from exc
     if count == 0 and not allow_empty:
         raise LocalRunError(f"{where}: no objects under {uri}; {fix}")
-    return count
 
 
 def relative_key(key: str, prefix: str) -> str | None:
@@ -125,9 +122,7 @@ def move_tree(source: Path, dest: Path, where: str) -> None:
         raise LocalRunError(f"{where}: {dest} exists and is not a directory; remove it or choose another output location")
     dest.parent.mkdir(parents=True, exist_ok=True)
     if not dest.exists():
-        staged = temp_sibling(dest)
-        move(source, staged)
-        os.replace(staged, dest)
+        move_into_place(source, dest)
         return
     for file in files_under(source):
         deliver_file(file, str(dest / file.relative_to(source)), where)
@@ -139,6 +134,11 @@ def deliver_file(source: Path, uri: str, where: str) -> None:
         return
     dest = local_path(uri)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    move_into_place(source, dest)
+
+
+def move_into_place(source: Path, dest: Path) -> None:
+    """Move beside `dest` first (a copy, across filesystems), then rename: `dest` never appears half there."""
     staged = temp_sibling(dest)
     move(source, staged)
     os.replace(staged, dest)
@@ -172,14 +172,18 @@ def files_under(root: Path) -> list[Path]:
 
 
 def upload_tree(source: Path, uri: str, where: str) -> None:
+    client = None  # one client (and connection pool) for the whole tree
     for file in files_under(source):
-        upload_file(file, join_uri(uri, file.relative_to(source).as_posix()), where)
+        client = upload_file(file, join_uri(uri, file.relative_to(source).as_posix()), where, client)
 
 
-def upload_file(source: Path, uri: str, where: str) -> None:
+def upload_file(source: Path, uri: str, where: str, client=None):
+    """Upload one file; returns the client used, for the next upload."""
     bucket, key = split_s3(uri)
     try:
-        s3_client().upload_file(str(source), bucket, key)
+        client = client or s3_client()
+        client.upload_file(str(source), bucket, key)
+        return client
     except Exception as exc:
         raise LocalRunError(f"{where}: cannot write {uri}: {one_line(exc)}; check the URI and your AWS credentials") from exc
 
