@@ -15,6 +15,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+from pipeline.compile import CHATTY_LOGGERS
 from pipeline.diff import changed_summary, definition_diff
 from pipeline.errors import AwsError, UsageError
 from pipeline.spec import Spec
@@ -68,7 +69,7 @@ def connect(spec: Spec, region: str | None = None, profile: str | None = None, r
 
 def quiet() -> None:
     """One clean line per outcome: the SDK's and botocore's INFO chatter and warnings are noise here."""
-    for name in ("sagemaker", "botocore", "boto3", "urllib3"):
+    for name in CHATTY_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", module=r"(sagemaker|botocore|boto3)(\..*)?")
 
@@ -79,13 +80,21 @@ def call(what: str, fn: Callable[..., Any], **kwargs: Any) -> Any:
 
     try:
         return fn(**kwargs)
-    except botocore.exceptions.NoCredentialsError:
-        raise AwsError(f"{what}: no AWS credentials found; run `aws configure` or `aws sso login`, or set "
-                       "AWS_PROFILE") from None
-    except botocore.exceptions.EndpointConnectionError as exc:
-        raise AwsError(f"{what}: cannot reach {exc.kwargs.get('endpoint_url')}; check the network, the region "
-                       "and AWS_ENDPOINT_URL") from None
-    except botocore.exceptions.ClientError as exc:
+    except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+        raise aws_error(what, exc) from None
+
+
+def aws_error(what: str, exc: Exception) -> AwsError:
+    """The one-line AwsError for a botocore failure of `what`: the cause, and the fix."""
+    import botocore.exceptions
+
+    if isinstance(exc, botocore.exceptions.NoCredentialsError):
+        return AwsError(f"{what}: no AWS credentials found; run `aws configure` or `aws sso login`, or set "
+                        "AWS_PROFILE")
+    if isinstance(exc, botocore.exceptions.EndpointConnectionError):
+        return AwsError(f"{what}: cannot reach {exc.kwargs.get('endpoint_url')}; check the network, the region "
+                        "and AWS_ENDPOINT_URL")
+    if isinstance(exc, botocore.exceptions.ClientError):
         error = exc.response.get("Error", {})
         code = error.get("Code", "Error")
         message = next((line.strip() for line in str(error.get("Message") or exc).splitlines() if line.strip()), "")
@@ -100,9 +109,8 @@ def call(what: str, fn: Callable[..., Any], **kwargs: Any) -> Any:
             code, message, fix = f"HTTP {http}", "the service failed", "retry later"
         else:
             fix = "fix what AWS names above and retry"
-        raise AwsError(f"{what}: {code}: {message[:300]}; {fix}") from None
-    except botocore.exceptions.BotoCoreError as exc:
-        raise AwsError(f"{what}: {exc}; check your AWS configuration") from None
+        return AwsError(f"{what}: {code}: {message[:300]}; {fix}")
+    return AwsError(f"{what}: {exc}; check your AWS configuration")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -144,7 +152,9 @@ def ecr_repository(target: Target, name: str) -> str:
         return ecr.describe_repositories(repositoryNames=[name])["repositories"][0]["repositoryUri"]
     except botocore.exceptions.ClientError as exc:
         if exc.response.get("Error", {}).get("Code") != "RepositoryNotFoundException":
-            call(f"ECR describe_repositories {name}", ecr.describe_repositories, repositoryNames=[name])
+            raise aws_error(f"ECR describe_repositories {name}", exc) from None
+    except botocore.exceptions.BotoCoreError as exc:
+        raise aws_error(f"ECR describe_repositories {name}", exc) from None
     created = call(f"ECR create_repository {name}", ecr.create_repository, repositoryName=name,
                    imageTagMutability="IMMUTABLE", imageScanningConfiguration={"scanOnPush": True})
     return created["repository"]["repositoryUri"]
@@ -190,9 +200,9 @@ def describe(target: Target, name: str) -> Deployed | None:
         text = str(error.get("Message", "")).lower()
         if error.get("Code") == "ResourceNotFound" or "could not find" in text or "does not exist" in text:
             return None
-        found = call(f"SageMaker describe_pipeline {name}", sm.describe_pipeline, PipelineName=name)
-    except botocore.exceptions.BotoCoreError:
-        found = call(f"SageMaker describe_pipeline {name}", sm.describe_pipeline, PipelineName=name)
+        raise aws_error(f"SageMaker describe_pipeline {name}", exc) from None
+    except botocore.exceptions.BotoCoreError as exc:
+        raise aws_error(f"SageMaker describe_pipeline {name}", exc) from None
     return Deployed(found["PipelineArn"], found["PipelineDefinition"], found.get("RoleArn", ""),
                     found.get("PipelineDescription", ""))
 
@@ -252,7 +262,7 @@ def upsert(target: Target, spec: Spec, definition: str) -> tuple[str, str]:
     if not changes and deployed.description == description:
         return deployed.arn, "unchanged"
     arn = call(f"SageMaker update_pipeline {spec.name}", sm.update_pipeline,
-               **{k: v for k, v in common.items() if k != "PipelineName"}, PipelineName=spec.name)["PipelineArn"]
+               **common)["PipelineArn"]
     if missing_tags:
         call(f"SageMaker add_tags {spec.name}", sm.add_tags, ResourceArn=arn, Tags=missing_tags)
     return arn, "updated: " + (", ".join(changes) or "description changed")
@@ -370,10 +380,10 @@ def status(target: Target, arn: str) -> ExecutionState:
     found = call(f"SageMaker describe_pipeline_execution {arn}", sm.describe_pipeline_execution,
                  PipelineExecutionArn=arn)
     try:
-        steps = _steps(sm, arn)
+        steps, unavailable = tuple(_steps(sm, arn)), ""
     except AwsError as exc:  # e.g. no sagemaker:ListPipelineExecutionSteps permission: still show the state
-        return ExecutionState(arn, found["PipelineExecutionStatus"], found.get("FailureReason", ""), (), str(exc))
-    return ExecutionState(arn, found["PipelineExecutionStatus"], found.get("FailureReason", ""), tuple(steps))
+        steps, unavailable = (), str(exc)
+    return ExecutionState(arn, found["PipelineExecutionStatus"], found.get("FailureReason", ""), steps, unavailable)
 
 
 def _steps(sm: Any, arn: str) -> list[StepState]:

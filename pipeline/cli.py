@@ -11,9 +11,9 @@ import threading
 import traceback
 from typing import Sequence
 
+from pipeline.compile import ARTIFACT_OUTPUT, MERGE
 from pipeline.errors import AllpairsError, UsageError
 
-MERGE_STEP, ARTIFACT_OUTPUT = "Merge", "artifact"  # where the product of a run lands
 _print_lock = threading.Lock()
 
 
@@ -147,7 +147,7 @@ def cmd_run(args) -> int:
         overrides = spec_overrides(spec) + parse_param_args(args.param)
         execution = run_local(text, overrides, workdir=args.workdir or spec.local.workdir, pipeline_name=spec.name,
                               region=spec.region, echo=echo, progress=say, value_problem=local_value_problem)
-    artifact = execution.output_uri(MERGE_STEP, ARTIFACT_OUTPUT)
+    artifact = execution.output_uri(MERGE, ARTIFACT_OUTPUT)
     print(f"artifact: {artifact}")
     registration = read_registration(artifact)
     if registration:

@@ -34,12 +34,13 @@ NORMALIZED_OUT_PATH = "/opt/ml/processing/output/normalized"
 SHARDS_PATH = "/opt/ml/processing/input/shards"
 NORMALIZED_IN_PATH = "/opt/ml/processing/input/normalized"
 ARTIFACT_PATH = "/opt/ml/processing/output/artifact"
+ARTIFACT_OUTPUT = "artifact"  # the Merge output holding the product of a run
 CHECKPOINT_PATH = "/opt/ml/checkpoints"
 
 # A config dict instead of the SDK's config files: telemetry off, and nothing from ~/.config/sagemaker or
 # /etc/xdg/sagemaker can inject roles, tags, KMS keys or subnets into the definition.
 _SDK_CONFIG = {"SchemaVersion": "1.0", "SageMaker": {"PythonSDK": {"Modules": {"TelemetryOptOut": True}}}}
-_CHATTY_LOGGERS = ("sagemaker", "botocore", "boto3", "urllib3")
+CHATTY_LOGGERS = ("sagemaker", "botocore", "boto3", "urllib3")  # their INFO lines and warnings: noise to us
 
 
 def compile_definition(spec: Spec) -> str:
@@ -63,38 +64,30 @@ def _where_parameter(spec: Spec, name: str | None) -> str:
     return f"{spec.where(f'parameters.{name}')}: parameters.{name}" if name else spec.where("")
 
 
-def build_pipeline(spec: Spec, boto_session: "boto3.Session | None" = None) -> "Pipeline":
-    """The sagemaker Pipeline object (for aws.py: upsert/start need a session with real credentials).
+def build_pipeline(spec: Spec, boto_session: "boto3.Session") -> "Pipeline":
+    """The sagemaker Pipeline object. Call it inside _quiet_sdk, as compile_definition does."""
+    from sagemaker.core.workflow.pipeline_context import PipelineSession
+    from sagemaker.core.workflow.pipeline_definition_config import PipelineDefinitionConfig
+    from sagemaker.mlops.workflow.pipeline import Pipeline
 
-    Without `boto_session`, a boto3 Session for spec.region with the default credential chain is used.
-    """
-    import boto3
-
-    boto_session = boto_session or boto3.Session(region_name=spec.region)
-    boto_session.get_credentials()  # resolve now: the build runs with the EC2 metadata service disabled
-    with _quiet_sdk(spec.region):
-        from sagemaker.core.workflow.pipeline_context import PipelineSession
-        from sagemaker.core.workflow.pipeline_definition_config import PipelineDefinitionConfig
-        from sagemaker.mlops.workflow.pipeline import Pipeline
-
-        session = PipelineSession(
-            boto_session=boto_session,
-            sagemaker_config=_SDK_CONFIG,
-        )
-        params = _parameters(spec)
-        preprocess = _preprocess_step(spec, session, params)
-        similarity = _similarity_step(spec, session, params, preprocess)
-        merge = _merge_step(spec, session, params, preprocess, similarity)
-        return Pipeline(
-            name=spec.name,
-            parameters=list(params.values()),
-            steps=[preprocess, similarity, merge],
-            sagemaker_session=session,
-            # None emits `null`: no Experiments trial per execution (and no region-dependent output).
-            pipeline_experiment_config=None,
-            # Keeps base_job_name as the processing job name prefix (ignored by ModelTrainer: notes, gotcha 5).
-            pipeline_definition_config=PipelineDefinitionConfig(use_custom_job_prefix=True),
-        )
+    session = PipelineSession(
+        boto_session=boto_session,
+        sagemaker_config=_SDK_CONFIG,
+    )
+    params = _parameters(spec)
+    preprocess = _preprocess_step(spec, session, params)
+    similarity = _similarity_step(spec, session, params, preprocess)
+    merge = _merge_step(spec, session, params, preprocess, similarity)
+    return Pipeline(
+        name=spec.name,
+        parameters=list(params.values()),
+        steps=[preprocess, similarity, merge],
+        sagemaker_session=session,
+        # None emits `null`: no Experiments trial per execution (and no region-dependent output).
+        pipeline_experiment_config=None,
+        # Keeps base_job_name as the processing job name prefix (ignored by ModelTrainer: notes, gotcha 5).
+        pipeline_definition_config=PipelineDefinitionConfig(use_custom_job_prefix=True),
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -157,7 +150,7 @@ def _s3_output(name: str, uri: Any, local_path: str) -> Any:
     )
 
 
-def _processor(spec: Spec, session: Any, module: str, settings: Any, job: str, needs_network: bool) -> Any:
+def _processor(spec: Spec, session: Any, settings: Any, job: str, needs_network: bool) -> Any:
     from sagemaker.core.network import NetworkConfig
     from sagemaker.core.processing import Processor
 
@@ -165,7 +158,7 @@ def _processor(spec: Spec, session: Any, module: str, settings: Any, job: str, n
     return Processor(
         role=spec.role_arn,
         image_uri=spec.image,
-        entrypoint=["python3", "-m", module],  # the step code is baked into the image: nothing to upload
+        entrypoint=["python3", "-m", f"steps.{job}"],  # the step code is baked into the image: nothing to upload
         instance_count=1,
         instance_type=settings.instance_type,
         volume_size_in_gb=settings.volume_gb,
@@ -213,7 +206,7 @@ def _normalized_uri(preprocess: Any) -> Any:
 
 
 def _preprocess_step(spec: Spec, session: Any, params: dict[str, Any]) -> Any:
-    from sagemaker.mlops.workflow.steps import ProcessingStep
+    from sagemaker.mlops.workflow.steps import CacheConfig, ProcessingStep
 
     arguments: list[Any] = [
         "--input-uri", params["InputData"],
@@ -224,9 +217,7 @@ def _preprocess_step(spec: Spec, session: Any, params: dict[str, Any]) -> Any:
     ]  # fmt: skip
     if spec.input.id_column is not None:
         arguments += ["--id-column", spec.input.id_column]
-    from sagemaker.mlops.workflow.steps import CacheConfig
-
-    processor = _processor(spec, session, "steps.preprocess", spec.preprocess, "preprocess", needs_network=False)
+    processor = _processor(spec, session, spec.preprocess, "preprocess", needs_network=False)
     # Caching: the key is the InputData URI and the arguments, not the bytes behind the URI, so a hit is
     # only correct if the user vouches that a URI's content never changes (docs/aws.md, "Step caching").
     cache = CacheConfig(enable_caching=True, expire_after=spec.cache.expire_after) if spec.cache.immutable_inputs else None
@@ -263,7 +254,7 @@ def _similarity_step(spec: Spec, session: Any, params: dict[str, Any], preproces
         training_image=spec.image,  # no source_code: SageMaker starts the container as `train`
         role=spec.role_arn,
         sagemaker_session=session,
-        base_job_name="allpairs-similarity",
+        base_job_name=f"{spec.job_name_prefix}-similarity",  # not emitted by ModelTrainer (notes, gotcha 5)
         # volume and time limits reject pipeline parameters (notes, gotcha 6): compile-time constants
         compute=Compute(
             instance_type=params["InstanceType"],
@@ -289,7 +280,7 @@ def _similarity_step(spec: Spec, session: Any, params: dict[str, Any], preproces
             security_group_ids=list(sec.security_groups) or None,
             enable_network_isolation=sec.network_isolation,
         ),
-        tags=[Tag(key=t["Key"], value=t["Value"]) for t in _tags(spec) or []] or None,
+        tags=[Tag(key=key, value=value) for key, value in spec.tags.items()] or None,
         environment={"ALLPAIRS_CHECKPOINT_SECONDS": str(s.checkpoint_seconds)},
         # SageMaker passes hyperparameters as strings: parameters go through to_string() (notes, gotcha 7)
         hyperparameters={
@@ -331,7 +322,7 @@ def _merge_step(spec: Spec, session: Any, params: dict[str, Any], preprocess: An
     for name, param in params.items():  # the execution's parameters, recorded in the artifact's manifest
         arguments += ["--parameter", Join(on="", values=[f"{name}=", param])]
     # Merge needs the network: it calls the SageMaker Model Registry (never isolated).
-    processor = _processor(spec, session, "steps.merge", spec.merge, "merge", needs_network=True)
+    processor = _processor(spec, session, spec.merge, "merge", needs_network=True)
     return ProcessingStep(
         name=MERGE,
         display_name=MERGE,
@@ -341,7 +332,7 @@ def _merge_step(spec: Spec, session: Any, params: dict[str, Any], preprocess: An
                 _s3_input("shards", similarity.properties.ModelArtifacts.S3ModelArtifacts, SHARDS_PATH),
                 _s3_input("normalized", _normalized_uri(preprocess), NORMALIZED_IN_PATH),
             ],
-            outputs=[_s3_output("artifact", artifact_uri, ARTIFACT_PATH)],
+            outputs=[_s3_output(ARTIFACT_OUTPUT, artifact_uri, ARTIFACT_PATH)],
             arguments=arguments,
         ),
         retry_policies=_capacity_retry(spec),
@@ -427,19 +418,19 @@ def _quiet_sdk(region: str) -> Iterator[None]:
     - AWS_DEFAULT_REGION is set (and kept) if absent: `import sagemaker.mlops` builds a boto3 client.
     - The SDK builds stray sessions (at import, and a LocalSession inside ProcessingStep) whose clients load
       credentials: with none configured botocore would query the EC2 metadata service, so it is disabled
-      for the duration (build_pipeline resolves the real session's credentials before entering).
+      for the duration (the session compile_definition passes has fixed placeholder credentials).
     - SAGEMAKER_VALIDATE_ROLE=false: ModelTrainer otherwise calls IAM while being constructed.
     - INFO/WARNING logs and UserWarnings of the SDK are noise for a compile.
     """
     os.environ.setdefault("AWS_DEFAULT_REGION", region)
     forced = {"SAGEMAKER_VALIDATE_ROLE": "false", "AWS_EC2_METADATA_DISABLED": "true"}
     saved = {key: os.environ.get(key) for key in forced}
-    levels = {name: logging.getLogger(name).level for name in _CHATTY_LOGGERS}
+    levels = {name: logging.getLogger(name).level for name in CHATTY_LOGGERS}
     previous_disable = logging.root.manager.disable
     os.environ.update(forced)
     try:
         logging.disable(logging.WARNING)  # also covers SDK loggers that set their own level
-        for name in _CHATTY_LOGGERS:
+        for name in CHATTY_LOGGERS:
             logging.getLogger(name).setLevel(logging.ERROR)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -37,10 +37,10 @@ def changed_summary(old_text: str, new_text: str) -> list[str]:
     """`["2 parameters changed (MinScore, TopK)", "1 step changed (Similarity)"]` for upsert's summary."""
     owners = list(dict.fromkeys(owner for owner, _ in _entries(old_text, new_text)))
     out = []
-    for kind, word in (("parameter", "parameter"), ("step", "step")):
+    for kind in ("parameter", "step"):
         names = [owner.partition(":")[2] for owner in owners if owner.startswith(kind + ":")]
         if names:
-            out.append(f"{len(names)} {word}{'s' if len(names) != 1 else ''} changed ({', '.join(names)})")
+            out.append(f"{len(names)} {kind}{'s' if len(names) != 1 else ''} changed ({', '.join(names)})")
     if "pipeline" in owners:
         out.append("pipeline settings changed")
     return out

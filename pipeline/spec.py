@@ -20,18 +20,11 @@ import yaml
 from pipeline.errors import SpecError
 from steps.registry import APPROVAL_STATUSES  # one list for the spec, the compiler and Merge
 
-# The runtime parameters of the pipeline, in definition order, with their SageMaker types.
-PARAMETER_TYPES: dict[str, str] = {
-    "InputData": "String",
-    "OutputPrefix": "String",
-    "InstanceCount": "Integer",
-    "InstanceType": "String",
-    "TopK": "Integer",
-    "MinScore": "Float",
-    "ModelPackageGroup": "String",
-    "ApprovalStatus": "String",
-}
-PARAMETER_NAMES: tuple[str, ...] = tuple(PARAMETER_TYPES)
+# The runtime parameters of the pipeline, in definition order (their types: compile._parameters).
+PARAMETER_NAMES: tuple[str, ...] = (
+    "InputData", "OutputPrefix", "InstanceCount", "InstanceType", "TopK", "MinScore", "ModelPackageGroup",
+    "ApprovalStatus",
+)
 NON_FINITE_POLICIES: tuple[str, ...] = ("error", "drop")
 
 # Service limits (CreateProcessingJob / CreateTrainingJob): checked here so a typo fails at validate time.
@@ -365,7 +358,7 @@ _REQUIRED = object()
 
 
 def _section(keys: dict[str, Any], required: bool = False) -> dict[str, Any]:
-    return {"__section__": True, "__required__": required, **keys}
+    return {"__required__": required, **keys}
 
 
 _SCHEMA: dict[str, Any] = {
