@@ -6,6 +6,7 @@ UsageError line naming the cause and the fix. See docs/aws.md for the commands.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -18,7 +19,8 @@ from typing import Any, Callable, Sequence
 from pipeline.compile import CHATTY_LOGGERS
 from pipeline.diff import changed_summary, definition_diff
 from pipeline.errors import AwsError, UsageError
-from pipeline.spec import Spec
+from pipeline.limits import check_definition, plain_text
+from pipeline.spec import Spec, parameter_value_problem
 
 # 123456789012 is the account of AWS's documentation examples, and of the shipped pipeline.yaml.
 PLACEHOLDER_ACCOUNT = "123456789012"
@@ -217,7 +219,6 @@ def require(target: Target, name: str) -> Deployed:
 
 def check_role(target: Target, role_arn: str) -> None:
     """The role must exist and trust SageMaker. Without iam:GetRole permission, the check is skipped."""
-    import json
     import urllib.parse
 
     import botocore.exceptions
@@ -287,11 +288,9 @@ def diff(target: Target, spec: Spec, definition: str) -> list[str]:
 
 def start(target: Target, spec: Spec, overrides: Sequence[Any], local_definition: str) -> tuple[str, str]:
     """Start an execution; returns (execution ARN, Studio link). Overrides are checked before any call."""
-    from pipeline.limits import check_definition
-    from pipeline.local.parameters import check_parameter_values, resolve_parameters
-    from pipeline.spec import parameter_value_problem
+    from pipeline.local.parameters import check_parameter_values, resolve_parameters  # lazy: pulls in numpy
 
-    values = resolve_parameters(_json(local_definition), overrides)  # unknown name or bad value: UsageError
+    values = resolve_parameters(json.loads(local_definition), overrides)  # unknown name or bad value: UsageError
     given = {o.name: o for o in overrides}
     check_definition(local_definition, values, lambda n: given[n].origin if n in given else spec.where(""))
     # Out of range (TopK=0, a local path as InputData...): refused here, not hours later by a step.
@@ -299,11 +298,11 @@ def start(target: Target, spec: Spec, overrides: Sequence[Any], local_definition
                            lambda name, value: parameter_value_problem(name, value, local=False))
     deployed = require(target, spec.name)
     try:
-        resolve_parameters(_json(deployed.definition), overrides)
+        resolve_parameters(json.loads(deployed.definition), overrides)
     except UsageError as exc:
         raise UsageError(f"{exc} (in the deployed pipeline {spec.name}: run `python -m pipeline upsert` first)") from None
     sm = target.client("sagemaker")
-    params = [{"Name": o.name, "Value": _text(values[o.name])} for o in given.values()]
+    params = [{"Name": o.name, "Value": plain_text(values[o.name])} for o in given.values()]
     arn = call(f"SageMaker start_pipeline_execution {spec.name}", sm.start_pipeline_execution,
                PipelineName=spec.name, PipelineParameters=params, ClientRequestToken=str(uuid.uuid4()))[
         "PipelineExecutionArn"]
@@ -416,16 +415,3 @@ def wait(target: Target, arn: str, say: Say, poll: float = 5.0, max_poll: float 
             raise AwsError(f"{arn}: still {state} after {timeout:g} s; follow it with `python -m pipeline status`")
         sleep(interval)
         interval = min(max_poll, interval * 1.5)
-
-
-def _json(text: str) -> dict:
-    import json
-
-    return json.loads(text)
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return repr(value) if isinstance(value, float) else str(value)
-

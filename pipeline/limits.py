@@ -101,20 +101,21 @@ def _render(node: Any, values: Mapping[str, Any]) -> tuple[str, list[str]]:
         if isinstance(n, Mapping) and set(n) == {"Get"}:
             head, _, rest = str(n["Get"]).partition(".")
             if head == "Parameters":
-                value = _plain(values.get(rest, ""))
+                value = plain_text(values.get(rest, ""))
                 used.append((len(value), rest))
                 return value
             return "x" * EXECUTION_ID_LENGTH if rest == "PipelineExecutionId" else ""
         if isinstance(n, Mapping) and "Std:Join" in n:
             join = n["Std:Join"]
             return str(join.get("On", "")).join(text(v) for v in join.get("Values", []))
-        return _plain(n)
+        return plain_text(n)
 
     rendered = text(node)
     return rendered, [name for _, name in sorted(used, key=lambda u: -u[0])]
 
 
-def _plain(value: Any) -> str:
+def plain_text(value: Any) -> str:
+    """A parameter value as SageMaker passes it: booleans lowercase, None empty, numbers as Python writes them."""
     if isinstance(value, bool):
         return "true" if value else "false"
     return "" if value is None else str(value)
