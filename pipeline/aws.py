@@ -20,7 +20,7 @@ from pipeline.compile import CHATTY_LOGGERS
 from pipeline.diff import changed_summary, definition_diff
 from pipeline.errors import AwsError, UsageError
 from pipeline.limits import check_definition, plain_text
-from pipeline.spec import Spec, parameter_value_problem
+from pipeline.spec import Spec
 
 # 123456789012 is the account of AWS's documentation examples, and of the shipped pipeline.yaml.
 PLACEHOLDER_ACCOUNT = "123456789012"
@@ -295,7 +295,7 @@ def start(target: Target, spec: Spec, overrides: Sequence[Any], local_definition
     check_definition(local_definition, values, lambda n: given[n].origin if n in given else spec.where(""))
     # Out of range (TopK=0, a local path as InputData...): refused here, not hours later by a step.
     check_parameter_values({n: values[n] for n in given}, {n: o.origin for n, o in given.items()},
-                           lambda name, value: parameter_value_problem(name, value, local=False))
+                           spec.value_problem(local=False))
     deployed = require(target, spec.name)
     try:
         resolve_parameters(json.loads(deployed.definition), overrides)

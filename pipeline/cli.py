@@ -98,12 +98,6 @@ def load(args):
     return spec, compile_definition(spec)
 
 
-def local_value_problem(name, value):
-    from pipeline.spec import parameter_value_problem
-
-    return parameter_value_problem(name, value, local=True)
-
-
 def spec_overrides(spec) -> list:
     """The spec's local.parameters as overrides whose errors point at their line in the spec."""
     from pipeline.local import ParameterOverride
@@ -146,7 +140,7 @@ def cmd_run(args) -> int:
         spec, text = load(args)
         overrides = spec_overrides(spec) + parse_param_args(args.param)
         execution = run_local(text, overrides, workdir=args.workdir or spec.local.workdir, pipeline_name=spec.name,
-                              region=spec.region, echo=echo, progress=say, value_problem=local_value_problem)
+                              region=spec.region, echo=echo, progress=say, value_problem=spec.value_problem(local=True))
     artifact = execution.output_uri(MERGE, ARTIFACT_OUTPUT)
     print(f"artifact: {artifact}")
     registration = read_registration(artifact)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import os
 import warnings
@@ -48,7 +49,7 @@ def compile_definition(spec: Spec) -> str:
     with _quiet_sdk(spec.region):
         try:
             pipeline = build_pipeline(spec, boto_session=_offline_boto_session(spec.region))
-            text = pipeline.definition()  # the SDK builds step arguments lazily, in here
+            text = _with_training_job_prefix(pipeline.definition(), spec)  # step arguments are built in here
         except AllpairsError:
             raise
         except Exception as exc:  # a spec value the SDK refuses: one line, not a traceback
@@ -58,6 +59,17 @@ def compile_definition(spec: Spec) -> str:
             ) from exc
     check_definition(text, spec.parameters, lambda name: _where_parameter(spec, name))
     return text
+
+
+def _with_training_job_prefix(text: str, spec: Spec) -> str:
+    """Put back the TrainingJobName that ModelTrainer drops under a PipelineSession (aws/sagemaker-python-sdk#5776,
+    open in 3.27; notes, gotcha 5). With use_custom_job_prefix the SDK keeps it for processing steps, and the
+    service takes it as the job name's prefix, so IAM policies scoped to `<job_name_prefix>-*` match every job."""
+    definition = json.loads(text)
+    for step in definition["Steps"]:
+        if step["Name"] == SIMILARITY:
+            step["Arguments"].setdefault("TrainingJobName", f"{spec.job_name_prefix}-similarity")
+    return json.dumps(definition)
 
 
 def _where_parameter(spec: Spec, name: str | None) -> str:
@@ -319,6 +331,8 @@ def _merge_step(spec: Spec, session: Any, params: dict[str, Any], preprocess: An
         "--model-package-group", params["ModelPackageGroup"],
         "--approval-status", params["ApprovalStatus"],
     ]  # fmt: skip
+    if spec.security.output_kms_key:  # Merge writes the artifact objects itself (steps/publish.py)
+        arguments += ["--output-kms-key", spec.security.output_kms_key]
     for name, param in params.items():  # the execution's parameters, recorded in the artifact's manifest
         arguments += ["--parameter", Join(on="", values=[f"{name}=", param])]
     # Merge needs the network: it calls the SageMaker Model Registry (never isolated).

@@ -41,6 +41,23 @@ JOB_STEP_SUFFIXES = ("preprocess", "similarity", "merge")
 MAX_JOB_NAME_PREFIX = MAX_JOB_BASE_NAME - 1 - max(map(len, JOB_STEP_SUFFIXES))
 
 
+# Instance types with local NVMe instance storage: SageMaker encrypts it with a hardware module, and both
+# CreateTrainingJob and CreateProcessingJob refuse a VolumeKmsKeyId with them (API reference, ResourceConfig
+# and ProcessingClusterConfig, VolumeKmsKeyId: "You can't request a VolumeKmsKeyId when using an instance type
+# with local storage"). By EC2 naming, a family whose attributes include "d" has it (ml.m5d, ml.c5d, ml.r5d,
+# ml.g4dn, ml.p3dn, ml.p4d, ml.m6id...); these have it without the letter (ResourceConfig.VolumeSizeInGB names
+# ml.p4d, ml.g4dn and ml.g5 as the NVMe families).
+_INSTANCE_STORE_FAMILIES = frozenset({"g5", "g6", "g6e", "gr6", "p5", "p5e", "p5en", "p6", "trn1", "trn1n", "trn2"})
+
+
+def has_instance_store(instance_type: str) -> bool:
+    match = re.fullmatch(r"ml\.(([a-z]+)\d+([a-z-]*))\.\w+", instance_type)
+    if not match:
+        return False
+    family, _, attributes = match.groups()
+    return "d" in attributes or family in _INSTANCE_STORE_FAMILIES
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The result
 
@@ -143,6 +160,17 @@ class Spec:
             if isinstance(value, str) and not _has_scheme(value):
                 out[name] = str((self.root / Path(value).expanduser()).resolve())
         return out
+
+    def value_problem(self, *, local: bool) -> Callable[[str, Any], str | None]:
+        """The rule for a parameter value given at run or start time: its range, and what this spec adds (an
+        InstanceType with instance storage cannot take the spec's volume KMS key)."""
+        def problem(name: str, value: Any) -> str | None:
+            found = parameter_value_problem(name, value, local=local)
+            key = self.security.volume_kms_key
+            if not found and name == "InstanceType" and key and isinstance(value, str) and has_instance_store(value):
+                found = kms_instance_store_message(key, value)
+            return found
+        return problem
 
     def where(self, yaml_path: str) -> str:
         """`file:line` of a YAML path, for errors raised after loading (e.g. by the compiler)."""
@@ -654,6 +682,7 @@ def _cross_check(raw: dict[str, Any], root: yaml.Node, walker: _Walker) -> None:
     """Rules that involve two keys; errors point at the value that has to change."""
     _check_spot(raw, walker)
     _check_vpc(raw, walker)
+    _check_kms_instance_store(raw, walker)
     allowed = raw["instance_types"]
     if allowed is None:
         return
@@ -687,6 +716,27 @@ def _check_spot(raw: dict[str, Any], walker: _Walker) -> None:
         raise SpecError(f"{walker.file}:{line('max_wait_seconds')}: similarity.max_wait_seconds: must be >= "
                         f"similarity.max_runtime_seconds ({runtime}), got {wait}; SageMaker rejects a spot job "
                         "that may wait less than it may run")
+
+
+def kms_instance_store_message(key: str, instance_type: str) -> str:
+    return (f"security.volume_kms_key {key!r} cannot be used with {instance_type}: its instance-store volumes "
+            "are encrypted by the instance itself and SageMaker refuses a VolumeKmsKeyId for them; remove "
+            "security.volume_kms_key or use an instance type without local storage")
+
+
+def _check_kms_instance_store(raw: dict[str, Any], walker: _Walker) -> None:
+    key = raw["security"]["volume_kms_key"]
+    if not key:
+        return
+    used = [("preprocess.instance_type", raw["preprocess"]["instance_type"]),
+            ("merge.instance_type", raw["merge"]["instance_type"]),
+            ("parameters.InstanceType", raw["parameters"]["InstanceType"]),
+            ("local.parameters.InstanceType", raw["local"]["parameters"].get("InstanceType"))]
+    used += [(f"instance_types[{i}]", t) for i, t in enumerate(raw["instance_types"] or [])]
+    for ypath, instance_type in used:
+        if instance_type and has_instance_store(instance_type):
+            line = walker.lines.get("security.volume_kms_key", 1)
+            raise SpecError(f"{walker.file}:{line}: {kms_instance_store_message(key, instance_type)} ({ypath})")
 
 
 def _check_vpc(raw: dict[str, Any], walker: _Walker) -> None:

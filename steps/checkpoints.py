@@ -246,6 +246,7 @@ class Writer:
         self.saved = self.done = None  # the pending range, once rows arrive
         self.last = time.monotonic()
         self.files = 0
+        self.rows_saved = 0  # rows of this host's share now in checkpoints (written by this process)
 
     def completed(self, first: int, stop: int) -> None:
         """Rows [first, stop) are final in the shard arrays; save if the interval has passed."""
@@ -263,6 +264,7 @@ class Writer:
         self._write(start, stop)
         self.saved, self.last = stop, time.monotonic()
         self.files += 1
+        self.rows_saved += stop - start
         self.log(f"checkpoint rows [{start}, {stop}) saved: {file_name(start, stop, self.key)}")
         if self.fault and not self.fault.fired and self.fault.when in ("after", "hang") and self.files == self.fault.count:
             verb = "stalled" if self.fault.when == "hang" else "killed"

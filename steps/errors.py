@@ -18,10 +18,18 @@ class StepError(Exception):
 class Terminated(KeyboardInterrupt):
     """SIGTERM: SageMaker's stop (StopTrainingJob, spot's two-minute warning) or the local runner stopping a
     host. Raised like Ctrl-C, so every `finally` and `except BaseException` cleanup runs (staging folders
-    removed, completed rows checkpointed) instead of the process vanishing mid-write."""
+    removed, completed rows checkpointed) instead of the process vanishing mid-write. `detail` says what the
+    cleanup saved; it ends up in the failure reason."""
+
+    def __init__(self, detail: str = ""):
+        super().__init__(detail)
+        self.detail = detail
 
 
 def _terminate(signum, frame):
+    # Only the first SIGTERM interrupts: a second one must not cut short the cleanup the first started
+    # (SageMaker sends one; SIGKILL follows 120 s later whatever we do).
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise Terminated()
 
 
@@ -33,9 +41,11 @@ class StepArgumentParser(argparse.ArgumentParser):
         raise StepError(f"bad arguments: {message}; {usage}")
 
 
-def run_step(name: str, main: Callable[[Sequence[str]], None], argv: Sequence[str] | None = None) -> int:
-    """Run a step's main; on failure write the reason to /opt/ml/output/failure and return 1.
-    SIGTERM raises Terminated meanwhile (main thread only: Python delivers signals there)."""
+def run_step(name: str, main: Callable[[Sequence[str]], None], argv: Sequence[str] | None = None, *,
+             job: str) -> int:
+    """Run a step's main; on failure write the reason where the service reads it for this `job` type
+    (paths.failure_file) and return 1. SIGTERM raises Terminated meanwhile (main thread only: Python delivers
+    signals there)."""
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if in_main else None
     try:
@@ -47,9 +57,9 @@ def run_step(name: str, main: Callable[[Sequence[str]], None], argv: Sequence[st
         return 0
     print(reason, file=sys.stderr)
     try:
-        failure = paths.failure_file()
+        failure = paths.failure_file(job)
         failure.parent.mkdir(parents=True, exist_ok=True)
-        failure.write_text(reason[:1024] + "\n")
+        failure.write_bytes(paths.failure_text(reason))
     except OSError:
         pass
     return 1
@@ -61,8 +71,8 @@ def _reason_of_failure(name: str, main: Callable[[Sequence[str]], None], argv: S
         return None
     except StepError as exc:
         return f"{name}: {exc}"
-    except Terminated:
-        return f"{name}: stopped by SIGTERM"
+    except Terminated as exc:
+        return f"{name}: stopped by SIGTERM" + (f"; {exc.detail}" if exc.detail else "")
     except KeyboardInterrupt:
         return f"{name}: interrupted"
     except Exception as exc:  # an unexpected bug: keep the traceback in the log, the reason in the file

@@ -161,10 +161,14 @@ def top_k(
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """Top-k neighbours of rows [start, stop) among all rows.
 
-    Yields (first_row, neighbors int64 (n, k), scores float32 (n, k)) per query block, in row order, so a
-    caller can checkpoint between blocks. `min_score` (inclusive) drops pairs scoring below it. The work runs
+    Yields (first_row, neighbors int64 (n, k), scores float32 (n, k)) per row tile, in row order, as soon as
+    the tile is final: a tile takes one window of products (see _group), so a caller can checkpoint every
+    few seconds whatever the share's size. `min_score` (inclusive) drops pairs scoring below it. The work runs
     on `threads` workers (0: every core this process may use), each doing its own products with BLAS held to
     one thread, so selection runs on every core too, not only the matrix products.
+
+    Closing the generator early (an exception in the caller, SIGTERM, Ctrl-C) abandons the queued work at
+    once: the workers finish the product in hand (milliseconds) and take nothing more.
     """
     if k < 1:
         raise ValueError("k must be >= 1")
@@ -179,14 +183,42 @@ def top_k(
     threshold = None if min_score is None else np.float32(min_score)
     # Selection never needs a pair below this: it cannot reach the threshold even with rounding error.
     floor = np.float32(-np.inf) if threshold is None else np.float32(threshold - eps)
-    with ThreadPoolExecutor(workers) as pool, _single_threaded_blas(workers > 1):
-        for g0 in range(start, stop, plan.group_rows):
-            g1 = min(stop, g0 + plan.group_rows)
-            tiles = _select_group(corpus, g0, g1, width, zero, floor, plan, pool)
-            scored = [pool.submit(_score, corpus, t.first, t.query, t.best_s, t.best_i, k, zero, threshold, eps,
-                                  plan) for t in tiles]
-            for t, job in zip(tiles, scored):
-                yield (t.first, *job.result())
+    work = _Work(ThreadPoolExecutor(workers), threading.Event())
+    try:
+        with _single_threaded_blas(workers > 1):
+            for g0 in range(start, stop, plan.group_rows):
+                g1 = min(stop, g0 + plan.group_rows)
+                yield from _group(corpus, g0, g1, width, k, zero, floor, threshold, eps, plan, work, workers)
+    finally:
+        work.abandon()
+
+
+@dataclass(frozen=True)
+class _Work:
+    """The workers, and the flag that tells them to drop what is queued."""
+
+    pool: ThreadPoolExecutor
+    abandoned: threading.Event
+
+    def submit(self, fn, *args):
+        def unless_abandoned():
+            if self.abandoned.is_set():
+                raise _Abandoned()
+            return fn(*args)
+        return self.pool.submit(unless_abandoned)
+
+    def check(self) -> None:
+        """Called inside long jobs (a widened row) between slices."""
+        if self.abandoned.is_set():
+            raise _Abandoned()
+
+    def abandon(self) -> None:
+        self.abandoned.set()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+class _Abandoned(Exception):
+    """A job that found the work abandoned: nobody reads its result."""
 
 
 @contextlib.contextmanager
@@ -331,19 +363,24 @@ _PAD_LOW = 0xFFFFFFFF  # the index part of an empty slot (row indices stay below
 _PAD_KEY = _keys(np.array([-np.inf], dtype=np.float32), np.array([_PAD_LOW]))[0]
 
 
-def _select_group(corpus, g0, g1, width, zero, floor, plan, pool):
-    """Selection for query rows [g0, g1): every (row tile, column tile) product, each pair inside the group once.
+def _group(corpus, g0, g1, width, k, zero, floor, threshold, eps, plan, work, workers):
+    """Query rows [g0, g1) in row tiles, yielded in order as each becomes final: every pair inside the group once.
 
-    Inside the group, the product of row tiles a < b serves both: S for a's rows, S.T for b's rows. Columns
-    outside the group are plain products. Products run on the pool's workers, each with its own score tile;
-    a tile's selection state is updated under its own lock. The order of updates does not change the result:
-    the buffers always end up holding each row's best approximate candidates, which _score makes exact.
+    Tiles are taken in windows of `workers` tiles. A window's products are: each of its tiles a against the
+    group's tiles b >= a (the product of a < b serves both: S for a's rows, S.T for b's rows) and against every
+    column outside the group. Once they are done, the window's tiles have seen every column (their pairs with
+    earlier tiles came as mirrors from earlier windows), so they are scored and yielded while the next window
+    runs. A later window never touches an earlier window's tiles. Within a window the products are ordered
+    column by column, so workers side by side update different tiles (each tile has its own lock). The order of
+    updates does not change the result: a tile's buffer ends up holding its rows' best approximate candidates
+    whatever the order, and _score makes them exact.
     """
     t = plan.tile
     tiles = [_Rows(first, block, width, zero, floor) for first, block in
              ((f, np.ascontiguousarray(b)) for f, b in corpus.blocks(g0, g1, t))]
     locks = [threading.Lock() for _ in tiles]
     scratch = threading.local()  # one score tile and mask per worker, reused: fresh ones cost page faults
+    outside = [(col0, block) for lo, hi in ((0, g0), (g1, corpus.rows)) for col0, block in corpus.blocks(lo, hi, t)]
 
     def product(a: int, cols: np.ndarray, col0: int, b: int | None) -> None:
         if not hasattr(scratch, "scores"):
@@ -357,23 +394,34 @@ def _select_group(corpus, g0, g1, width, zero, floor, plan, pool):
             with locks[b]:
                 tiles[b].update(S, rows.first, zero, scratch.mask, mirrored=True)
 
-    jobs = []
-    # Pairs inside the group by diagonal, so workers running side by side rarely want the same tile's lock.
-    for d in range(len(tiles)):
-        for a in range(len(tiles) - d):
-            b = a + d
-            jobs.append(pool.submit(product, a, tiles[b].query, tiles[b].first, b if d else None))
-    for lo, hi in ((0, g0), (g1, corpus.rows)):
-        for col0, block in corpus.blocks(lo, hi, t):
-            jobs += [pool.submit(product, a, block, col0, None) for a in range(len(tiles))]
-    for job in jobs:
-        job.result()  # re-raises a worker's error here
-    for job in [pool.submit(rows.flush) for rows in tiles]:
-        job.result()
-    return tiles
+    def finish(a: int):
+        tiles[a].flush()
+        r = tiles[a]
+        return _score(corpus, r.first, r.query, r.best_s, r.best_i, k, zero, threshold, eps, plan, work)
+
+    def products(window: range) -> list:
+        jobs = []
+        for b in range(window.start, len(tiles)):  # the group's columns, from the window on
+            jobs += [work.submit(product, a, tiles[b].query, tiles[b].first, b if b != a else None)
+                     for a in window if a <= b]
+        for col0, block in outside:
+            jobs += [work.submit(product, a, block, col0, None) for a in window]
+        return jobs
+
+    windows = [range(w, min(w + max(workers, 1), len(tiles))) for w in range(0, len(tiles), max(workers, 1))]
+    running = products(windows[0]) if windows else []
+    for i, window in enumerate(windows):
+        for job in running:
+            job.result()  # re-raises a worker's error here
+        # Scoring is queued ahead of the next window's products: the tiles are yielded while those run.
+        scored = [work.submit(finish, a) for a in window]
+        running = products(windows[i + 1]) if i + 1 < len(windows) else []
+        for a, job in zip(window, scored):
+            yield (tiles[a].first, *job.result())
+            tiles[a] = None  # its buffers are no longer needed
 
 
-def _score(corpus, first, query, cand_s, cand_i, k, zero, threshold, eps, plan):
+def _score(corpus, first, query, cand_s, cand_i, k, zero, threshold, eps, plan, work):
     """Canonical scores for the buffered candidates; widen rows whose buffer may miss a true neighbour."""
     n, width = cand_s.shape
     order = np.argsort(-cand_s, axis=1, kind="stable")
@@ -399,7 +447,7 @@ def _score(corpus, first, query, cand_s, cand_i, k, zero, threshold, eps, plan):
         neighbors[sel], scores[sel] = _rank(exact, np.where(valid, idx, PAD_INDEX), k, threshold)
     for r in np.nonzero(~safe)[0]:
         neighbors[r], scores[r] = _widened_row(corpus, first + r, query[r], bound[r], k, zero,
-                                               threshold, eps, plan)
+                                               threshold, eps, plan, work)
     return neighbors, scores
 
 
@@ -420,10 +468,11 @@ def _rank(exact, idx, k, threshold):
     return out_i, out_s
 
 
-def _widened_row(corpus, row, q, bound, k, zero, threshold, eps, plan):
+def _widened_row(corpus, row, q, bound, k, zero, threshold, eps, plan, work):
     """A row with many near-ties at its k-th score: gather every candidate above `bound`, score them all."""
     picked = []
     for col0, block in corpus.blocks(0, corpus.rows, plan.tile * plan.tile // 64):
+        work.check()
         s = block @ q
         s[zero[col0: col0 + len(block)]] = -np.inf
         if col0 <= row < col0 + len(block):
@@ -437,6 +486,7 @@ def _widened_row(corpus, row, q, bound, k, zero, threshold, eps, plan):
     # Score in slices so a row tied with millions of others still fits the budget.
     step = max(1, plan.score_rows * 64)
     for lo in range(0, len(idx), step):
+        work.check()
         part = idx[lo: lo + step]
         exact = canonical_scores(q[None, :], corpus.take(part)[None, :, :])
         merged_i = np.concatenate([best_i, part])[None, :]

@@ -5,13 +5,14 @@ Nothing is trusted: each shard's metadata, checksums, shape, row range and input
 all shards must come from one training job (their `job`) and name hosts of that job's host list, and no
 artifact file or registry entry is written unless all of them pass. See docs/container-contract.md.
 
-Publishing: the files are built in a staging folder, moved in (manifest last), and only then registered. From
-the first move on, SIGTERM is ignored: stopping half-way would leave an artifact without its registry entry
-(or the reverse); this last part takes milliseconds. Any failure before the registry entry is committed
-removes the moved files again.
+Publishing (steps/publish.py): the files are built in a staging folder, then Merge itself puts them at the
+artifact URI (manifest last) and verifies each there, size and SHA-256, and only then registers them. The
+processing job's own output carries just registration.json, uploaded by the service after the container
+exits. Any failure before the registry entry is committed takes the published files back.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import signal
@@ -28,8 +29,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import npy, paths, registry
+from . import publish as objectstore
 from .errors import StepArgumentParser, StepError, run_step
-from .io import atomic_path, sha256_file, write_json
+from .io import atomic_path, sha256_file, sha256_text, write_json
 from .normalized import MANIFEST, load_normalized
 
 FORMAT, VERSION = "allpairs.artifact", 1
@@ -266,35 +268,51 @@ def registry_metadata(manifest: dict) -> dict[str, str]:
     return registry.customer_metadata(flat)
 
 
-def publish(staging: Path, out: Path, args, manifest: dict, metadata: dict) -> dict:
-    """Move the verified files into place and register them: both, or neither."""
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # see the module docstring: finish rather than half-publish
-    moved = []
+def publish(staging: Path, args, manifest: dict, metadata: dict) -> dict:
+    """Put the verified files at the artifact URI, check them there, then register: the registry entry never
+    exists without its complete artifact. A failure (or a stop) before the entry is committed takes the
+    published files back; the registration call itself is not interrupted by SIGTERM (it takes milliseconds).
+    The model package's ClientToken comes from the execution and the manifest, so a Merge retried after a
+    crash between registering and exiting gets the same version back instead of a second one."""
+    published: list = []
     try:
-        for name in ARTIFACT_FILES:
-            (staging / name).replace(out / name)
-            moved.append(out / name)
-        return registry.register(args.model_package_group, args.approval_status,
-                                 f"allpairs top-{manifest['k']} neighbours of {manifest['rows']} rows, "
-                                 f"execution {args.execution_id}", metadata)
+        published = objectstore.publish([staging / name for name in ARTIFACT_FILES], args.artifact_uri,
+                                        args.output_kms_key)
+        token = sha256_text(args.execution_id, manifest["manifest_sha256"])[:32]
+        with _sigterm_held():
+            return registry.register(args.model_package_group, args.approval_status,
+                                     f"allpairs top-{manifest['k']} neighbours of {manifest['rows']} rows, "
+                                     f"execution {args.execution_id}", metadata, token)
     except BaseException:
-        for path in moved:  # no artifact without its registry entry
-            path.unlink(missing_ok=True)
+        objectstore.remove(published)  # no artifact left behind that no registry entry vouches for
         raise
+
+
+@contextlib.contextmanager
+def _sigterm_held():
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv: Sequence[str]) -> None:
     parser = StepArgumentParser(prog="python -m steps.merge", description=__doc__.splitlines()[0])
     parser.add_argument("--execution-id", required=True)
-    parser.add_argument("--artifact-uri", required=True)
+    parser.add_argument("--artifact-uri", required=True, help="where the artifact is published (s3:// or a path)")
     parser.add_argument("--model-package-group", required=True)
     parser.add_argument("--approval-status", default="PendingManualApproval")
+    parser.add_argument("--output-kms-key", default=None, help="KMS key for the artifact objects (SSE-KMS)")
     parser.add_argument("--parameter", action="append", default=[])
     args = parser.parse_args(argv)
+    args.output_kms_key = args.output_kms_key or None  # pipelines pass "" for an unset value
     registry.check_approval_status(args.approval_status)  # before any work, not after it
-    out = paths.processing_output("artifact")
-    # Build in a staging folder and move the files in only when all are complete and verified.
+    out = paths.processing_output("artifact")  # receives registration.json: uploaded by the service on exit
+    # Build in a staging folder on the job's volume; nothing of it is left behind.
     staging = out / ".staging"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -303,13 +321,17 @@ def main(argv: Sequence[str]) -> None:
                          paths.opt_ml() / "processing" / "scratch", args)
         manifest["manifest_sha256"] = sha256_file(staging / MANIFEST)
         metadata = registry_metadata(manifest)
-        record = publish(staging, out, args, manifest, metadata)
+        record = publish(staging, args, manifest, metadata)
         write_json(out / "registration.json", {**record, "metadata": metadata})
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    print(f"merged {manifest['rows']} rows, {manifest['counts']['pairs']} pairs; registered "
-          f"{record['model_package_arn']}", flush=True)
+    print(f"merged {manifest['rows']} rows, {manifest['counts']['pairs']} pairs into {args.artifact_uri}; "
+          f"registered {record['model_package_arn']}", flush=True)
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """The step as its container runs it: exit code 0, or 1 with the reason where a processing job's is read."""
+    return run_step("merge", main, argv, job=paths.PROCESSING)
 
 
 if __name__ == "__main__":
-    sys.exit(run_step("merge", main))
+    sys.exit(run())

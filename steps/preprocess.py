@@ -344,5 +344,10 @@ def main(argv: Sequence[str]) -> None:
         print(f"preprocess: {manifest['input']['conversion']}")
 
 
+def run(argv: Sequence[str] | None = None) -> int:
+    """The step as its container runs it: exit code 0, or 1 with the reason where a processing job's is read."""
+    return run_step("preprocess", main, argv, job=paths.PROCESSING)
+
+
 if __name__ == "__main__":
-    sys.exit(run_step("preprocess", main))
+    sys.exit(run())

@@ -43,13 +43,16 @@ def check_approval_status(approval_status: str) -> None:
         raise StepError(f"ApprovalStatus={approval_status!r}: must be one of {', '.join(APPROVAL_STATUSES)}")
 
 
-def register(group: str, approval_status: str, description: str, metadata: dict[str, str]) -> dict:
-    """Register one version; returns the registration record (written as registration.json)."""
+def register(group: str, approval_status: str, description: str, metadata: dict[str, str], token: str) -> dict:
+    """Register one version; returns the registration record (written as registration.json).
+
+    `token` makes it idempotent (CreateModelPackage's ClientToken; a unique column locally): registering the
+    same token again returns the version it created the first time."""
     check_approval_status(approval_status)
     local = os.environ.get(LOCAL_REGISTRY_ENV)
     if local:
-        return register_local(Path(local), group, approval_status, description, metadata)
-    return register_sagemaker(group, approval_status, description, metadata)
+        return register_local(Path(local), group, approval_status, description, metadata, token)
+    return register_sagemaker(group, approval_status, description, metadata, token)
 
 
 _SCHEMA = """
@@ -61,8 +64,10 @@ CREATE TABLE IF NOT EXISTS model_packages (
     description TEXT NOT NULL,
     metadata TEXT NOT NULL,
     created_at TEXT NOT NULL,
+    client_token TEXT UNIQUE,
     PRIMARY KEY (group_name, version)
 )"""
+_COLUMNS = "group_name, version, arn, approval_status, description, metadata, created_at"
 
 
 def connect_local(path: Path) -> sqlite3.Connection:
@@ -71,26 +76,34 @@ def connect_local(path: Path) -> sqlite3.Connection:
         path.parent.mkdir(parents=True, exist_ok=True)
         con = sqlite3.connect(path, timeout=60, isolation_level=None)
         con.execute(_SCHEMA)
+        if "client_token" not in {row[1] for row in con.execute("PRAGMA table_info(model_packages)")}:
+            con.execute("ALTER TABLE model_packages ADD COLUMN client_token TEXT")  # a registry made before it
+            con.execute("CREATE UNIQUE INDEX IF NOT EXISTS model_packages_token ON model_packages(client_token)")
         return con
     except (sqlite3.Error, OSError) as exc:
         raise StepError(f"local registry {path}: {exc}; check the path is a writable SQLite file (or remove it "
                         "to start a new registry)") from exc
 
 
-def register_local(path: Path, group, approval_status, description, metadata) -> dict:
+def register_local(path: Path, group, approval_status, description, metadata, token: str) -> dict:
     con = connect_local(path)
     try:
         # IMMEDIATE takes the write lock first, so concurrent runs get distinct version numbers.
         con.execute("BEGIN IMMEDIATE")
-        (last,) = con.execute("SELECT COALESCE(MAX(version), 0) FROM model_packages WHERE group_name = ?",
-                              (group,)).fetchone()
-        version = last + 1
-        arn = f"local:model-package/{group}/{version}"
-        created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        con.execute("INSERT INTO model_packages VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (group, version, arn, approval_status, description, json.dumps(metadata, sort_keys=True),
-                     created))
-        con.execute("COMMIT")
+        found = con.execute(f"SELECT {_COLUMNS} FROM model_packages WHERE client_token = ?", (token,)).fetchone()
+        if found:  # registered before by this very Merge (a retry): the same version, as ClientToken gives
+            con.execute("COMMIT")
+            group, version, arn, approval_status, _, _, created = found
+        else:
+            (last,) = con.execute("SELECT COALESCE(MAX(version), 0) FROM model_packages WHERE group_name = ?",
+                                  (group,)).fetchone()
+            version = last + 1
+            arn = f"local:model-package/{group}/{version}"
+            created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            con.execute(f"INSERT INTO model_packages ({_COLUMNS}, client_token) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (group, version, arn, approval_status, description, json.dumps(metadata, sort_keys=True),
+                         created, token))
+            con.execute("COMMIT")
     except sqlite3.Error as exc:
         raise StepError(f"local registry {path}: {exc}; check the path is a writable SQLite file (or remove it "
                         "to start a new registry)") from exc
@@ -105,7 +118,7 @@ def list_local(path: Path, group: str | None = None) -> list[dict]:
         return []
     con = connect_local(Path(path))
     try:
-        query = "SELECT group_name, version, arn, approval_status, description, metadata, created_at FROM model_packages"
+        query = f"SELECT {_COLUMNS} FROM model_packages"
         args: tuple = ()
         if group:
             query += " WHERE group_name = ?"
@@ -133,7 +146,7 @@ def ensure_group(client, group: str) -> None:
             raise exc from None
 
 
-def register_sagemaker(group, approval_status, description, metadata) -> dict:
+def register_sagemaker(group, approval_status, description, metadata, token: str) -> dict:
     import boto3
     from botocore.exceptions import BotoCoreError, ClientError
 
@@ -145,6 +158,7 @@ def register_sagemaker(group, approval_status, description, metadata) -> dict:
             ModelPackageDescription=description[:1024],
             ModelApprovalStatus=approval_status,
             CustomerMetadataProperties=metadata,
+            ClientToken=token,
         )
     except (ClientError, BotoCoreError) as exc:
         raise StepError(f"SageMaker Model Registry, group {group!r}: {exc}; the execution role needs "

@@ -14,6 +14,7 @@ names the budget or an instance type that would fit. The shard JSON records the 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -25,10 +26,11 @@ from typing import Sequence
 import numpy as np
 
 from . import checkpoints, paths
-from .errors import StepError, run_step
+from .errors import StepError, Terminated, run_step
 from .io import atomic_path, sha256_file, write_json
 from .kernel import Corpus, top_k
 from .normalized import MANIFEST, check_instance_count, load_normalized
+from .progress import Progress
 
 CHANNEL = "normalized"
 JOB_ENV = "TRAINING_JOB_NAME"  # SageMaker sets it in every training container; the local runner does too
@@ -151,26 +153,39 @@ def compute_shard(normalized_dir: Path, host: Host, settings: Settings, out_dir:
 
 
 def fill_shard(corpus, pieces, settings: Settings, neighbors, scores, base: int, writer, log) -> int:
-    """Copy checkpointed pieces, compute the others (checkpointing as rows complete); returns rows copied."""
+    """Copy checkpointed pieces, compute the others (checkpointing as rows complete); returns rows copied.
+
+    A stop (SIGTERM, Ctrl-C) or a failure abandons the queued kernel work first (closing the generator), then
+    checkpoints every row already final, so the host exits within seconds with nothing finished lost."""
     resumed, zero = 0, None
+    progress = Progress(sum(hi - lo for lo, hi, _ in pieces), 2.0 * corpus.rows * corpus.dim, log)
     try:
         for lo, hi, checkpoint in pieces:
             if checkpoint is not None:
                 checkpoints.copy_rows(checkpoint, lo, hi, neighbors, scores, base)
                 log(f"resumed rows [{lo}, {hi}) from checkpoint {checkpoint.path.name}")
                 resumed += hi - lo
+                progress.resumed(hi - lo)
                 continue
             zero = corpus.zero_mask() if zero is None else zero  # once, however many gaps
-            for first, nb, sc in top_k(corpus, lo, hi, settings.top_k, settings.min_score,
-                                       settings.memory_budget_mb << 20, zero=zero, threads=settings.threads):
-                neighbors[first - base: first - base + len(nb)] = nb
-                scores[first - base: first - base + len(sc)] = sc
-                if writer:
-                    writer.completed(first, first + len(nb))
+            with contextlib.closing(top_k(corpus, lo, hi, settings.top_k, settings.min_score,
+                                          settings.memory_budget_mb << 20, zero=zero,
+                                          threads=settings.threads)) as tiles:
+                for first, nb, sc in tiles:
+                    neighbors[first - base: first - base + len(nb)] = nb
+                    scores[first - base: first - base + len(sc)] = sc
+                    if writer:
+                        writer.completed(first, first + len(nb))
+                    progress.computed_rows(len(nb))
             if writer:
                 writer.save()
+    except Terminated:
+        if writer:  # the rows already final are kept for the resume
+            writer.save()
+        saved = f"{writer.rows_saved + resumed} of {progress.total} rows of this host are in checkpoints" if writer else ""
+        raise Terminated(f"{saved}; a restart resumes from them" if saved else "") from None
     except BaseException:
-        if writer:  # stopped (SIGTERM, Ctrl-C) or failed: the rows already final are kept for the resume
+        if writer:  # failed or interrupted: the rows already final are kept for the resume
             writer.save()
         raise
     return resumed
@@ -242,5 +257,10 @@ def main(argv: Sequence[str]) -> None:
           f"({meta['resumed_rows']} resumed from checkpoints)", flush=True)
 
 
+def run(argv: Sequence[str] | None = None) -> int:
+    """The step as its container runs it: exit code 0, or 1 with the reason where a training job's is read."""
+    return run_step("similarity", main, argv, job=paths.TRAINING)
+
+
 if __name__ == "__main__":
-    sys.exit(run_step("similarity", main))
+    sys.exit(run())

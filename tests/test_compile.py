@@ -279,6 +279,14 @@ def test_similarity_step(steps):
     assert args["RoleArn"] == "arn:aws:iam::123456789012:role/AllpairsSageMakerRole"
 
 
+def test_every_job_name_carries_the_prefix(steps):
+    """ModelTrainer drops TrainingJobName under a PipelineSession (aws/sagemaker-python-sdk#5776); the compiler
+    puts it back, so IAM policies on `allpairs-*` match the training job as they match the processing jobs."""
+    assert steps["Preprocess"]["Arguments"]["ProcessingJobName"] == "allpairs-preprocess"
+    assert steps["Similarity"]["Arguments"]["TrainingJobName"] == "allpairs-similarity"
+    assert steps["Merge"]["Arguments"]["ProcessingJobName"] == "allpairs-merge"
+
+
 def test_merge_step(steps):
     args = steps["Merge"]["Arguments"]
     assert args["ProcessingJobName"] == "allpairs-merge"
@@ -447,6 +455,9 @@ def test_secured_spec_reaches_every_job(secured):
     # Merge calls the Model Registry: never isolated; the others need no network.
     assert steps["Preprocess"]["NetworkConfig"] == {"EnableNetworkIsolation": True, "VpcConfig": vpc}
     assert steps["Merge"]["NetworkConfig"] == {"EnableNetworkIsolation": False, "VpcConfig": vpc}
+    # Merge puts the artifact objects in S3 itself (steps/publish.py): with the same key as the job's outputs.
+    arguments = steps["Merge"]["AppSpecification"]["ContainerArguments"]
+    assert arguments[arguments.index("--output-kms-key") + 1] == "alias/allpairs-output"
     sim = steps["Similarity"]
     assert sim["ResourceConfig"]["VolumeKmsKeyId"] == KMS_KEY
     assert sim["OutputDataConfig"]["KmsKeyId"] == "alias/allpairs-output"

@@ -1,18 +1,23 @@
-"""containers/: what can be tested without a Docker engine (there is none here, so `docker build` cannot run).
+"""containers/: what can be tested without a Docker engine (there is none here, so `docker build` cannot run;
+../shared/tools/container-check builds the image with buildah and runs the pipeline through it).
 
-- the image's pinned requirements and Python are the ones the tests run with;
+- the image's pinned requirements and Python are the ones the tests run with; its code is read-only;
+- every step runs as the image's user on a SageMaker-shaped /opt/ml tree (root-owned 0755 mount points);
 - `train` on PATH runs the Similarity step against a local /opt/ml root (ALLPAIRS_OPT_ML);
 - Merge accepts the training output as a model.tar.gz (CompressionType GZIP) as well as uncompressed;
 - `python -m pipeline image build|push` with a stand-in `docker` (recording its commands) and ECR in moto.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 from importlib.metadata import version
 from pathlib import Path
 
@@ -40,17 +45,112 @@ def test_pinned_requirements_are_the_versions_the_tests_run_with():
     assert {name: version(name) for name in pins} == pins
 
 
-def test_dockerfile_base_is_this_python_and_the_image_runs_as_non_root():
+def test_dockerfile_base_is_this_python_and_the_code_is_read_only():
     text = (CONTAINERS / "Dockerfile").read_text()
     base = re.search(r"^FROM python:(\d+)\.(\d+)\.\d+-slim", text, re.M)
     assert base, "the Dockerfile must pin python:<major>.<minor>.<patch>-slim"
     if tuple(map(int, base.groups())) != sys.version_info[:2]:
         pytest.skip(f"the image runs Python {'.'.join(base.groups())}, these tests run {sys.version.split()[0]}: "
                     "run them with the image's Python to check it")
-    assert re.search(r"^USER allpairs$", text, re.M)
     assert "COPY containers/train /usr/local/bin/train" in text and "COPY steps/ /opt/program/steps/" in text
-    assert "ENV" in text and "PYTHONPATH=/opt/program" in text
+    assert "ENV" in text and "PYTHONPATH=/opt/program" in text and "PYTHONDONTWRITEBYTECODE=1" in text
+    assert "chmod -R a-w,a+rX /opt/program" in text and "compileall" in text
     assert os.access(CONTAINERS / "train", os.X_OK)
+
+
+def image_user() -> tuple[str, int]:
+    """The user the image runs its jobs as: the Dockerfile's last USER (root when there is none)."""
+    text = (CONTAINERS / "Dockerfile").read_text()
+    users = re.findall(r"^USER\s+(\S+)", text, re.M)
+    name = users[-1] if users else "root"
+    if name in ("root", "0"):
+        return name, 0
+    uid = re.search(rf"useradd[^\n]*--uid (\d+)[^\n]* {re.escape(name)}\b", text) or re.fullmatch(r"(\d+)", name)
+    assert uid, f"cannot tell the uid of the image's USER {name}: give useradd --uid"
+    return name, int(uid.group(1))
+
+
+# A container as SageMaker starts it: /opt/ml's mount points belong to root, mode 0755, the data files 0644.
+# The step runs as `uid`, the image's user. Python itself lives under /root here, which another user cannot
+# reach: the step is imported first, then the process drops to `uid`, as an image's USER would run it.
+AS_USER = """
+import os, sys, importlib
+step = importlib.import_module(sys.argv[1])
+uid = int(sys.argv[2])
+if uid:
+    os.setgroups([]); os.setgid(uid); os.setuid(uid)
+sys.exit(step.run(sys.argv[3:]))
+"""
+
+
+def sagemaker_tree(base: Path, dirs: list[str], files: dict[str, bytes]) -> Path:
+    """Directories root-owned 0755 (what the service mounts), files root-owned 0644."""
+    for d in ["", *dirs]:
+        (base / d).mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        (base / name).parent.mkdir(parents=True, exist_ok=True)
+        (base / name).write_bytes(data)
+    for path in [base, *base.rglob("*")]:
+        os.chown(path, 0, 0)
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return base
+
+
+def run_as(uid: int, module: str, root: Path, argv: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "ALLPAIRS_OPT_ML": str(root), "PYTHONPATH": str(REPO), **(env or {})}
+    return subprocess.run([sys.executable, "-c", AS_USER, module, str(uid), *argv], cwd="/", env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def tree_files(folder: Path, under: str) -> dict[str, bytes]:
+    return {f"{under}/{p.relative_to(folder)}": p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="building root-owned mount points needs root (as the CI machines are)")
+def test_every_step_runs_as_the_image_user_on_root_owned_mounts(tmp_path):
+    name, uid = image_user()
+    base = Path(tempfile.mkdtemp(prefix="sagemaker-"))  # outside pytest's 0700 tmp, so any uid can reach it
+    base.chmod(0o755)
+    try:
+        X = np.random.default_rng(5).standard_normal((60, 7)).astype(np.float32)
+        buffer = io.BytesIO()
+        np.save(buffer, X)
+        pre = sagemaker_tree(base / "pre", ["processing/output/normalized"],
+                             {"processing/input/matrix/x.npy": buffer.getvalue()})
+        done = run_as(uid, "steps.preprocess", pre, ["--input-uri", "s3://b/x.npy", "--chunk-rows", "25"])
+        assert done.returncode == 0, f"Preprocess as {name} (uid {uid}): {done.stderr}"
+        normalized = pre / "processing/output/normalized"
+
+        hosts = ["algo-1", "algo-2"]
+        for host in hosts:
+            config = {"input/config/resourceconfig.json": json.dumps({"current_host": host, "hosts": hosts}),
+                      "input/config/hyperparameters.json": json.dumps(
+                          {"top_k": "4", "min_score": "-1.0", "memory_budget_mb": "16", "threads": "1"})}
+            root = sagemaker_tree(base / host, ["model", "checkpoints", "output/data"],
+                                  {**{k: v.encode() for k, v in config.items()},
+                                   **tree_files(normalized, "input/data/normalized")})
+            done = run_as(uid, "steps.similarity", root, [], {"TRAINING_JOB_NAME": "allpairs-similarity-x1"})
+            assert done.returncode == 0, f"Similarity {host} as {name} (uid {uid}): {done.stderr}"
+        shards = {k: v for host in hosts for k, v in tree_files(base / host / "model", "processing/input/shards").items()}
+        merge = sagemaker_tree(base / "merge", ["processing/output/artifact"],
+                               {**shards, **tree_files(normalized, "processing/input/normalized")})
+        artifact = base / "published"  # where the artifact URI points (S3 in the cloud)
+        done = run_as(uid, "steps.merge", merge, ["--execution-id", "x1", "--artifact-uri", str(artifact),
+                                                  "--model-package-group", "g"],
+                      {"ALLPAIRS_LOCAL_REGISTRY": str(base / "registry.sqlite")})
+        assert done.returncode == 0, f"Merge as {name} (uid {uid}): {done.stderr}"
+        neighbors, scores = brute_force(normalize(X), 4)
+        assert np.array_equal(np.load(artifact / "neighbors.npy"), neighbors)
+        assert np.array_equal(np.load(artifact / "scores.npy"), scores, equal_nan=True)
+
+        # The control: the same tree refuses an unprivileged user, so the run above proves the point.
+        denied = sagemaker_tree(base / "denied", ["processing/output/normalized"],
+                                {"processing/input/matrix/x.npy": buffer.getvalue()})
+        done = run_as(1000, "steps.preprocess", denied, ["--input-uri", "s3://b/x.npy"])
+        assert done.returncode != 0, done.stderr
+        assert f"Permission denied: '{denied}/processing/output/normalized/.partial'" in done.stderr, done.stderr
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def train_host(tmp_path: Path, normalized: Path, host: str, hosts: list[str], model: Path, k: int) -> subprocess.CompletedProcess:
@@ -96,9 +196,8 @@ def test_merge_accepts_the_shards_as_a_model_tar_gz(trained, monkeypatch, tmp_pa
     with tarfile.open(gz / "model.tar.gz", "w:gz") as tar:  # what CompressionType GZIP uploads
         for path in sorted(model.glob("shard-*")):
             tar.add(path, arcname=path.name)
-    code, root = run_merge(monkeypatch, tmp_path, normalized, gz, "gzip")
-    assert code == 0, (root / "output/failure").read_text()
-    out = root / "processing/output/artifact"
+    code, root, out = run_merge(monkeypatch, tmp_path, normalized, gz, "gzip")
+    assert code == 0, (root / "output/message").read_text()
     neighbors, scores = brute_force(normalize(X), 3)
     assert np.array_equal(np.load(out / "neighbors.npy"), neighbors)
     assert np.array_equal(np.load(out / "scores.npy"), scores, equal_nan=True)

@@ -113,7 +113,7 @@ def test_a_malformed_fault_is_refused_before_anything_runs(tmp_path, setup, monk
     assert code == 2
     assert capsys.readouterr().err.strip() == (
         "error: ALLPAIRS_FAULTS: 'Similarity:algo-2:after=2' is not STEP:HOST:CONDITION; for example "
-        "Similarity:algo-2:after-checkpoints=2 or Similarity:*:during-checkpoint=1;signal=TERM")
+        "Similarity:algo-2:at=3.5s, Similarity:algo-1:at=40%;signal=KILL or Similarity:*:during-checkpoint=1;signal=TERM")
     assert not (tmp_path / "w").exists() and not (tmp_path / "out").exists()
 
 
@@ -177,7 +177,8 @@ def test_ctrl_c_stops_the_hosts_publishes_nothing_and_the_execution_resumes_to_t
     assert not list(out.glob("*/artifact")) and not list(out.glob("*/.*partial*"))
     assert not (work / "registry.sqlite").exists()
     hung = Path(hosts["algo-2"]["log"]).read_text().splitlines()
-    assert hung[-1] == "similarity: stopped by SIGTERM"
+    assert hung[-1] == ("similarity: stopped by SIGTERM; 50 of 200 rows of this host are in checkpoints; a restart "
+                        "resumes from them")
     assert list(out.glob(f"{execution_id}/checkpoints/rows-*.ckpt"))  # the work done so far is kept
 
     monkeypatch.delenv("ALLPAIRS_FAULTS", raising=False)

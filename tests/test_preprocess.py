@@ -472,14 +472,15 @@ def test_run_step_writes_the_failure_file(root, capsys):
     x = sample(rows=4)
     x[2, 1] = np.inf
     np.save(matrix_dir(root) / "x.npy", x)
-    assert run_step("preprocess", pre.main, ["--input-uri", URI]) == 1
+    assert pre.run(["--input-uri", URI]) == 1
     reason = ("preprocess: x.npy row 2 column 1: value is +inf; "
               "fix the input, or set input.non_finite: drop in pipeline.yaml to drop such rows")
-    assert (root / "output/failure").read_text() == reason + "\n"
+    assert (root / "output/message").read_text() == reason + "\n"  # a processing job's ExitMessage
+    assert not (root / "output/failure").exists()
     assert reason in capsys.readouterr().err
 
 
 def test_run_step_reports_bad_arguments_in_the_failure_file(root):
-    assert run_step("preprocess", pre.main, ["--input-uri", URI, "--non-finite", "skip"]) == 1
-    assert (root / "output/failure").read_text().startswith(
+    assert pre.run(["--input-uri", URI, "--non-finite", "skip"]) == 1
+    assert (root / "output/message").read_text().startswith(
         "preprocess: bad arguments: argument --non-finite: invalid choice: 'skip' (choose from ")

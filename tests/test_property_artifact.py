@@ -15,7 +15,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from steps import merge, preprocess, similarity
-from steps.errors import run_step
 from tests.brute import brute_force, normalize
 
 
@@ -33,9 +32,10 @@ def matrices(draw):
     return X
 
 
-def step(root: Path, name: str, main, argv=()):
+def step(root: Path, module, argv=()):
     os.environ["ALLPAIRS_OPT_ML"] = str(root)
-    assert run_step(name, main, list(argv)) == 0, (root / "output/failure").read_text()
+    failure = root / ("output/failure" if module is similarity else "output/message")
+    assert module.run(list(argv)) == 0, failure.read_text()
 
 
 def similarity_hosts(tmp: Path, tag: str, normalized: Path, ck: Path, hosts: int, k: int, min_score: float,
@@ -53,7 +53,7 @@ def similarity_hosts(tmp: Path, tag: str, normalized: Path, ck: Path, hosts: int
         (root / "input/config/resourceconfig.json").write_text(json.dumps({"current_host": name, "hosts": names}))
         (root / "input/config/hyperparameters.json").write_text(json.dumps(
             {"top_k": str(k), "min_score": str(min_score), "memory_budget_mb": str(budget), "threads": "1"}))
-        step(root, "similarity", similarity.main)
+        step(root, similarity)
     return model
 
 
@@ -62,9 +62,8 @@ def merged(tmp: Path, tag: str, normalized: Path, model: Path) -> tuple[np.ndarr
     (root / "processing/input").mkdir(parents=True)
     (root / "processing/input/shards").symlink_to(model)
     (root / "processing/input/normalized").symlink_to(normalized)
-    step(root, "merge", merge.main, ["--execution-id", tag, "--artifact-uri", f"/out/{tag}",
-                                     "--model-package-group", "g"])
-    out = root / "processing/output/artifact"
+    out = tmp / f"published-{tag}"
+    step(root, merge, ["--execution-id", tag, "--artifact-uri", str(out), "--model-package-group", "g"])
     return np.load(out / "neighbors.npy"), np.load(out / "scores.npy")
 
 
@@ -82,7 +81,7 @@ def test_merged_artifact_equals_brute_force(X, hosts, resumed_hosts, k, chunk, b
         pre = tmp / "pre"
         (pre / "processing/input/matrix").mkdir(parents=True)
         np.save(pre / "processing/input/matrix/x.npy", X)
-        step(pre, "preprocess", preprocess.main, ["--input-uri", "x.npy", "--chunk-rows", str(chunk)])
+        step(pre, preprocess, ["--input-uri", "x.npy", "--chunk-rows", str(chunk)])
         normalized = pre / "processing/output/normalized"
         ck = tmp / "ck"
         ck.mkdir()

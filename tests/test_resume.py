@@ -32,7 +32,7 @@ def normalized(tmp_path_factory):
     old = os.environ.get("ALLPAIRS_OPT_ML")
     os.environ["ALLPAIRS_OPT_ML"] = str(root)
     try:
-        assert run_step("preprocess", preprocess.main, ["--input-uri", "x.npy", "--chunk-rows", str(CHUNK)]) == 0
+        assert preprocess.run(["--input-uri", "x.npy", "--chunk-rows", str(CHUNK)]) == 0
     finally:
         os.environ.pop("ALLPAIRS_OPT_ML") if old is None else os.environ.update(ALLPAIRS_OPT_ML=old)
     return root / "processing/output/normalized"

@@ -403,3 +403,37 @@ def test_pipeline_name_longer_than_256(write):
         "pipeline.yaml:1: name: must be a SageMaker pipeline name: letters, digits and hyphens (no underscores), "
         "starting and ending with a letter or digit, at most 256 characters, got '" + "a" * 257 + "'"
     )
+
+
+@pytest.mark.parametrize("instance_type, where", [
+    ("ml.g5.2xlarge", "preprocess.instance_type"), ("ml.m5d.4xlarge", "merge.instance_type")])
+def test_a_volume_kms_key_with_an_instance_store_type_is_refused_naming_the_key(write, instance_type, where):
+    section = where.split(".")[0]
+    text = MINIMAL + f"{section}:\n  instance_type: {instance_type}\nsecurity:\n  volume_kms_key: alias/jobs\n"
+    assert error_of(write(text)) == (
+        f"pipeline.yaml:{text.splitlines().index('  volume_kms_key: alias/jobs') + 1}: security.volume_kms_key "
+        f"'alias/jobs' cannot be used with {instance_type}: its instance-store volumes are encrypted by the "
+        "instance itself and SageMaker refuses a VolumeKmsKeyId for them; remove security.volume_kms_key or use an "
+        f"instance type without local storage ({where})")
+
+
+def test_every_instance_type_a_run_may_pick_is_checked_against_the_volume_kms_key(write):
+    text = MINIMAL + "instance_types: [ml.c5.xlarge, ml.g4dn.xlarge]\nsecurity:\n  volume_kms_key: alias/jobs\n"
+    assert error_of(write(text)).endswith("instance type without local storage (instance_types[1])")
+    spec = load_spec(write(MINIMAL + "security:\n  volume_kms_key: alias/jobs\n"))
+    problem = spec.value_problem(local=False)
+    assert problem("InstanceType", "ml.c5.4xlarge") is None
+    assert problem("InstanceType", "ml.p4d.24xlarge").startswith(
+        "security.volume_kms_key 'alias/jobs' cannot be used with ml.p4d.24xlarge")
+    assert load_spec(write(MINIMAL)).value_problem(local=False)("InstanceType", "ml.p4d.24xlarge") is None
+
+
+def test_instance_store_families_follow_the_ec2_naming():
+    from pipeline.spec import has_instance_store
+
+    assert [t for t in ("ml.m5d.large", "ml.c5d.xlarge", "ml.r5d.2xlarge", "ml.g4dn.xlarge", "ml.p3dn.24xlarge",
+                        "ml.p4d.24xlarge", "ml.m6id.large", "ml.g5.xlarge", "ml.trn1.32xlarge", "ml.p5.48xlarge",
+                        "ml.c5.xlarge", "ml.m5.large", "ml.r5.large", "ml.p3.2xlarge", "ml.c6i.large",
+                        "ml.g4ad.xlarge") if has_instance_store(t)] == [
+        "ml.m5d.large", "ml.c5d.xlarge", "ml.r5d.2xlarge", "ml.g4dn.xlarge", "ml.p3dn.24xlarge", "ml.p4d.24xlarge",
+        "ml.m6id.large", "ml.g5.xlarge", "ml.trn1.32xlarge", "ml.p5.48xlarge", "ml.g4ad.xlarge"]

@@ -20,7 +20,7 @@ def run_preprocess(monkeypatch, tmp_path, X):
     root = use_root(monkeypatch, tmp_path / "pre")
     (root / "processing/input/matrix").mkdir(parents=True)
     np.save(root / "processing/input/matrix/x.npy", X)
-    assert run_step("preprocess", preprocess.main, ["--input-uri", "x.npy", "--chunk-rows", "40"]) == 0
+    assert preprocess.run(["--input-uri", "x.npy", "--chunk-rows", "40"]) == 0
     return root / "processing/output/normalized"
 
 
@@ -36,19 +36,21 @@ def run_hosts(monkeypatch, tmp_path, normalized, hosts, k, budget_mb=16, min_sco
         (root / "input/config/resourceconfig.json").write_text(json.dumps({"current_host": name, "hosts": names}))
         (root / "input/config/hyperparameters.json").write_text(json.dumps(
             {"top_k": str(k), "min_score": str(min_score), "memory_budget_mb": str(budget_mb), "threads": "0"}))
-        assert run_step("similarity", similarity.main, []) == 0, (root / "output/failure").read_text()
+        assert similarity.run([]) == 0, (root / "output/failure").read_text()
     return model
 
 
 def run_merge(monkeypatch, tmp_path, normalized, model, tag):
+    """Merge as its processing job runs it; returns (exit code, its /opt/ml root, where the artifact is published)."""
     root = use_root(monkeypatch, tmp_path / f"merge-{tag}")
     (root / "processing/input").mkdir(parents=True)
     (root / "processing/input/shards").symlink_to(model)
     (root / "processing/input/normalized").symlink_to(normalized)
     monkeypatch.setenv("ALLPAIRS_LOCAL_REGISTRY", str(tmp_path / "registry.sqlite"))
-    code = run_step("merge", merge.main, ["--execution-id", f"exec-{tag}", "--artifact-uri", f"/out/{tag}",
-                                          "--model-package-group", "g", "--parameter", "TopK=5"])
-    return code, root
+    artifact = tmp_path / "published" / tag
+    code = merge.run(["--execution-id", f"exec-{tag}", "--artifact-uri", str(artifact),
+                      "--model-package-group", "g", "--parameter", "TopK=5"])
+    return code, root, artifact
 
 
 def test_steps_chain_equals_brute_force_for_any_host_count(monkeypatch, tmp_path):
@@ -60,9 +62,8 @@ def test_steps_chain_equals_brute_force_for_any_host_count(monkeypatch, tmp_path
     digests = set()
     for hosts, budget in [(1, 16), (3, 16), (4, 64)]:
         model = run_hosts(monkeypatch, tmp_path, normalized, hosts, k=5, budget_mb=budget)
-        code, root = run_merge(monkeypatch, tmp_path, normalized, model, f"{hosts}-{budget}")
-        assert code == 0, (root / "output/failure").read_text()
-        out = root / "processing/output/artifact"
+        code, root, out = run_merge(monkeypatch, tmp_path, normalized, model, f"{hosts}-{budget}")
+        assert code == 0, (root / "output/message").read_text()
         neighbors, scores = np.load(out / "neighbors.npy"), np.load(out / "scores.npy")
         bn, bs = brute_force(normalize(X), 5)
         assert neighbors.dtype == np.int32
@@ -72,7 +73,7 @@ def test_steps_chain_equals_brute_force_for_any_host_count(monkeypatch, tmp_path
         assert len(edges) == int((bn >= 0).sum())
         manifest = json.loads((out / "manifest.json").read_text())
         assert manifest["counts"]["zero_rows"] == 1 and manifest["counts"]["pairs"] == len(edges)
-        registration = json.loads((out / "registration.json").read_text())
+        registration = json.loads((root / "processing/output/artifact/registration.json").read_text())
         assert registration["model_package_arn"].startswith("local:model-package/g/")
     assert len(digests) == 1
 
@@ -82,12 +83,12 @@ def test_merge_refuses_a_missing_shard_and_writes_nothing(monkeypatch, tmp_path)
     normalized = run_preprocess(monkeypatch, tmp_path, X)
     model = run_hosts(monkeypatch, tmp_path, normalized, 3, k=3)
     os.unlink(model / "shard-algo-2.json")
-    code, root = run_merge(monkeypatch, tmp_path, normalized, model, "missing")
+    code, root, artifact = run_merge(monkeypatch, tmp_path, normalized, model, "missing")
     assert code == 1
-    assert (root / "output/failure").read_text() == (
+    assert (root / "output/message").read_text() == (
         f"merge: {root}/processing/input/shards: no shard from host algo-2 of 3 hosts; rerun the Similarity step "
         "(a host failed or its output was lost)\n")
-    assert list((root / "processing/output/artifact").iterdir()) == []
+    assert list((root / "processing/output/artifact").iterdir()) == [] and not artifact.exists()
     assert not (tmp_path / "registry.sqlite").exists()
 
 
@@ -139,11 +140,11 @@ def test_merge_trusts_no_shard_and_writes_nothing(monkeypatch, tmp_path, damage)
     monkeypatch.setenv("TRAINING_JOB_NAME", "allpairs-similarity-abc123")
     model = run_hosts(monkeypatch, tmp_path, normalized, 3, k=3)
     expected = damage(model, tmp_path)
-    code, root = run_merge(monkeypatch, tmp_path, normalized, model, "damaged")
+    code, root, artifact = run_merge(monkeypatch, tmp_path, normalized, model, "damaged")
     assert code == 1
     shards = str(root / "processing/input/shards")
-    assert (root / "output/failure").read_text() == f"merge: {expected.replace('SHARDS', shards)}\n"
-    assert list((root / "processing/output/artifact").iterdir()) == []
+    assert (root / "output/message").read_text() == f"merge: {expected.replace('SHARDS', shards)}\n"
+    assert list((root / "processing/output/artifact").iterdir()) == [] and not artifact.exists()
     assert not (tmp_path / "registry.sqlite").exists()
 
 
@@ -152,12 +153,13 @@ def test_a_failed_registration_leaves_no_artifact_file(monkeypatch, tmp_path):
     normalized = run_preprocess(monkeypatch, tmp_path, X)
     model = run_hosts(monkeypatch, tmp_path, normalized, 2, k=3)
     (tmp_path / "registry.sqlite").mkdir()  # a directory where the registry file should be: sqlite cannot open it
-    code, root = run_merge(monkeypatch, tmp_path, normalized, model, "noregistry")
+    code, root, artifact = run_merge(monkeypatch, tmp_path, normalized, model, "noregistry")
     assert code == 1
-    assert (root / "output/failure").read_text() == (
+    assert (root / "output/message").read_text() == (
         f"merge: local registry {tmp_path / 'registry.sqlite'}: unable to open database file; check the path is a "
         "writable SQLite file (or remove it to start a new registry)\n")
     assert list((root / "processing/output/artifact").iterdir()) == []
+    assert list(artifact.iterdir()) == []  # the files published before the registry refused are taken back
 
 
 def test_npy_rows_stream_in_order_and_appear_only_complete(tmp_path):

@@ -1,10 +1,13 @@
 """Run a step's simulated hosts as concurrent processes, each logging to its own root.
 
-Restarts (fault injection, pipeline/local/faults.py): a host given a fault prints a line with
-steps.checkpoints.FAULT_MARKER just before killing itself. When it then exits, it is started again with the
-same root (its `fresh` folders emptied, as on a new instance) and without the fault; for a whole-step fault
-every other host is first stopped with SIGTERM (spot's warning), and then all of them start again. The
-shared checkpoints/ link is untouched, so the restarted hosts resume from it.
+Stopping a host is what SageMaker does (StopTrainingJob, a failed job's other hosts, spot): SIGTERM, then
+SIGKILL STOP_GRACE_SECONDS (120 s) later if it is still there. A second Ctrl-C kills at once.
+
+Restarts (fault injection, pipeline/local/faults.py): a host hit by a fault (a signal the runner sends at a
+time or a share of the work, or one it sends itself after printing steps.checkpoints.FAULT_MARKER) is started
+again once it has exited, with the same root (its `fresh` folders emptied, as on a new instance) and without
+the fault; for a whole-step fault every other host is first stopped with SIGTERM (spot's warning), and then
+all of them start again. The shared checkpoints/ link is untouched, so the restarted hosts resume from it.
 """
 from __future__ import annotations
 
@@ -14,16 +17,18 @@ import signal
 import subprocess
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 from steps.checkpoints import FAULT_ENV, FAULT_MARKER
+from steps.progress import LINE as PROGRESS_LINE
 
+from .faults import DEFAULT_GRACE_SECONDS, Timed
 from .interrupts import STOP
 
 LOG_NAME = "job.log"  # in each host's root, beside what the container sees as /opt/ml
-STOP_GRACE_SECONDS = 30.0  # SIGTERM lets a Similarity host checkpoint its completed rows: give it time
+STOP_GRACE_SECONDS = DEFAULT_GRACE_SECONDS  # SIGTERM, then SIGKILL this much later, as SageMaker does
 
 Echo = Callable[[str], None]
 
@@ -35,7 +40,9 @@ class HostCommand:
     argv: list[str]
     env: dict[str, str]
     root: Path  # the host's ALLPAIRS_OPT_ML
+    failure_file: str  # relative to root: where this job type's failure reason is read (steps.paths.FAILURE_FILES)
     fresh: tuple[Path, ...] = ()  # emptied before a restart: what a new instance would not have (model/, output/)
+    timed: Timed | None = None  # a fault the runner delivers (ALLPAIRS_FAULTS at=...)
 
 
 @dataclass
@@ -54,8 +61,11 @@ class _Running:
     log: Path
     last_stderr: str = ""  # set by the stderr pump
     pumps: list[threading.Thread] = field(default_factory=list)
-    fault_fired: bool = False  # set by the pump on FAULT_MARKER
+    fault_fired: bool = False  # set by the pump on FAULT_MARKER, or when the runner delivers the timed fault
     restarts: int = 0
+    started: float = field(default_factory=time.monotonic)
+    percent: float = 0.0  # the host's last progress line
+    kill_at: float | None = None  # SIGKILL deadline after a SIGTERM the runner sent
 
 
 def run_hosts(commands: Sequence[HostCommand], cwd: Path, echo: Echo | None = None,
@@ -73,6 +83,7 @@ def run_hosts(commands: Sequence[HostCommand], cwd: Path, echo: Echo | None = No
                 if all(r.exit_code == 0 for r in results.values()):
                     break
                 raise KeyboardInterrupt("stop requested")
+            deliver_timed_faults(running, results)
             for i, run in enumerate(running):
                 if run.command.host in results or run.process.poll() is None:
                     continue
@@ -85,12 +96,35 @@ def run_hosts(commands: Sequence[HostCommand], cwd: Path, echo: Echo | None = No
                     stop_others(running, results)
             time.sleep(0.05)
     except BaseException:
-        stop_others(running, results)
+        stop_others(running, results, grace=0.0 if STOP.insisted else STOP_GRACE_SECONDS)
         raise
     finally:
         if collect is not None:
             collect[:] = [results[c.host] for c in commands if c.host in results]
     return [results[c.host] for c in commands]
+
+
+def deliver_timed_faults(running: Sequence[_Running], results: Mapping[str, HostResult]) -> None:
+    """Send each due fault's signal, and the SIGKILL that follows an unanswered SIGTERM."""
+    now = time.monotonic()
+    for run in running:
+        if run.command.host in results or run.process.poll() is not None:
+            continue
+        timed = run.command.timed
+        if timed and not run.fault_fired and (
+                (timed.seconds is not None and now - run.started >= timed.seconds)
+                or (timed.percent is not None and run.percent >= timed.percent)):
+            run.fault_fired = True
+            _log_line(run.log, f"--- {run.command.label}: {signal.Signals(timed.sig).name} from the runner "
+                               f"(ALLPAIRS_FAULTS) {now - run.started:.3f} s after it started ---")
+            _signal_group(run.process, timed.sig)
+            if timed.sig == signal.SIGTERM:
+                run.kill_at = now + timed.grace
+        elif run.kill_at is not None and now >= run.kill_at:
+            _log_line(run.log, f"--- {run.command.label}: still running {timed.grace if timed else ''} s after "
+                               "SIGTERM: SIGKILL ---")
+            _signal_group(run.process, signal.SIGKILL)
+            run.kill_at = None
 
 
 def restart_after_fault(running: list[_Running], i: int, results: dict[str, HostResult], cwd: Path,
@@ -122,7 +156,7 @@ def restart_after_fault(running: list[_Running], i: int, results: dict[str, Host
 
 def without_fault(command: HostCommand) -> HostCommand:
     env = {k: v for k, v in command.env.items() if k != FAULT_ENV}
-    return HostCommand(command.host, command.label, command.argv, env, command.root, command.fresh)
+    return replace(command, env=env, timed=None)
 
 
 def _log_line(log: Path, line: str) -> None:
@@ -163,6 +197,9 @@ def _pump(run: _Running, stream, sink, lock: threading.Lock, is_stderr: bool, ec
             run.last_stderr = line.strip()
         if FAULT_MARKER in line:
             run.fault_fired = True
+        progress = PROGRESS_LINE.search(line)
+        if progress:
+            run.percent = float(progress["percent"])
         if echo:
             echo(f"[{run.command.label}] {line}")
     stream.close()
@@ -183,8 +220,8 @@ def finish(run: _Running) -> HostResult:
 
 
 def failure_reason(run: _Running, code: int) -> str:
-    """The first line of /opt/ml/output/failure (what SageMaker shows), else the last stderr line."""
-    failure = run.command.root / "output" / "failure"
+    """The first line of the job type's failure file (what SageMaker shows), else the last stderr line."""
+    failure = run.command.root / run.command.failure_file
     if failure.is_file():
         lines = failure.read_text(errors="replace").strip().splitlines()
         if lines:
@@ -195,11 +232,12 @@ def failure_reason(run: _Running, code: int) -> str:
 
 
 def stop_others(running: Sequence[_Running], results: dict[str, HostResult],
-                why: str = "stopped: another host failed") -> None:
+                why: str = "stopped: another host failed", grace: float = STOP_GRACE_SECONDS) -> None:
+    """SIGTERM every host still running, SIGKILL those still there after `grace` seconds."""
     alive = [r for r in running if r.command.host not in results and r.process.poll() is None]
     for run in alive:
-        _signal_group(run.process, signal.SIGTERM)
-    deadline = time.monotonic() + STOP_GRACE_SECONDS
+        _signal_group(run.process, signal.SIGTERM if grace > 0 else signal.SIGKILL)
+    deadline = time.monotonic() + grace
     for run in alive:
         try:
             run.process.wait(timeout=max(0.0, deadline - time.monotonic()))

@@ -5,7 +5,7 @@ stops every host with SIGTERM (the steps clean up: Similarity checkpoints its co
 its staging folder, or finishes if it is already registering); run_local sees it between steps. Publishing
 a finished step's outputs and saving the execution record are therefore never cut in half, and a step whose
 hosts all finished is recorded as Succeeded. A second SIGINT raises KeyboardInterrupt at once (the user
-insists); hosts are still stopped on the way out.
+insists); hosts are then killed on the way out.
 """
 from __future__ import annotations
 
@@ -18,9 +18,11 @@ from typing import Iterator
 class StopRequest:
     def __init__(self) -> None:
         self.requested = False
+        self.insisted = False  # a second Ctrl-C: hosts are killed at once, not given their 120 s
 
     def handler(self, signum, frame) -> None:
         if self.requested:
+            self.insisted = True
             raise KeyboardInterrupt("interrupted twice")
         self.requested = True
 
@@ -35,7 +37,7 @@ STOP = StopRequest()
 @contextlib.contextmanager
 def graceful_sigint() -> Iterator[StopRequest]:
     """Install the handler for the duration of a run (main thread only; elsewhere SIGINT never arrives)."""
-    STOP.requested = False
+    STOP.requested = STOP.insisted = False
     if threading.current_thread() is not threading.main_thread():
         yield STOP
         return
@@ -44,4 +46,4 @@ def graceful_sigint() -> Iterator[StopRequest]:
         yield STOP
     finally:
         signal.signal(signal.SIGINT, previous)
-        STOP.requested = False
+        STOP.requested = STOP.insisted = False

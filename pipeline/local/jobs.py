@@ -12,7 +12,7 @@ from typing import Mapping, Sequence
 from pipeline.errors import LocalRunError
 from steps.io import write_json
 from steps.checkpoints import FAULT_ENV
-from steps.paths import OPT_ML, OPT_ML_ENV
+from steps.paths import FAILURE_FILES, OPT_ML, OPT_ML_ENV, PROCESSING, TRAINING
 
 from .expressions import bug, expression_kind
 from .faults import Fault, host_faults
@@ -119,9 +119,11 @@ def run_processing(plan: StepPlan, args: Mapping, ctx: JobContext) -> dict[str, 
     argv = command_argv(app.get("ContainerEntrypoint") or [], app.get("ContainerArguments") or [], where)
     if not argv:
         raise bug(f"{where}, Arguments.AppSpecification", "no ContainerEntrypoint, and locally there is no image to fall back on")
-    command = HostCommand("algo-1", f"{plan.name} algo-1", argv, host_env(ctx, args.get("Environment"), root), root)
+    command = HostCommand("algo-1", f"{plan.name} algo-1", argv, host_env(ctx, args.get("Environment"), root), root,
+                          FAILURE_FILES[PROCESSING])
     run_hosts([command], ctx.cwd, ctx.echo, collect=ctx.host_results)
     raise_if_failed(plan.name, ctx.host_results)
+    check_exit_message(plan.name, root)
     properties: dict[str, object] = {"ProcessingJobName": ctx.job_name}
     for i, output in enumerate(outputs):
         name, uri = output["OutputName"], output["S3Output"]["S3Uri"]
@@ -129,6 +131,18 @@ def run_processing(plan: StepPlan, args: Mapping, ctx: JobContext) -> dict[str, 
         properties[output_uri_property(name)] = uri
         properties[output_uri_property(i)] = uri
     return properties
+
+
+def check_exit_message(step: str, root: Path) -> None:
+    """SageMaker fails a processing job whose /opt/ml/output/message is not UTF-8 (docs: byoc-metadata)."""
+    message = root / FAILURE_FILES[PROCESSING]
+    if message.is_file():
+        try:
+            message.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise LocalRunError(f"step {step}, host algo-1: ClientError: {OPT_ML}/{FAILURE_FILES[PROCESSING]} is "
+                                f"not UTF-8 ({exc.reason} at byte {exc.start}), which fails a processing job; "
+                                "write the message as UTF-8") from None
 
 
 def stage_processing_input(spec: Mapping, raw: Mapping, root: Path, where: str) -> None:
@@ -161,9 +175,11 @@ def run_training(plan: StepPlan, args: Mapping, ctx: JobContext) -> dict[str, ob
         prepare_training_host(root, host, hosts, args, channels, shared_checkpoints, where)
         env = host_env(ctx, args.get("Environment"), root)
         env[TRAINING_JOB_ENV] = ctx.job_name  # as SageMaker sets it: the shards record their job
-        if host in faults:
-            env[FAULT_ENV] = faults[host].condition
-        commands.append(HostCommand(host, f"{plan.name} {host}", argv, env, root, (root / "model", root / "output")))
+        fault = faults.get(host)
+        if fault and not fault.timed:
+            env[FAULT_ENV] = fault.condition  # the host triggers it itself (steps/checkpoints.py)
+        commands.append(HostCommand(host, f"{plan.name} {host}", argv, env, root, FAILURE_FILES[TRAINING],
+                                    (root / "model", root / "output"), fault.timed if fault else None))
     try:
         run_hosts(commands, ctx.cwd, ctx.echo, {h: f.scope for h, f in faults.items() if f.scope},
                   collect=ctx.host_results)
