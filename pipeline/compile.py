@@ -26,8 +26,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from sagemaker.mlops.workflow.pipeline import Pipeline
 
 # Step names are the keys of `Steps.<name>` references: the local runner and the CLI rely on them.
-PREPROCESS, SIMILARITY, MERGE = "Preprocess", "Similarity", "Merge"
-STEP_NAMES = (PREPROCESS, SIMILARITY, MERGE)
+PREPROCESS, SIMILARITY, MERGE, REGISTER = "Preprocess", "Similarity", "Merge", "Register"
+STEP_NAMES = (PREPROCESS, SIMILARITY, MERGE, REGISTER)
 
 # Container paths (docs/container-contract.md).
 MATRIX_PATH = "/opt/ml/processing/input/matrix"
@@ -36,6 +36,9 @@ SHARDS_PATH = "/opt/ml/processing/input/shards"
 NORMALIZED_IN_PATH = "/opt/ml/processing/input/normalized"
 ARTIFACT_PATH = "/opt/ml/processing/output/artifact"
 ARTIFACT_OUTPUT = "artifact"  # the Merge output holding the product of a run
+REGISTER_INPUT_PATH = "/opt/ml/processing/input/artifact"
+REGISTRATION_PATH = "/opt/ml/processing/output/registration"
+REGISTRATION_OUTPUT = "registration"
 CHECKPOINT_PATH = "/opt/ml/checkpoints"
 
 # A config dict instead of the SDK's config files: telemetry off, and nothing from ~/.config/sagemaker or
@@ -90,10 +93,11 @@ def build_pipeline(spec: Spec, boto_session: "boto3.Session") -> "Pipeline":
     preprocess = _preprocess_step(spec, session, params)
     similarity = _similarity_step(spec, session, params, preprocess)
     merge = _merge_step(spec, session, params, preprocess, similarity)
+    register = _register_step(spec, session, params, merge)
     return Pipeline(
         name=spec.name,
         parameters=list(params.values()),
-        steps=[preprocess, similarity, merge],
+        steps=[preprocess, similarity, merge, register],
         sagemaker_session=session,
         # None emits `null`: no Experiments trial per execution (and no region-dependent output).
         pipeline_experiment_config=None,
@@ -324,29 +328,53 @@ def _merge_step(spec: Spec, session: Any, params: dict[str, Any], preprocess: An
     from sagemaker.core.workflow.functions import Join
     from sagemaker.mlops.workflow.steps import ProcessingStep
 
-    artifact_uri = _run_uri(params, "artifact")
     arguments: list[Any] = [
         "--execution-id", ExecutionVariables.PIPELINE_EXECUTION_ID,
-        "--artifact-uri", artifact_uri,
-        "--model-package-group", params["ModelPackageGroup"],
-        "--approval-status", params["ApprovalStatus"],
+        "--artifact-uri", _run_uri(params, "artifact"),
     ]  # fmt: skip
-    if spec.security.output_kms_key:  # Merge writes the artifact objects itself (steps/publish.py)
-        arguments += ["--output-kms-key", spec.security.output_kms_key]
     for name, param in params.items():  # the execution's parameters, recorded in the artifact's manifest
         arguments += ["--parameter", Join(on="", values=[f"{name}=", param])]
-    # Merge needs the network: it calls the SageMaker Model Registry (never isolated).
-    processor = _processor(spec, session, spec.merge, "merge", needs_network=True)
+    # Merge needs no network: SageMaker moves its data in and out (registering is the next step's job).
+    processor = _processor(spec, session, spec.merge, "merge", needs_network=False)
     return ProcessingStep(
         name=MERGE,
         display_name=MERGE,
-        description="Check that every row is covered once, write the neighbours artifact, register it",
+        description="Check that every row is covered once, write the neighbours artifact",
         step_args=processor.run(
             inputs=[
                 _s3_input("shards", similarity.properties.ModelArtifacts.S3ModelArtifacts, SHARDS_PATH),
                 _s3_input("normalized", _normalized_uri(preprocess), NORMALIZED_IN_PATH),
             ],
-            outputs=[_s3_output(ARTIFACT_OUTPUT, artifact_uri, ARTIFACT_PATH)],
+            outputs=[_s3_output(ARTIFACT_OUTPUT, _run_uri(params, "artifact"), ARTIFACT_PATH)],
+            arguments=arguments,
+        ),
+        retry_policies=_capacity_retry(spec),
+    )
+
+
+def _register_step(spec: Spec, session: Any, params: dict[str, Any], merge: Any) -> Any:
+    """After Merge's output is uploaded (the service does it once Merge's container has exited), check it where
+    it landed and register it: the model package never exists before its files (steps/register.py)."""
+    from sagemaker.core.workflow.execution_variables import ExecutionVariables
+    from sagemaker.mlops.workflow.steps import ProcessingStep
+
+    artifact = merge.properties.ProcessingOutputConfig.Outputs[ARTIFACT_OUTPUT].S3Output.S3Uri
+    arguments: list[Any] = [
+        "--execution-id", ExecutionVariables.PIPELINE_EXECUTION_ID,
+        "--artifact-uri", _run_uri(params, "artifact"),
+        "--model-package-group", params["ModelPackageGroup"],
+        "--approval-status", params["ApprovalStatus"],
+    ]  # fmt: skip
+    # Register calls the SageMaker Model Registry: never isolated.
+    processor = _processor(spec, session, spec.merge, "register", needs_network=True)
+    return ProcessingStep(
+        name=REGISTER,
+        display_name=REGISTER,
+        description="Check every artifact file where it landed (size, SHA-256), then register the artifact",
+        step_args=processor.run(
+            inputs=[_s3_input(ARTIFACT_OUTPUT, artifact, REGISTER_INPUT_PATH)],
+            # registration.json lands beside the artifact's files
+            outputs=[_s3_output(REGISTRATION_OUTPUT, _run_uri(params, "artifact"), REGISTRATION_PATH)],
             arguments=arguments,
         ),
         retry_policies=_capacity_retry(spec),

@@ -37,7 +37,7 @@ MAX_RETRY_ATTEMPTS = 20
 # Job names are at most 63 characters and the service appends a unique suffix to `<prefix>-<step>`; its
 # length is not documented, so the prefix is kept to 40 characters (leaves 23 for the suffix).
 MAX_JOB_BASE_NAME = 40
-JOB_STEP_SUFFIXES = ("preprocess", "similarity", "merge")
+JOB_STEP_SUFFIXES = ("preprocess", "similarity", "merge", "register")
 MAX_JOB_NAME_PREFIX = MAX_JOB_BASE_NAME - 1 - max(map(len, JOB_STEP_SUFFIXES))
 
 

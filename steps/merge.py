@@ -1,23 +1,19 @@
-"""Merge step: verify the hosts' shards cover every row exactly once, write one artifact, register it.
+"""Merge step: verify the hosts' shards cover every row exactly once, write one artifact.
 
 Streams shard by shard and batch by batch: memory holds the row ids (N) and one batch, never N x k.
 Nothing is trusted: each shard's metadata, checksums, shape, row range and input fingerprint are checked,
 all shards must come from one training job (their `job`) and name hosts of that job's host list, and no
-artifact file or registry entry is written unless all of them pass. See docs/container-contract.md.
+artifact file is written unless all of them pass. See docs/container-contract.md.
 
-Publishing (steps/publish.py): the files are built in a staging folder, then Merge itself puts them at the
-artifact URI (manifest last) and verifies each there, size and SHA-256, and only then registers them. The
-processing job's own output carries just registration.json, uploaded by the service after the container
-exits. Any failure before the registry entry is committed takes the published files back.
+Output: the files are built in a staging folder and moved into the `artifact` output only when all are
+complete (the manifest, with every file's size and SHA-256, last). The service uploads them after the
+container exits; the Register step (steps/register.py) then checks them where they landed and registers them.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
-import signal
 import sys
-import threading
 import tarfile
 import time
 from dataclasses import dataclass, field
@@ -28,15 +24,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import npy, paths, registry
-from . import publish as objectstore
+from . import npy, paths
 from .errors import StepArgumentParser, StepError, run_step
-from .io import atomic_path, sha256_file, sha256_text, write_json
+from .io import atomic_path, sha256_file, write_json
 from .normalized import MANIFEST, load_normalized
 
 FORMAT, VERSION = "allpairs.artifact", 1
 BATCH_EDGES = 1 << 20  # edges handled at once (about 60 MB of arrays): memory follows this, not N or N*k
-# Moved into place together, the manifest last; registration.json follows the registry entry.
+# Moved into place together, the manifest last (Register adds registration.json once it has registered them).
 ARTIFACT_FILES = ("neighbors.parquet", "neighbors.npy", "scores.npy", MANIFEST)
 
 
@@ -254,79 +249,29 @@ def merge(shards_dir: Path, normalized_dir: Path, out: Path, scratch: Path, args
     return manifest
 
 
-def registry_metadata(manifest: dict) -> dict[str, str]:
-    counts, params = manifest["counts"], manifest["parameters"]
-    flat = {
-        "artifact_uri": manifest["artifact_uri"], "execution_id": manifest["execution_id"],
-        "format_version": f"{FORMAT}/{VERSION}", "rows": manifest["rows"], "dim": manifest["dim"],
-        "k": manifest["k"], "threshold": manifest["threshold"],
-        "input_uri": manifest["input"]["uri"], "input_fingerprint": manifest["input"]["fingerprint"],
-        "manifest_sha256": manifest.get("manifest_sha256"),
-        **{f"count_{key}": value for key, value in counts.items()},
-        **{f"param_{key}": value for key, value in sorted(params.items())[:30]},
-    }
-    return registry.customer_metadata(flat)
-
-
-def publish(staging: Path, args, manifest: dict, metadata: dict) -> dict:
-    """Put the verified files at the artifact URI, check them there, then register: the registry entry never
-    exists without its complete artifact. A failure (or a stop) before the entry is committed takes the
-    published files back; the registration call itself is not interrupted by SIGTERM (it takes milliseconds).
-    The model package's ClientToken comes from the execution and the manifest, so a Merge retried after a
-    crash between registering and exiting gets the same version back instead of a second one."""
-    published: list = []
-    try:
-        published = objectstore.publish([staging / name for name in ARTIFACT_FILES], args.artifact_uri,
-                                        args.output_kms_key)
-        token = sha256_text(args.execution_id, manifest["manifest_sha256"])[:32]
-        with _sigterm_held():
-            return registry.register(args.model_package_group, args.approval_status,
-                                     f"allpairs top-{manifest['k']} neighbours of {manifest['rows']} rows, "
-                                     f"execution {args.execution_id}", metadata, token)
-    except BaseException:
-        objectstore.remove(published)  # no artifact left behind that no registry entry vouches for
-        raise
-
-
-@contextlib.contextmanager
-def _sigterm_held():
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def main(argv: Sequence[str]) -> None:
     parser = StepArgumentParser(prog="python -m steps.merge", description=__doc__.splitlines()[0])
     parser.add_argument("--execution-id", required=True)
-    parser.add_argument("--artifact-uri", required=True, help="where the artifact is published (s3:// or a path)")
-    parser.add_argument("--model-package-group", required=True)
-    parser.add_argument("--approval-status", default="PendingManualApproval")
-    parser.add_argument("--output-kms-key", default=None, help="KMS key for the artifact objects (SSE-KMS)")
+    parser.add_argument("--artifact-uri", required=True, help="where the artifact output lands (for the manifest)")
     parser.add_argument("--parameter", action="append", default=[])
     args = parser.parse_args(argv)
-    args.output_kms_key = args.output_kms_key or None  # pipelines pass "" for an unset value
-    registry.check_approval_status(args.approval_status)  # before any work, not after it
-    out = paths.processing_output("artifact")  # receives registration.json: uploaded by the service on exit
-    # Build in a staging folder on the job's volume; nothing of it is left behind.
+    out = paths.processing_output("artifact")
+    # Build in a staging folder and move the files in only when all are complete and verified.
     staging = out / ".staging"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
         manifest = merge(paths.processing_input("shards"), paths.processing_input("normalized"), staging,
                          paths.opt_ml() / "processing" / "scratch", args)
-        manifest["manifest_sha256"] = sha256_file(staging / MANIFEST)
-        metadata = registry_metadata(manifest)
-        record = publish(staging, args, manifest, metadata)
-        write_json(out / "registration.json", {**record, "metadata": metadata})
+        for name in ARTIFACT_FILES:  # the manifest last: a manifest in place vouches for the files beside it
+            (staging / name).replace(out / name)
+    except BaseException:
+        for name in ARTIFACT_FILES:
+            (out / name).unlink(missing_ok=True)
+        raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    print(f"merged {manifest['rows']} rows, {manifest['counts']['pairs']} pairs into {args.artifact_uri}; "
-          f"registered {record['model_package_arn']}", flush=True)
+    print(f"merged {manifest['rows']} rows, {manifest['counts']['pairs']} pairs into {args.artifact_uri}", flush=True)
 
 def run(argv: Sequence[str] | None = None) -> int:
     """The step as its container runs it: exit code 0, or 1 with the reason where a processing job's is read."""

@@ -219,7 +219,7 @@ def test_upsert_creates_then_reports_unchanged_then_updates_with_tags(moto, comp
     spec2 = load_spec(edited)
     text2 = compile_definition(spec2)
     assert aws.upsert(target, spec2, text2) == (
-        arn, "updated: 2 parameters changed (TopK, MinScore), 3 steps changed (Preprocess, Similarity, Merge), "
+        arn, "updated: 2 parameters changed (TopK, MinScore), 4 steps changed (Preprocess, Similarity, Merge, Register), "
         "1 tag set")  # the tag reaches every job, so every step changed
     assert sm.describe_pipeline(PipelineName=spec.name)["PipelineDefinition"] == text2
     assert {"Key": "team", "Value": "search"} in sm.list_tags(ResourceArn=arn)["Tags"]

@@ -194,6 +194,7 @@ def test_steps_in_order_with_schema_safe_display_names(definition):
         ("Preprocess", "Processing"),
         ("Similarity", "Training"),
         ("Merge", "Processing"),
+        ("Register", "Processing"),
     ]
     assert tuple(s["Name"] for s in definition["Steps"]) == STEP_NAMES
     for step in definition["Steps"]:
@@ -285,6 +286,7 @@ def test_every_job_name_carries_the_prefix(steps):
     assert steps["Preprocess"]["Arguments"]["ProcessingJobName"] == "allpairs-preprocess"
     assert steps["Similarity"]["Arguments"]["TrainingJobName"] == "allpairs-similarity"
     assert steps["Merge"]["Arguments"]["ProcessingJobName"] == "allpairs-merge"
+    assert steps["Register"]["Arguments"]["ProcessingJobName"] == "allpairs-register"
 
 
 def test_merge_step(steps):
@@ -298,8 +300,6 @@ def test_merge_step(steps):
     assert app["ContainerArguments"] == [
         "--execution-id", EXEC_ID,
         "--artifact-uri", run_uri("artifact"),
-        "--model-package-group", get("ModelPackageGroup"),
-        "--approval-status", get("ApprovalStatus"),
         *records,
     ]  # fmt: skip
     common = {"S3DataType": "S3Prefix", "S3InputMode": "File", "S3DataDistributionType": "FullyReplicated",
@@ -330,6 +330,28 @@ def test_merge_step(steps):
     assert args["ProcessingResources"]["ClusterConfig"] == {
         "InstanceType": "ml.m5.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 30
     }  # fmt: skip
+
+
+def test_register_step_reads_the_artifact_where_merge_put_it(steps):
+    """Register starts once Merge's output is uploaded (after Merge's container exits) and receives it as its
+    input: the model package is created only from files that are where it will point."""
+    args = steps["Register"]["Arguments"]
+    app = args["AppSpecification"]
+    assert app["ContainerEntrypoint"] == ["python3", "-m", "steps.register"]
+    assert app["ContainerArguments"] == [
+        "--execution-id", EXEC_ID,
+        "--artifact-uri", run_uri("artifact"),
+        "--model-package-group", get("ModelPackageGroup"),
+        "--approval-status", get("ApprovalStatus"),
+    ]  # fmt: skip
+    assert args["ProcessingInputs"] == [{"InputName": "artifact", "S3Input": {
+        "S3Uri": {"Get": "Steps.Merge.ProcessingOutputConfig.Outputs['artifact'].S3Output.S3Uri"},
+        "LocalPath": "/opt/ml/processing/input/artifact", "S3DataType": "S3Prefix", "S3InputMode": "File",
+        "S3DataDistributionType": "FullyReplicated", "S3CompressionType": "None"}}]
+    assert args["ProcessingOutputConfig"] == {"Outputs": [{"OutputName": "registration", "S3Output": {
+        "S3Uri": run_uri("artifact"), "LocalPath": "/opt/ml/processing/output/registration",
+        "S3UploadMode": "EndOfJob"}}]}
+    assert args["NetworkConfig"] == {"EnableNetworkIsolation": False}  # it calls the Model Registry
 
 
 def test_spec_settings_reach_the_definition(compiled, tmp_path):
@@ -447,17 +469,15 @@ def test_secured_spec_compiles_with_zero_network_calls(secured):
 def test_secured_spec_reaches_every_job(secured):
     steps = {s["Name"]: s["Arguments"] for s in secured[0]["Steps"]}
     vpc = {"SecurityGroupIds": GROUPS, "Subnets": SUBNETS}
-    for name in ("Preprocess", "Merge"):
+    for name in ("Preprocess", "Merge", "Register"):
         args = steps[name]
         assert args["ProcessingResources"]["ClusterConfig"]["VolumeKmsKeyId"] == KMS_KEY
         assert args["ProcessingOutputConfig"]["KmsKeyId"] == "alias/allpairs-output"
         assert args["Tags"] == TAGS
-    # Merge calls the Model Registry: never isolated; the others need no network.
+    # Register calls the Model Registry: never isolated; the others need no network.
     assert steps["Preprocess"]["NetworkConfig"] == {"EnableNetworkIsolation": True, "VpcConfig": vpc}
-    assert steps["Merge"]["NetworkConfig"] == {"EnableNetworkIsolation": False, "VpcConfig": vpc}
-    # Merge puts the artifact objects in S3 itself (steps/publish.py): with the same key as the job's outputs.
-    arguments = steps["Merge"]["AppSpecification"]["ContainerArguments"]
-    assert arguments[arguments.index("--output-kms-key") + 1] == "alias/allpairs-output"
+    assert steps["Merge"]["NetworkConfig"] == {"EnableNetworkIsolation": True, "VpcConfig": vpc}
+    assert steps["Register"]["NetworkConfig"] == {"EnableNetworkIsolation": False, "VpcConfig": vpc}
     sim = steps["Similarity"]
     assert sim["ResourceConfig"]["VolumeKmsKeyId"] == KMS_KEY
     assert sim["OutputDataConfig"]["KmsKeyId"] == "alias/allpairs-output"
@@ -469,8 +489,9 @@ def test_secured_spec_reaches_every_job(secured):
 
 
 def test_caching_only_on_preprocess_and_only_when_inputs_are_immutable(secured, definition):
-    assert [s.get("CacheConfig") for s in secured[0]["Steps"]] == [{"Enabled": True, "ExpireAfter": "P30D"}, None, None]
-    assert [s.get("CacheConfig") for s in definition["Steps"]] == [None, None, None]
+    assert [s.get("CacheConfig") for s in secured[0]["Steps"]] == [{"Enabled": True, "ExpireAfter": "P30D"}, None,
+                                                                    None, None]
+    assert [s.get("CacheConfig") for s in definition["Steps"]] == [None, None, None, None]
 
 
 def test_every_step_retries_capacity_errors_with_backoff(definition):
@@ -484,7 +505,8 @@ def test_default_spec_is_on_demand_isolated_and_untagged(steps):
     assert "EnableManagedSpotTraining" not in steps["Similarity"]["Arguments"]
     assert steps["Similarity"]["Arguments"]["EnableNetworkIsolation"] is True
     assert steps["Preprocess"]["Arguments"]["NetworkConfig"] == {"EnableNetworkIsolation": True}
-    assert steps["Merge"]["Arguments"]["NetworkConfig"] == {"EnableNetworkIsolation": False}
+    assert steps["Merge"]["Arguments"]["NetworkConfig"] == {"EnableNetworkIsolation": True}
+    assert steps["Register"]["Arguments"]["NetworkConfig"] == {"EnableNetworkIsolation": False}
     assert all("Tags" not in s["Arguments"] for s in steps.values())
 
 

@@ -134,11 +134,17 @@ def test_every_step_runs_as_the_image_user_on_root_owned_mounts(tmp_path):
         shards = {k: v for host in hosts for k, v in tree_files(base / host / "model", "processing/input/shards").items()}
         merge = sagemaker_tree(base / "merge", ["processing/output/artifact"],
                                {**shards, **tree_files(normalized, "processing/input/normalized")})
-        artifact = base / "published"  # where the artifact URI points (S3 in the cloud)
-        done = run_as(uid, "steps.merge", merge, ["--execution-id", "x1", "--artifact-uri", str(artifact),
-                                                  "--model-package-group", "g"],
-                      {"ALLPAIRS_LOCAL_REGISTRY": str(base / "registry.sqlite")})
+        uri = "s3://b/runs/x1/artifact"
+        done = run_as(uid, "steps.merge", merge, ["--execution-id", "x1", "--artifact-uri", uri])
         assert done.returncode == 0, f"Merge as {name} (uid {uid}): {done.stderr}"
+        artifact = merge / "processing/output/artifact"
+        register = sagemaker_tree(base / "register", ["processing/output/registration"],
+                                  tree_files(artifact, "processing/input/artifact"))
+        done = run_as(uid, "steps.register", register, ["--execution-id", "x1", "--artifact-uri", uri,
+                                                        "--model-package-group", "g"],
+                      {"ALLPAIRS_LOCAL_REGISTRY": str(base / "registry.sqlite")})
+        assert done.returncode == 0, f"Register as {name} (uid {uid}): {done.stderr}"
+        assert (register / "processing/output/registration/registration.json").is_file()
         neighbors, scores = brute_force(normalize(X), 4)
         assert np.array_equal(np.load(artifact / "neighbors.npy"), neighbors)
         assert np.array_equal(np.load(artifact / "scores.npy"), scores, equal_nan=True)

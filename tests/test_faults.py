@@ -171,7 +171,7 @@ def test_ctrl_c_stops_the_hosts_publishes_nothing_and_the_execution_resumes_to_t
                          "Similarity resumes from its checkpoints)")
     assert lines[-1] == "error: interrupted"
     assert record["status"] == "Stopped"
-    assert [s["status"] for s in record["steps"]] == ["Succeeded", "Stopped", "NotStarted"]
+    assert [s["status"] for s in record["steps"]] == ["Succeeded", "Stopped", "NotStarted", "NotStarted"]
     hosts = record["steps"][1]["hosts"]
     assert {h["reason"] for h in hosts.values()} <= {"stopped: the run was interrupted", ""}
     assert not list(out.glob("*/artifact")) and not list(out.glob("*/.*partial*"))

@@ -62,8 +62,8 @@ def merged(tmp: Path, tag: str, normalized: Path, model: Path) -> tuple[np.ndarr
     (root / "processing/input").mkdir(parents=True)
     (root / "processing/input/shards").symlink_to(model)
     (root / "processing/input/normalized").symlink_to(normalized)
-    out = tmp / f"published-{tag}"
-    step(root, merge, ["--execution-id", tag, "--artifact-uri", str(out), "--model-package-group", "g"])
+    step(root, merge, ["--execution-id", tag, "--artifact-uri", f"s3://b/{tag}/artifact"])
+    out = root / "processing/output/artifact"
     return np.load(out / "neighbors.npy"), np.load(out / "scores.npy")
 
 

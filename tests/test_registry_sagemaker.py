@@ -76,12 +76,8 @@ def test_metadata_respects_the_registry_limits():
         registry.customer_metadata({f"k{i}": i for i in range(51)})
 
 
-BUCKET = "allpairs-test-bucket"
-
-
-def merge_into_s3(monkeypatch, tmp_path, extra=()):
-    """Merge run as its processing job, publishing to s3:// (moto); returns (exit code, its /opt/ml root)."""
-    from steps import merge
+def test_register_names_the_artifact_in_sagemaker_with_the_approval_parameter(sagemaker, monkeypatch, tmp_path):
+    from steps import merge, register
 
     X = np.random.default_rng(3).standard_normal((40, 6)).astype(np.float32)
     normalized = run_preprocess(monkeypatch, tmp_path, X)
@@ -91,90 +87,21 @@ def merge_into_s3(monkeypatch, tmp_path, extra=()):
     (root / "processing/input/shards").symlink_to(model)
     (root / "processing/input/normalized").symlink_to(normalized)
     params = [f"--parameter={name}" for name in ("TopK=4", "ApprovalStatus=Approved", "InputData=s3://b/in/")]
-    code = merge.run(["--execution-id", "abc123", "--artifact-uri", f"s3://{BUCKET}/runs/abc123/artifact",
-                      "--model-package-group", "allpairs-test", "--approval-status", "Approved", *params, *extra])
-    return code, root
-
-
-def test_merge_publishes_and_verifies_the_artifact_in_s3_then_registers(sagemaker, monkeypatch, tmp_path):
-    s3 = boto3.client("s3", region_name="us-east-1")
-    s3.create_bucket(Bucket=BUCKET)
-    code, root = merge_into_s3(monkeypatch, tmp_path)
+    uri = "s3://b/runs/abc123/artifact"
+    assert merge.run(["--execution-id", "abc123", "--artifact-uri", uri, *params]) == 0
+    artifact = root / "processing/output/artifact"
+    root = use_root(monkeypatch, tmp_path / "register")
+    (root / "processing/input").mkdir(parents=True)
+    (root / "processing/input/artifact").symlink_to(artifact)
+    code = register.run(["--execution-id", "abc123", "--artifact-uri", uri, "--model-package-group", "allpairs-test",
+                         "--approval-status", "Approved"])
     assert code == 0, (root / "output/message").read_text()
-    record = json.loads((root / "processing/output/artifact/registration.json").read_text())
+    record = json.loads((root / "processing/output/registration/registration.json").read_text())
     assert record["registry"] == "sagemaker" and record["approval_status"] == "Approved"
-    # Every artifact object is in S3, byte for byte what the manifest lists, before the package names it.
-    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET)["Contents"]}
-    assert keys == {f"runs/abc123/artifact/{name}" for name in
-                    ("neighbors.parquet", "neighbors.npy", "scores.npy", "manifest.json")}
-    manifest = json.loads(s3.get_object(Bucket=BUCKET, Key="runs/abc123/artifact/manifest.json")["Body"].read())
-    for name, entry in manifest["files"].items():
-        body = s3.get_object(Bucket=BUCKET, Key=f"runs/abc123/artifact/{name}")["Body"].read()
-        assert (len(body), hashlib.sha256(body).hexdigest()) == (entry["bytes"], entry["sha256"])
-    assert list((root / "processing/output/artifact").iterdir()) == [root / "processing/output/artifact/registration.json"]
     described = sagemaker.describe_model_package(ModelPackageName=record["model_package_arn"])
     meta = described["CustomerMetadataProperties"]
     assert described["ModelApprovalStatus"] == "Approved" and "InferenceSpecification" not in described
-    assert meta["artifact_uri"] == f"s3://{BUCKET}/runs/abc123/artifact" and meta["execution_id"] == "abc123"
+    assert meta["artifact_uri"] == uri and meta["execution_id"] == "abc123"
     assert (meta["rows"], meta["k"], meta["param_TopK"], meta["param_ApprovalStatus"]) == ("40", "4", "4", "Approved")
     assert len(meta["input_fingerprint"]) == 64 and len(meta) <= registry.MAX_ENTRIES
-
-
-def no_model_package(sagemaker) -> bool:
-    groups = sagemaker.list_model_package_groups()["ModelPackageGroupSummaryList"]
-    return all(not sagemaker.list_model_packages(ModelPackageGroupName=g["ModelPackageGroupName"])[
-        "ModelPackageSummaryList"] for g in groups)
-
-
-def test_a_failed_upload_leaves_no_model_package(sagemaker, monkeypatch, tmp_path):
-    boto3.client("s3", region_name="us-east-1").create_bucket(Bucket=BUCKET)
-    original = botocore.client.BaseClient._make_api_call
-
-    def failing_put(client, operation, params):  # the second object cannot be written
-        if operation == "PutObject" and params["Key"].endswith("neighbors.npy"):
-            raise ClientError({"Error": {"Code": "AccessDenied", "Message": "Access Denied"}}, operation)
-        return original(client, operation, params)
-
-    monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", failing_put)
-    code, root = merge_into_s3(monkeypatch, tmp_path)
-    assert code == 1
-    assert (root / "output/message").read_text() == (
-        f"merge: s3://{BUCKET}/runs/abc123/artifact/neighbors.npy: cannot upload the artifact file (ClientError: An "
-        "error occurred (AccessDenied) when calling the PutObject operation: Access Denied); the execution role "
-        "needs s3:PutObject and s3:GetObject on OutputPrefix (and kms:GenerateDataKey on security.output_kms_key "
-        "if set); rerun the Merge step\n")
-    assert no_model_package(sagemaker)
-    assert "Contents" not in boto3.client("s3", region_name="us-east-1").list_objects_v2(Bucket=BUCKET)
-    assert not (root / "processing/output/artifact/registration.json").exists()
-
-
-def test_an_object_missing_after_upload_leaves_no_model_package(sagemaker, monkeypatch, tmp_path):
-    s3 = boto3.client("s3", region_name="us-east-1")
-    s3.create_bucket(Bucket=BUCKET)
-    original = botocore.client.BaseClient._make_api_call
-
-    def lost(client, operation, params):  # the store acknowledges the write, then the object is not there
-        response = original(client, operation, params)
-        if operation == "PutObject" and params["Key"].endswith("scores.npy"):
-            original(client, "DeleteObject", {"Bucket": params["Bucket"], "Key": params["Key"]})
-        return response
-
-    monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", lost)
-    code, root = merge_into_s3(monkeypatch, tmp_path)
-    assert code == 1
-    assert "scores.npy: cannot upload the artifact file (ClientError: An error occurred (404) when calling the " \
-           "HeadObject operation: Not Found)" in (root / "output/message").read_text()
-    assert no_model_package(sagemaker)
-
-
-def test_a_multipart_object_is_verified_part_by_part(sagemaker, monkeypatch, tmp_path):
-    from steps import publish
-
-    s3 = boto3.client("s3", region_name="us-east-1")
-    s3.create_bucket(Bucket=BUCKET)
-    monkeypatch.setattr(publish, "PART_BYTES", 5 << 20)  # S3's smallest part
-    data = np.random.default_rng(0).bytes((11 << 20) + 7)
-    (tmp_path / "big.bin").write_bytes(data)
-    (done,) = publish.publish([tmp_path / "big.bin"], f"s3://{BUCKET}/x", None)
-    assert done.bytes == len(data) and done.sha256 == hashlib.sha256(data).hexdigest()
-    assert s3.get_object(Bucket=BUCKET, Key="x/big.bin")["Body"].read() == data
+    assert meta["manifest_sha256"] == hashlib.sha256((artifact / "manifest.json").read_bytes()).hexdigest()

@@ -1,12 +1,13 @@
 """The three step programs chained by hand, as SageMaker would start them (no runner involved)."""
 import json
 import os
+import shutil
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from steps import merge, preprocess, similarity
+from steps import merge, preprocess, register, similarity
 from steps.errors import run_step
 from tests.brute import brute_force, normalize
 
@@ -41,16 +42,25 @@ def run_hosts(monkeypatch, tmp_path, normalized, hosts, k, budget_mb=16, min_sco
 
 
 def run_merge(monkeypatch, tmp_path, normalized, model, tag):
-    """Merge as its processing job runs it; returns (exit code, its /opt/ml root, where the artifact is published)."""
+    """Merge as its processing job runs it; returns (exit code, its /opt/ml root, its artifact output)."""
     root = use_root(monkeypatch, tmp_path / f"merge-{tag}")
     (root / "processing/input").mkdir(parents=True)
     (root / "processing/input/shards").symlink_to(model)
     (root / "processing/input/normalized").symlink_to(normalized)
+    code = merge.run(["--execution-id", f"exec-{tag}", "--artifact-uri", f"s3://bucket/runs/{tag}/artifact",
+                      "--parameter", "TopK=5"])
+    return code, root, root / "processing/output/artifact"
+
+
+def run_register(monkeypatch, tmp_path, artifact, tag, execution=None):
+    """Register as its processing job runs it, the artifact as its input; returns (exit code, its /opt/ml root)."""
+    root = use_root(monkeypatch, tmp_path / f"register-{tag}")
+    (root / "processing/input").mkdir(parents=True)
+    (root / "processing/input/artifact").symlink_to(artifact)
     monkeypatch.setenv("ALLPAIRS_LOCAL_REGISTRY", str(tmp_path / "registry.sqlite"))
-    artifact = tmp_path / "published" / tag
-    code = merge.run(["--execution-id", f"exec-{tag}", "--artifact-uri", str(artifact),
-                      "--model-package-group", "g", "--parameter", "TopK=5"])
-    return code, root, artifact
+    code = register.run(["--execution-id", execution or f"exec-{tag}", "--artifact-uri",
+                         f"s3://bucket/runs/{tag}/artifact", "--model-package-group", "g"])
+    return code, root
 
 
 def test_steps_chain_equals_brute_force_for_any_host_count(monkeypatch, tmp_path):
@@ -62,8 +72,11 @@ def test_steps_chain_equals_brute_force_for_any_host_count(monkeypatch, tmp_path
     digests = set()
     for hosts, budget in [(1, 16), (3, 16), (4, 64)]:
         model = run_hosts(monkeypatch, tmp_path, normalized, hosts, k=5, budget_mb=budget)
-        code, root, out = run_merge(monkeypatch, tmp_path, normalized, model, f"{hosts}-{budget}")
+        tag = f"{hosts}-{budget}"
+        code, root, out = run_merge(monkeypatch, tmp_path, normalized, model, tag)
         assert code == 0, (root / "output/message").read_text()
+        code, reg = run_register(monkeypatch, tmp_path, out, tag)
+        assert code == 0, (reg / "output/message").read_text()
         neighbors, scores = np.load(out / "neighbors.npy"), np.load(out / "scores.npy")
         bn, bs = brute_force(normalize(X), 5)
         assert neighbors.dtype == np.int32
@@ -73,7 +86,7 @@ def test_steps_chain_equals_brute_force_for_any_host_count(monkeypatch, tmp_path
         assert len(edges) == int((bn >= 0).sum())
         manifest = json.loads((out / "manifest.json").read_text())
         assert manifest["counts"]["zero_rows"] == 1 and manifest["counts"]["pairs"] == len(edges)
-        registration = json.loads((root / "processing/output/artifact/registration.json").read_text())
+        registration = json.loads((reg / "processing/output/registration/registration.json").read_text())
         assert registration["model_package_arn"].startswith("local:model-package/g/")
     assert len(digests) == 1
 
@@ -88,7 +101,7 @@ def test_merge_refuses_a_missing_shard_and_writes_nothing(monkeypatch, tmp_path)
     assert (root / "output/message").read_text() == (
         f"merge: {root}/processing/input/shards: no shard from host algo-2 of 3 hosts; rerun the Similarity step "
         "(a host failed or its output was lost)\n")
-    assert list((root / "processing/output/artifact").iterdir()) == [] and not artifact.exists()
+    assert list(artifact.iterdir()) == []
     assert not (tmp_path / "registry.sqlite").exists()
 
 
@@ -144,22 +157,79 @@ def test_merge_trusts_no_shard_and_writes_nothing(monkeypatch, tmp_path, damage)
     assert code == 1
     shards = str(root / "processing/input/shards")
     assert (root / "output/message").read_text() == f"merge: {expected.replace('SHARDS', shards)}\n"
-    assert list((root / "processing/output/artifact").iterdir()) == [] and not artifact.exists()
+    assert list(artifact.iterdir()) == []
     assert not (tmp_path / "registry.sqlite").exists()
 
 
-def test_a_failed_registration_leaves_no_artifact_file(monkeypatch, tmp_path):
+@pytest.fixture
+def merged_artifact(monkeypatch, tmp_path):
     X = np.random.default_rng(9).standard_normal((20, 4)).astype(np.float32)
     normalized = run_preprocess(monkeypatch, tmp_path, X)
     model = run_hosts(monkeypatch, tmp_path, normalized, 2, k=3)
+    code, root, artifact = run_merge(monkeypatch, tmp_path, normalized, model, "r")
+    assert code == 0
+    return artifact
+
+
+def test_a_failed_registration_writes_no_record(monkeypatch, tmp_path, merged_artifact):
     (tmp_path / "registry.sqlite").mkdir()  # a directory where the registry file should be: sqlite cannot open it
-    code, root, artifact = run_merge(monkeypatch, tmp_path, normalized, model, "noregistry")
+    code, root = run_register(monkeypatch, tmp_path, merged_artifact, "r")
     assert code == 1
     assert (root / "output/message").read_text() == (
-        f"merge: local registry {tmp_path / 'registry.sqlite'}: unable to open database file; check the path is a "
+        f"register: local registry {tmp_path / 'registry.sqlite'}: unable to open database file; check the path is a "
         "writable SQLite file (or remove it to start a new registry)\n")
-    assert list((root / "processing/output/artifact").iterdir()) == []
-    assert list(artifact.iterdir()) == []  # the files published before the registry refused are taken back
+    assert not (root / "processing/output/registration/registration.json").exists()
+
+
+def _lose(artifact, name):
+    (artifact / name).unlink()
+    return f"register: s3://bucket/runs/r/artifact/{name}: listed in manifest.json but not there; "
+
+
+def _cut(artifact, name):
+    (artifact / name).write_bytes((artifact / name).read_bytes()[:-3])
+    size = (artifact / name).stat().st_size
+    return f"register: s3://bucket/runs/r/artifact/{name}: {size} bytes, manifest.json says {size + 3}; "
+
+
+def _flip(artifact, name):
+    data = bytearray((artifact / name).read_bytes())
+    data[-1] ^= 1
+    (artifact / name).write_bytes(bytes(data))
+    return f"register: s3://bucket/runs/r/artifact/{name}: SHA-256 differs from manifest.json; "
+
+
+@pytest.mark.parametrize("damage", [_lose, _cut, _flip], ids=["missing", "truncated", "altered"])
+@pytest.mark.parametrize("name", ["neighbors.parquet", "neighbors.npy", "scores.npy"])
+def test_register_refuses_an_artifact_not_complete_where_it_landed(monkeypatch, tmp_path, merged_artifact, damage,
+                                                                   name):
+    expected = damage(merged_artifact, name)
+    code, root = run_register(monkeypatch, tmp_path, merged_artifact, "r")
+    assert code == 1
+    assert (root / "output/message").read_text() == (
+        expected + "rerun the Merge step (its output upload may have failed or been altered)\n")
+    assert not (tmp_path / "registry.sqlite").exists()
+
+
+def test_register_refuses_another_executions_artifact(monkeypatch, tmp_path, merged_artifact):
+    code, root = run_register(monkeypatch, tmp_path, merged_artifact, "r", execution="exec-other")
+    assert code == 1
+    assert (root / "output/message").read_text() == (
+        "register: s3://bucket/runs/r/artifact/manifest.json: written for execution 'exec-r' at "
+        "'s3://bucket/runs/r/artifact', not this one ('exec-other' at 's3://bucket/runs/r/artifact'): another "
+        "execution's artifact is never registered; rerun the Merge step\n")
+    assert not (tmp_path / "registry.sqlite").exists()
+
+
+def test_register_retried_after_a_crash_gets_the_same_version(monkeypatch, tmp_path, merged_artifact):
+    first = run_register(monkeypatch, tmp_path, merged_artifact, "r")
+    shutil.rmtree(tmp_path / "register-r")  # the crashed job's container is gone; a retry starts afresh
+    second = run_register(monkeypatch, tmp_path, merged_artifact, "r")
+    records = [json.loads((root / "processing/output/registration/registration.json").read_text())
+               for _, root in (first, second)]
+    assert records[0]["model_package_arn"] == records[1]["model_package_arn"] == "local:model-package/g/1"
+    from steps.registry import list_local
+    assert len(list_local(tmp_path / "registry.sqlite")) == 1
 
 
 def test_npy_rows_stream_in_order_and_appear_only_complete(tmp_path):
