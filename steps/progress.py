@@ -10,18 +10,28 @@ here, each row costing 2 x corpus rows x dim floating point operations (the work
 """
 from __future__ import annotations
 
+import os
 import re
 import time
 from typing import Callable
 
 LINE = re.compile(r"progress (?P<percent>\d+(?:\.\d+)?)% rows (?P<done>\d+)/(?P<total>\d+)")
-DEFAULT_SECONDS = 1.0
+SECONDS_ENV = "ALLPAIRS_PROGRESS_SECONDS"  # the cadence; 0: a line per finished tile
+DEFAULT_SECONDS = 5.0
+
+
+def read_cadence() -> float:
+    try:
+        return max(0.0, float(os.environ.get(SECONDS_ENV) or DEFAULT_SECONDS))
+    except ValueError:
+        return DEFAULT_SECONDS
 
 
 class Progress:
     def __init__(self, total: int, flops_per_row: float, log: Callable[[str], None],
-                 every: float = DEFAULT_SECONDS, clock: Callable[[], float] = time.monotonic):
-        self.total, self.flops_per_row, self.log, self.every, self.clock = total, flops_per_row, log, every, clock
+                 every: float | None = None, clock: Callable[[], float] = time.monotonic):
+        self.total, self.flops_per_row, self.log, self.clock = total, flops_per_row, log, clock
+        self.every = read_cadence() if every is None else every
         self.began = clock()
         self.done = self.computed = 0
         self.last = None

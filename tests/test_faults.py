@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
+import re
 import signal
 import subprocess
 import sys
@@ -18,6 +20,7 @@ from pipeline.cli import main
 from pipeline.errors import LocalRunError, UsageError
 from pipeline.local.faults import Fault, host_faults, parse_faults
 from pipeline.local.plan import StepPlan
+from steps.progress import LINE as PROGRESS_LINE
 from steps.registry import list_local
 
 REPO = Path(__file__).resolve().parents[1]
@@ -103,6 +106,102 @@ def test_whole_step_killed_during_a_checkpoint_write_restarts_and_discards_the_t
     checkpoints = next(artifact.parent.glob("checkpoints"))
     assert not [p for p in checkpoints.iterdir() if p.name.endswith(".tmp")]
     assert len(list(checkpoints.iterdir())) == 12  # every block of every host, once
+
+
+# ---- stops at arbitrary moments, delivered from outside as SageMaker delivers them ------------------------------
+
+
+@pytest.fixture(scope="module")
+def busy(tmp_path_factory):
+    """Enough work that a stop lands mid-share: 2 hosts x 15,000 rows of 30,000 x 128 in tiles of 500 rows;
+    checkpoints only when stopped (checkpoint_seconds 3600), a progress line per tile (for at=P%)."""
+    folder = tmp_path_factory.mktemp("busy")
+    np.save(folder / "X.npy", np.random.default_rng(3).standard_normal((30000, 128)).astype(np.float32))
+    text = (REPO / "pipeline.yaml").read_text().replace("chunk_rows: 65536", "chunk_rows: 500").replace(
+        "checkpoint_seconds: 120", "checkpoint_seconds: 3600")
+    (folder / "pipeline.yaml").write_text(text)
+    return folder / "X.npy", folder / "pipeline.yaml"
+
+
+def run_busy(tmp_path, busy, monkeypatch, faults="", checkpoint_seconds=None):
+    data, spec = busy
+    if checkpoint_seconds is not None:
+        spec = tmp_path / "pipeline.yaml"
+        spec.write_text(busy[1].read_text().replace("checkpoint_seconds: 3600",
+                                                    f"checkpoint_seconds: {checkpoint_seconds}"))
+    monkeypatch.setenv("ALLPAIRS_FAULTS", faults)
+    monkeypatch.setenv("ALLPAIRS_PROGRESS_SECONDS", "0")
+    out = tmp_path / "out"
+    code = main(["run", "--spec", str(spec), "--workdir", str(tmp_path / "work"), "--param", f"InputData={data}",
+                 "--param", f"OutputPrefix={out}", "--param", "InstanceCount=2", "--param", "TopK=5"])
+    assert code == 0
+    (artifact,) = out.glob("*/artifact")
+    (record,) = (tmp_path / "work/executions").glob("*/execution.json")
+    return artifact, json.loads(record.read_text())
+
+
+@pytest.fixture(scope="module")
+def busy_reference(busy, tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:
+        artifact, _ = run_busy(tmp_path_factory.mktemp("busy-ref"), busy, mp)
+    return digest(artifact)
+
+
+def lives(record: dict, host: str) -> list[list[str]]:
+    """The host's log, one list of lines per start (the runner marks each restart)."""
+    parts = [[]]
+    for line in log_of(record, host).splitlines():
+        if line.endswith("restarted after an injected fault, as spot restarts it ---"):
+            parts.append([])
+        else:
+            parts[-1].append(line)
+    return parts
+
+
+def rows_reported(lines: list[str], before: str) -> int:
+    """Rows of the share the host said were done, in its progress lines before the line containing `before`."""
+    done = 0
+    for line in lines:
+        if before in line:
+            return done
+        found = PROGRESS_LINE.search(line)
+        if found:
+            done = int(found["done"])
+    raise AssertionError(f"no line with {before!r}")
+
+
+def resumed_rows(lines: list[str]) -> int:
+    return sum(int(b) - int(a) for a, b in re.findall(r"resumed rows \[(\d+), (\d+)\) from checkpoint", "\n".join(lines)))
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_sigterm_at_a_random_share_checkpoints_every_finished_row_and_the_resumed_artifact_is_identical(
+        tmp_path, busy, busy_reference, monkeypatch, seed):
+    percent = random.Random(seed).uniform(8, 70)
+    artifact, record = run_busy(tmp_path, busy, monkeypatch, f"Similarity:algo-2:at={percent:.1f}%")
+    assert digest(artifact) == busy_reference
+    first, second = lives(record, "algo-2")
+    stop = next(line for line in first if "stopped by SIGTERM" in line)
+    saved, total = map(int, re.search(r"; (\d+) of (\d+) rows of this host are in checkpoints", stop).groups())
+    reported = rows_reported(first, "SIGTERM from the runner")
+    # Every row the host had finished when the signal came is saved (checkpoint_seconds 3600: by the stop alone),
+    # the host exited on its own within the grace period (no SIGKILL), and the restart computed only the rest.
+    assert total == 15000 and percent / 100 * total <= reported <= saved < total
+    assert not any("SIGKILL" in line for line in first)
+    assert resumed_rows(second) == saved
+    assert second[-1].endswith(f"({saved} resumed from checkpoints)")
+
+
+def test_sigkill_at_a_random_moment_loses_at_most_the_rows_since_the_last_checkpoint(
+        tmp_path, busy, busy_reference, monkeypatch):
+    seconds = random.Random(7).uniform(1.0, 2.5)
+    artifact, record = run_busy(tmp_path, busy, monkeypatch, f"Similarity:algo-1:at={seconds:.2f}s;signal=KILL",
+                                checkpoint_seconds=0)
+    assert digest(artifact) == busy_reference
+    first, second = lives(record, "algo-1")
+    assert record["steps"][1]["hosts"]["algo-1"]["restarts"] == 1
+    # checkpoint_seconds 0: a tile is checkpointed before its progress line, so nothing reported is lost.
+    assert resumed_rows(second) >= rows_reported(first, "SIGKILL from the runner")
 
 
 def test_a_malformed_fault_is_refused_before_anything_runs(tmp_path, setup, monkeypatch, capsys):

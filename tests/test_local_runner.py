@@ -335,6 +335,43 @@ def test_without_a_failure_file_the_last_stderr_line_is_the_reason(tmp_path, dat
         run(definition, tmp_path)
 
 
+def test_a_processing_job_reason_is_its_exit_message_as_sagemaker_reads_it(tmp_path, data_file):
+    """Processing jobs report /opt/ml/output/message (ExitMessage); /opt/ml/output/failure is training's file."""
+    definition = make_definition(str(data_file), str(tmp_path / "out"), count=1)
+    definition["Steps"][1]["Arguments"]["AppSpecification"]["ContainerEntrypoint"] = ["python3", "-c", (
+        "import os, pathlib, sys; out = pathlib.Path(os.environ['ALLPAIRS_OPT_ML']) / 'output'; out.mkdir(); "
+        "(out / 'failure').write_text('not read for a processing job'); "
+        "(out / 'message').write_text('prep: row 7 column 2: value is NaN; fix the input'); "
+        "print('a traceback line', file=sys.stderr); sys.exit(1)")]
+    with pytest.raises(LocalRunError, match=r"^step Prep, host algo-1 failed: prep: row 7 column 2: value is NaN; "
+                                            r"fix the input \(log: .*job.log\)$"):
+        run(definition, tmp_path)
+
+
+def test_a_processing_exit_message_that_is_not_utf8_fails_the_job_as_sagemaker_does(tmp_path, data_file):
+    definition = make_definition(str(data_file), str(tmp_path / "out"), count=1)
+    code = PROCESS_CODE + "(root / 'output').mkdir(); (root / 'output/message').write_bytes(b'done \\xff')\n"
+    definition["Steps"][1]["Arguments"]["AppSpecification"]["ContainerEntrypoint"] = ["python3", "-c", code]
+    with pytest.raises(LocalRunError) as info:
+        run(definition, tmp_path)
+    assert str(info.value) == ("step Prep, host algo-1: ClientError: /opt/ml/output/message is not UTF-8 (invalid "
+                               "start byte at byte 5), which fails a processing job; write the message as UTF-8")
+    assert not (tmp_path / "out").exists()  # a failed job's outputs are not published
+
+
+def test_processing_outputs_are_published_only_after_the_container_exits(tmp_path, data_file):
+    definition = make_definition(str(data_file), str(tmp_path / "out"), count=1)
+    app = definition["Steps"][1]["Arguments"]["AppSpecification"]
+    # The container looks for its own output where it will be published, while it still runs.
+    app["ContainerArguments"] = [out_uri("result")]
+    app["ContainerEntrypoint"] = ["python3", "-c", PROCESS_CODE + (
+        "seen = pathlib.Path(sys.argv[1]).exists()\n"
+        "(root / 'processing/output/result/seen.txt').write_text(str(seen))\n")]
+    execution = run(definition, tmp_path)
+    published = Path(execution.output_uri("Prep", "result"))
+    assert (published / "seen.txt").read_text() == "False" and (published / "result.txt").is_file()
+
+
 def test_gzip_compression_writes_one_model_tarball(tmp_path, data_file):
     execution = run(make_definition(str(data_file), str(tmp_path / "out"), count=2, compression="GZIP"), tmp_path)
     tarball = Path(execution.steps["Train"].properties["ModelArtifacts.S3ModelArtifacts"])
