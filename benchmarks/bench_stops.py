@@ -90,6 +90,18 @@ def start(base: Path, normalized: Path, checkpoints: Path, interval: float) -> t
     return Host(root, env), root
 
 
+def signal_at(base: Path, normalized: Path, interval: float, at: float, sig: int) -> tuple[Host, float, float, Path]:
+    """A host on fresh checkpoints, sent `sig` `at` seconds after its start; returns it, when it was sent, when
+    the host had exited (seconds since its start), its checkpoints."""
+    ck = base / f"ck-{time.monotonic_ns()}"
+    ck.mkdir()
+    host, _ = start(base, normalized, ck, interval)
+    time.sleep(max(0.0, at - (time.monotonic() - host.began)))
+    sent = time.monotonic() - host.began
+    host.process.send_signal(sig)
+    return host, sent, host.wait(), ck
+
+
 def artifact_sha(base: Path, normalized: Path, model: Path) -> str:
     root = base / f"merge-{time.monotonic_ns()}"
     (root / "processing/input").mkdir(parents=True)
@@ -152,14 +164,8 @@ def main(argv=None):
         print("\n| SIGTERM at (s) | exited after (s) | rows saved | rows done when signalled |")
         print("|---|---|---|---|")
         for _ in range(a.repeats):
-            at = rng.uniform(0.5, wall - 0.5)
-            ck = base / f"ck-term-{time.monotonic_ns()}"
-            ck.mkdir()
-            host, _ = start(base, normalized, ck, interval)
-            time.sleep(max(0.0, at - (time.monotonic() - host.began)))
-            sent = time.monotonic() - host.began
-            host.process.send_signal(signal.SIGTERM)
-            exited = host.wait() - sent
+            host, sent, ended, _ = signal_at(base, normalized, interval, rng.uniform(0.5, wall - 0.5), signal.SIGTERM)
+            exited = ended - sent
             stopped = host.times(STOPPED)
             saved = int(stopped[-1][1][1]) if stopped else 0
             done = max((int(m[1]) for t, m in host.times(PROGRESS) if t <= sent), default=0)
@@ -169,14 +175,7 @@ def main(argv=None):
         print("\n| kill -9 at (s) | seconds lost | rows lost | rows resumed | resumed artifact = uninterrupted |")
         print("|---|---|---|---|---|")
         for _ in range(a.repeats):
-            at = rng.uniform(0.5, wall - 0.5)
-            ck = base / f"ck-kill-{time.monotonic_ns()}"
-            ck.mkdir()
-            host, _ = start(base, normalized, ck, interval)
-            time.sleep(max(0.0, at - (time.monotonic() - host.began)))
-            killed = time.monotonic() - host.began
-            host.process.kill()
-            host.wait()
+            host, killed, _, ck = signal_at(base, normalized, interval, rng.uniform(0.5, wall - 0.5), signal.SIGKILL)
             saved_at = [t for t, _ in host.times(CHECKPOINT) if t <= killed]
             progress = host.times(PROGRESS)
             started = (progress[0][0] - block_seconds(host)) if progress else killed

@@ -43,12 +43,12 @@ def setup(tmp_path_factory):
     return folder / "X.npy", spec
 
 
-def run(tmp_path, setup, monkeypatch, faults=""):
+def run(tmp_path, setup, monkeypatch, faults="", hosts=3, k=4):
     data, spec = setup
     monkeypatch.setenv("ALLPAIRS_FAULTS", faults)
     out = tmp_path / "out"
     code = main(["run", "--spec", str(spec), "--workdir", str(tmp_path / "work"), "--param", f"InputData={data}",
-                 "--param", f"OutputPrefix={out}", "--param", "InstanceCount=3", "--param", "TopK=4"])
+                 "--param", f"OutputPrefix={out}", "--param", f"InstanceCount={hosts}", "--param", f"TopK={k}"])
     assert code == 0
     (artifact,) = out.glob("*/artifact")
     (record,) = (tmp_path / "work/executions").glob("*/execution.json")
@@ -129,15 +129,8 @@ def run_busy(tmp_path, busy, monkeypatch, faults="", checkpoint_seconds=None):
         spec = tmp_path / "pipeline.yaml"
         spec.write_text(busy[1].read_text().replace("checkpoint_seconds: 3600",
                                                     f"checkpoint_seconds: {checkpoint_seconds}"))
-    monkeypatch.setenv("ALLPAIRS_FAULTS", faults)
     monkeypatch.setenv("ALLPAIRS_PROGRESS_SECONDS", "0")
-    out = tmp_path / "out"
-    code = main(["run", "--spec", str(spec), "--workdir", str(tmp_path / "work"), "--param", f"InputData={data}",
-                 "--param", f"OutputPrefix={out}", "--param", "InstanceCount=2", "--param", "TopK=5"])
-    assert code == 0
-    (artifact,) = out.glob("*/artifact")
-    (record,) = (tmp_path / "work/executions").glob("*/execution.json")
-    return artifact, json.loads(record.read_text())
+    return run(tmp_path, (data, spec), monkeypatch, faults, hosts=2, k=5)
 
 
 @pytest.fixture(scope="module")
