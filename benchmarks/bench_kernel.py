@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from steps.kernel import Corpus, default_threads, dot_error_bound, top_k  # noqa: E402
+from steps.kernel import Corpus, KernelConfig, QueryRows, default_threads, dot_error_bound, top_k  # noqa: E402
 
 
 def mixture(rows: int, dim: int, clusters: int, seed: int) -> np.ndarray:
@@ -36,7 +36,7 @@ def mixture(rows: int, dim: int, clusters: int, seed: int) -> np.ndarray:
 
 
 def ours(X, k, threads, budget):
-    parts = list(top_k(Corpus([X]), 0, len(X), k, budget_bytes=budget, threads=threads))
+    parts = list(top_k(Corpus([X]), QueryRows(0, len(X)), KernelConfig(k, None, budget, threads)))
     return np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts])
 
 

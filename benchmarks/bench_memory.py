@@ -19,7 +19,7 @@ import numpy as np
 from numpy.lib.format import open_memmap
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from steps.kernel import Corpus, top_k  # noqa: E402
+from steps.kernel import Corpus, KernelConfig, QueryRows, top_k  # noqa: E402
 
 
 def write_matrix(path: Path, rows: int, dim: int, seed: int, chunk: int = 100_000) -> None:
@@ -61,7 +61,7 @@ def main(argv=None):
     nb = open_memmap(out_dir / "bench-neighbors.npy", mode="w+", dtype=np.int64, shape=(stop, a.k))
     sc = open_memmap(out_dir / "bench-scores.npy", mode="w+", dtype=np.float32, shape=(stop, a.k))
     began = time.perf_counter()
-    for first, n_, s_ in top_k(Corpus([X]), 0, stop, a.k, budget_bytes=a.budget_mb << 20, threads=a.threads):
+    for first, n_, s_ in top_k(Corpus([X]), QueryRows(0, stop), KernelConfig(a.k, None, a.budget_mb << 20, a.threads)):
         nb[first: first + len(n_)] = n_
         sc[first: first + len(s_)] = s_
     seconds = time.perf_counter() - began

@@ -16,10 +16,11 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from pipeline.compile import CHATTY_LOGGERS
-from pipeline.diff import changed_summary, definition_diff
+from pipeline.definition.diff import changed_summary, definition_diff
+from pipeline.definition.limits import plain_text
+from pipeline.definition.parameters import resolve_parameters
 from pipeline.errors import AwsError, UsageError
-from pipeline.limits import check_definition, plain_text
+from pipeline.sdk import CHATTY_LOGGERS
 from pipeline.spec import Spec
 
 # 123456789012 is the account of AWS's documentation examples, and of the shipped pipeline.yaml.
@@ -286,16 +287,10 @@ def diff(target: Target, spec: Spec, definition: str) -> list[str]:
 # Executions
 
 
-def start(target: Target, spec: Spec, overrides: Sequence[Any], local_definition: str) -> tuple[str, str]:
-    """Start an execution; returns (execution ARN, Studio link). Overrides are checked before any call."""
-    from pipeline.local.parameters import check_parameter_values, resolve_parameters  # lazy: pulls in numpy
-
-    values = resolve_parameters(json.loads(local_definition), overrides)  # unknown name or bad value: UsageError
+def start(target: Target, spec: Spec, overrides: Sequence[Any], values: dict[str, Any]) -> tuple[str, str]:
+    """Start an execution with `values` (checked by the caller); returns (execution ARN, Studio link). The
+    overrides must also be parameters of the deployed pipeline, checked before the call."""
     given = {o.name: o for o in overrides}
-    check_definition(local_definition, values, lambda n: given[n].origin if n in given else spec.where(""))
-    # Out of range (TopK=0, a local path as InputData...): refused here, not hours later by a step.
-    check_parameter_values({n: values[n] for n in given}, {n: o.origin for n, o in given.items()},
-                           spec.value_problem(local=False))
     deployed = require(target, spec.name)
     try:
         resolve_parameters(json.loads(deployed.definition), overrides)

@@ -1,4 +1,4 @@
-"""`python -m pipeline <command>`: each command a few lines calling the library.
+"""`python -m pipeline <command>`: parse the command line, call pipeline/api.py, print, map errors to exit codes.
 
 Errors print one line, `error: <message>`, and exit 2 (spec/usage) or 1 (run failure); --verbose adds the traceback.
 """
@@ -11,8 +11,8 @@ import threading
 import traceback
 from typing import Sequence
 
-from pipeline.compile import ARTIFACT_OUTPUT, MERGE
-from pipeline.errors import AllpairsError, UsageError
+from pipeline import api
+from pipeline.errors import AllpairsError
 
 _print_lock = threading.Lock()
 
@@ -90,86 +90,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load(args):
-    from pipeline.compile import compile_definition
-    from pipeline.spec import load_spec
-
-    spec = load_spec(args.spec)
-    return spec, compile_definition(spec)
-
-
-def spec_overrides(spec) -> list:
-    """The spec's local.parameters as overrides whose errors point at their line in the spec."""
-    from pipeline.local import ParameterOverride
-
-    return [
-        ParameterOverride(name, value, f"{spec.where(f'local.parameters.{name}')}: local.parameters.{name}")
-        for name, value in spec.local_parameters().items()
-    ]
-
-
 def cmd_validate(args) -> int:
-    from pipeline.local import load_definition, plan_steps, resolve_parameters
-
-    spec, text = load(args)
-    definition = load_definition(text)
-    steps = plan_steps(definition)  # the local runner can interpret everything the compiler emitted
-    resolve_parameters(definition, spec_overrides(spec))
-    print(f"ok: {args.spec}: pipeline {spec.name}, steps {' -> '.join(s.name for s in steps)}, "
-          f"{len(definition.get('Parameters') or [])} parameters")
+    print(api.validate(args.spec))
     return 0
 
 
 def cmd_definition(args) -> int:
-    print(load(args)[1])
+    print(api.load(args.spec)[1])
     return 0
 
 
 def cmd_run(args) -> int:
-    from pipeline.local import parse_param_args, read_registration, resume_local, run_local
-
-    if args.resume and args.param:
-        raise UsageError(f"--resume {args.resume} takes the parameters the execution started with; drop --param "
-                         "(or start a new run without --resume)")
+    api.refuse_resume_with_params(args.resume, args.param)
     echo = say if args.verbose else None
     if args.resume:
-        # The record holds all a resume needs; the spec only supplies the default workdir.
-        workdir = args.workdir or load_spec_only(args).local.workdir
-        execution = resume_local(args.resume, workdir=workdir, echo=echo, progress=say)
+        execution = api.resume(args.resume, args.spec, args.workdir, echo, say)
     else:
-        spec, text = load(args)
-        overrides = spec_overrides(spec) + parse_param_args(args.param)
-        execution = run_local(text, overrides, workdir=args.workdir or spec.local.workdir, pipeline_name=spec.name,
-                              region=spec.region, echo=echo, progress=say, value_problem=spec.value_problem(local=True))
-    artifact = execution.output_uri(MERGE, ARTIFACT_OUTPUT)
-    print(f"artifact: {artifact}")
-    registration = read_registration(artifact)
-    if registration:
-        print(f"registered: {registration.get('model_package_arn')} ({registration.get('approval_status')})")
-    print(f"record: {execution.record_path}")
+        execution = api.run(args.spec, args.param, args.workdir, echo, say)
+    print("\n".join(api.run_summary(execution)))
     return 0
 
 
 def cmd_registry(args) -> int:
-    from pathlib import Path
-
-    from pipeline.local import REGISTRY_FILE
-    from steps.registry import list_local
-
-    workdir = Path(args.workdir) if args.workdir else load_spec_only(args).local.workdir
-    path = workdir / REGISTRY_FILE
+    path, entries = api.registry_entries(args.spec, args.workdir, args.group)
     if not path.exists():
         print(f"no local registry at {path} yet: `python -m pipeline run` creates it", file=sys.stderr)
-        return 0
-    for entry in list_local(path, args.group):
+    for entry in entries:
         print(json.dumps(entry, sort_keys=True))
     return 0
-
-
-def load_spec_only(args):
-    from pipeline.spec import load_spec
-
-    return load_spec(args.spec)
 
 
 def say(line: str) -> None:
@@ -178,23 +126,15 @@ def say(line: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Cloud commands: each a few lines calling pipeline.aws
+# Cloud commands (pipeline/aws.py through pipeline/api.py)
 
 
-def connect(args, spec):
-    from pipeline import aws
-
-    return aws.connect(spec, region=args.region, profile=args.profile, role_arn=args.role_arn)
+def cloud(args) -> dict:
+    return {"region": args.region, "profile": args.profile, "role_arn": args.role_arn}
 
 
 def cmd_upsert(args) -> int:
-    from pipeline import aws
-
-    spec, text = load(args)
-    aws.check_publishable(spec, args.role_arn or spec.role_arn)
-    target = connect(args, spec)
-    arn, summary = aws.upsert(target, spec, text)
-    note = aws.mutable_tag_note(spec.image)
+    note, arn, summary = api.upsert(args.spec, **cloud(args))
     if note:
         print(note, file=sys.stderr)
     print(arn)
@@ -203,49 +143,30 @@ def cmd_upsert(args) -> int:
 
 
 def cmd_diff(args) -> int:
-    from pipeline import aws
-
-    spec, text = load(args)
-    lines = aws.diff(connect(args, spec), spec, text)
-    print("\n".join(lines) if lines else f"no differences: the deployed {spec.name} is this spec's definition")
+    name, lines = api.diff(args.spec, **cloud(args))
+    print("\n".join(lines) if lines else f"no differences: the deployed {name} is this spec's definition")
     return 0
 
 
 def cmd_start(args) -> int:
-    from pipeline import aws
-    from pipeline.local import parse_param_args
-
-    spec, text = load(args)
-    overrides = parse_param_args(args.param)
-    target = connect(args, spec)
-    arn, link = aws.start(target, spec, overrides, text)
+    target, arn, link = api.start(args.spec, args.param, **cloud(args))
     print(arn)
     print(link)
     if not args.wait:
         return 0
-    final = aws.wait(target, arn, say, timeout=args.timeout)
-    print("\n".join(aws.status(target, arn).lines()))
+    final, lines = api.wait(target, arn, say, args.timeout)
+    print("\n".join(lines))
     return 0 if final == "Succeeded" else 1
 
 
 def cmd_status(args) -> int:
-    from pipeline import aws
-
-    spec = load_spec_only(args)
-    target = connect(args, spec)
-    state = aws.status(target, aws.execution_arn(target, spec, args.execution))
-    print("\n".join(state.lines()))
+    print("\n".join(api.status(args.spec, args.execution, **cloud(args))))
     return 0
 
 
 def cmd_image(args) -> int:
-    from pipeline import image
-
-    spec = load_spec_only(args)
-    tag = args.tag or image.default_tag()
     if args.action == "build":
-        print(image.build(args.repository, tag))
+        print(api.image_build(args.repository, args.tag))
         return 0
-    target = connect(args, spec)
-    print(image.push(target, args.repository, tag, say))
+    print(api.image_push(args.spec, args.repository, args.tag, say, **cloud(args)))
     return 0

@@ -9,17 +9,16 @@ The SDK is imported lazily: importing it costs seconds and needs a region (notes
 """
 from __future__ import annotations
 
-import contextlib
-import functools
 import json
-import logging
-import os
-import warnings
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
+from pipeline.definition.limits import check_definition
 from pipeline.errors import AllpairsError, CompileError
-from pipeline.limits import check_definition
-from pipeline.spec import APPROVAL_STATUSES, PARAMETER_NAMES, Spec
+from pipeline.sdk import SDK_CONFIG, offline_boto_session, quiet_sdk
+from pipeline.spec import PARAMETERS, Spec
+from steps.contract import (APPROVAL_STATUSES, ARTIFACT, CHECKPOINT_PATH, CHECKPOINT_SECONDS_ENV, MATRIX,
+                            MEMORY_BUDGET_MB, MIN_SCORE, NORMALIZED, REGISTRATION, SHARDS, THREADS, TOP_K,
+                            processing_input_path, processing_output_path)
 
 if TYPE_CHECKING:  # pragma: no cover
     import boto3
@@ -29,29 +28,14 @@ if TYPE_CHECKING:  # pragma: no cover
 PREPROCESS, SIMILARITY, MERGE, REGISTER = "Preprocess", "Similarity", "Merge", "Register"
 STEP_NAMES = (PREPROCESS, SIMILARITY, MERGE, REGISTER)
 
-# Container paths (docs/container-contract.md).
-MATRIX_PATH = "/opt/ml/processing/input/matrix"
-NORMALIZED_OUT_PATH = "/opt/ml/processing/output/normalized"
-SHARDS_PATH = "/opt/ml/processing/input/shards"
-NORMALIZED_IN_PATH = "/opt/ml/processing/input/normalized"
-ARTIFACT_PATH = "/opt/ml/processing/output/artifact"
-ARTIFACT_OUTPUT = "artifact"  # the Merge output holding the product of a run
-REGISTER_INPUT_PATH = "/opt/ml/processing/input/artifact"
-REGISTRATION_PATH = "/opt/ml/processing/output/registration"
-REGISTRATION_OUTPUT = "registration"
-CHECKPOINT_PATH = "/opt/ml/checkpoints"
-
-# A config dict instead of the SDK's config files: telemetry off, and nothing from ~/.config/sagemaker or
-# /etc/xdg/sagemaker can inject roles, tags, KMS keys or subnets into the definition.
-_SDK_CONFIG = {"SchemaVersion": "1.0", "SageMaker": {"PythonSDK": {"Modules": {"TelemetryOptOut": True}}}}
-CHATTY_LOGGERS = ("sagemaker", "botocore", "boto3", "urllib3")  # their INFO lines and warnings: noise to us
+ARTIFACT_OUTPUT = ARTIFACT  # the Merge output holding the product of a run
 
 
 def compile_definition(spec: Spec) -> str:
     """The pipeline definition JSON, exactly as `upsert` sends it. No network, deterministic."""
-    with _quiet_sdk(spec.region):
+    with quiet_sdk(spec.region):
         try:
-            pipeline = build_pipeline(spec, boto_session=_offline_boto_session(spec.region))
+            pipeline = build_pipeline(spec, boto_session=offline_boto_session(spec.region))
             text = _with_training_job_prefix(pipeline.definition(), spec)  # step arguments are built in here
         except AllpairsError:
             raise
@@ -80,14 +64,14 @@ def _where_parameter(spec: Spec, name: str | None) -> str:
 
 
 def build_pipeline(spec: Spec, boto_session: "boto3.Session") -> "Pipeline":
-    """The sagemaker Pipeline object. Call it inside _quiet_sdk, as compile_definition does."""
+    """The sagemaker Pipeline object. Call it inside quiet_sdk, as compile_definition does."""
     from sagemaker.core.workflow.pipeline_context import PipelineSession
     from sagemaker.core.workflow.pipeline_definition_config import PipelineDefinitionConfig
     from sagemaker.mlops.workflow.pipeline import Pipeline
 
     session = PipelineSession(
         boto_session=boto_session,
-        sagemaker_config=_SDK_CONFIG,
+        sagemaker_config=SDK_CONFIG,
     )
     params = _parameters(spec)
     preprocess = _preprocess_step(spec, session, params)
@@ -111,26 +95,17 @@ def build_pipeline(spec: Spec, boto_session: "boto3.Session") -> "Pipeline":
 
 
 def _parameters(spec: Spec) -> dict[str, Any]:
+    """The definition's parameters, from the one table (pipeline/spec/parameters.py), with the spec's defaults."""
     from sagemaker.core.workflow.parameters import ParameterFloat, ParameterInteger, ParameterString
 
-    d = spec.parameters
-    params = {
-        "InputData": ParameterString("InputData", default_value=d["InputData"]),
-        "OutputPrefix": ParameterString("OutputPrefix", default_value=d["OutputPrefix"]),
-        "InstanceCount": ParameterInteger("InstanceCount", default_value=d["InstanceCount"]),
-        "InstanceType": ParameterString(
-            "InstanceType",
-            default_value=d["InstanceType"],
-            enum_values=list(spec.instance_types) if spec.instance_types else None,
-        ),
-        "TopK": ParameterInteger("TopK", default_value=d["TopK"]),
-        "MinScore": ParameterFloat("MinScore", default_value=float(d["MinScore"])),
-        "ModelPackageGroup": ParameterString("ModelPackageGroup", default_value=d["ModelPackageGroup"]),
-        "ApprovalStatus": ParameterString(
-            "ApprovalStatus", default_value=d["ApprovalStatus"], enum_values=list(APPROVAL_STATUSES)
-        ),
-    }
-    assert tuple(params) == PARAMETER_NAMES
+    kinds = {"String": ParameterString, "Integer": ParameterInteger, "Float": ParameterFloat}
+    enums = {"InstanceType": list(spec.instance_types) if spec.instance_types else None,
+             "ApprovalStatus": list(APPROVAL_STATUSES)}
+    params = {}
+    for p in PARAMETERS:
+        default = float(spec.parameters[p.name]) if p.type == "Float" else spec.parameters[p.name]  # Float refuses int
+        extra = {"enum_values": enums.get(p.name)} if p.type == "String" else {}
+        params[p.name] = kinds[p.type](p.name, default_value=default, **extra)
     return params
 
 
@@ -214,7 +189,7 @@ def _capacity_retry(spec: Spec) -> list[Any]:
 
 
 def _normalized_uri(preprocess: Any) -> Any:
-    return preprocess.properties.ProcessingOutputConfig.Outputs["normalized"].S3Output.S3Uri
+    return preprocess.properties.ProcessingOutputConfig.Outputs[NORMALIZED].S3Output.S3Uri
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -228,8 +203,6 @@ def _preprocess_step(spec: Spec, session: Any, params: dict[str, Any]) -> Any:
         "--input-uri", params["InputData"],
         "--non-finite", spec.input.non_finite,
         "--chunk-rows", str(spec.preprocess.chunk_rows),
-        # Preprocess knows the rows: more hosts than rows is refused there, before any host is paid for.
-        "--instance-count", params["InstanceCount"].to_string(),
     ]  # fmt: skip
     if spec.input.id_column is not None:
         arguments += ["--id-column", spec.input.id_column]
@@ -242,8 +215,8 @@ def _preprocess_step(spec: Spec, session: Any, params: dict[str, Any]) -> Any:
         display_name=PREPROCESS,  # the public schema allows only [A-Za-z0-9-_] here
         description="Read the input matrix, check for non-finite values, L2-normalize rows, write float32 chunks",
         step_args=processor.run(
-            inputs=[_s3_input("matrix", params["InputData"], MATRIX_PATH)],
-            outputs=[_s3_output("normalized", _run_uri(params, "normalized"), NORMALIZED_OUT_PATH)],
+            inputs=[_s3_input(MATRIX, params["InputData"], processing_input_path(MATRIX))],
+            outputs=[_s3_output(NORMALIZED, _run_uri(params, "normalized"), processing_output_path(NORMALIZED))],
             arguments=arguments,
         ),
         cache_config=cache,
@@ -297,17 +270,17 @@ def _similarity_step(spec: Spec, session: Any, params: dict[str, Any], preproces
             enable_network_isolation=sec.network_isolation,
         ),
         tags=[Tag(key=key, value=value) for key, value in spec.tags.items()] or None,
-        environment={"ALLPAIRS_CHECKPOINT_SECONDS": str(s.checkpoint_seconds)},
+        environment={CHECKPOINT_SECONDS_ENV: str(s.checkpoint_seconds)},
         # SageMaker passes hyperparameters as strings: parameters go through to_string() (notes, gotcha 7)
         hyperparameters={
-            "top_k": params["TopK"].to_string(),
-            "min_score": params["MinScore"].to_string(),
-            "memory_budget_mb": str(s.memory_budget_mb),
-            "threads": "0",
+            TOP_K: params["TopK"].to_string(),
+            MIN_SCORE: params["MinScore"].to_string(),
+            MEMORY_BUDGET_MB: str(s.memory_budget_mb),
+            THREADS: "0",
         },
     )
     channel = InputData(
-        channel_name="normalized",
+        channel_name=NORMALIZED,
         data_source=S3DataSource(
             s3_data_type="S3Prefix",
             s3_uri=_normalized_uri(preprocess),
@@ -342,10 +315,10 @@ def _merge_step(spec: Spec, session: Any, params: dict[str, Any], preprocess: An
         description="Check that every row is covered once, write the neighbours artifact",
         step_args=processor.run(
             inputs=[
-                _s3_input("shards", similarity.properties.ModelArtifacts.S3ModelArtifacts, SHARDS_PATH),
-                _s3_input("normalized", _normalized_uri(preprocess), NORMALIZED_IN_PATH),
+                _s3_input(SHARDS, similarity.properties.ModelArtifacts.S3ModelArtifacts, processing_input_path(SHARDS)),
+                _s3_input(NORMALIZED, _normalized_uri(preprocess), processing_input_path(NORMALIZED)),
             ],
-            outputs=[_s3_output(ARTIFACT_OUTPUT, _run_uri(params, "artifact"), ARTIFACT_PATH)],
+            outputs=[_s3_output(ARTIFACT, _run_uri(params, "artifact"), processing_output_path(ARTIFACT))],
             arguments=arguments,
         ),
         retry_policies=_capacity_retry(spec),
@@ -358,7 +331,7 @@ def _register_step(spec: Spec, session: Any, params: dict[str, Any], merge: Any)
     from sagemaker.core.workflow.execution_variables import ExecutionVariables
     from sagemaker.mlops.workflow.steps import ProcessingStep
 
-    artifact = merge.properties.ProcessingOutputConfig.Outputs[ARTIFACT_OUTPUT].S3Output.S3Uri
+    artifact = merge.properties.ProcessingOutputConfig.Outputs[ARTIFACT].S3Output.S3Uri
     arguments: list[Any] = [
         "--execution-id", ExecutionVariables.PIPELINE_EXECUTION_ID,
         "--artifact-uri", _run_uri(params, "artifact"),
@@ -372,119 +345,10 @@ def _register_step(spec: Spec, session: Any, params: dict[str, Any], merge: Any)
         display_name=REGISTER,
         description="Check every artifact file where it landed (size, SHA-256), then register the artifact",
         step_args=processor.run(
-            inputs=[_s3_input(ARTIFACT_OUTPUT, artifact, REGISTER_INPUT_PATH)],
+            inputs=[_s3_input(ARTIFACT, artifact, processing_input_path(ARTIFACT))],
             # registration.json lands beside the artifact's files
-            outputs=[_s3_output(REGISTRATION_OUTPUT, _run_uri(params, "artifact"), REGISTRATION_PATH)],
+            outputs=[_s3_output(REGISTRATION, _run_uri(params, "artifact"), processing_output_path(REGISTRATION))],
             arguments=arguments,
         ),
         retry_policies=_capacity_retry(spec),
     )
-
-
-# ---------------------------------------------------------------------------------------------------------
-# SDK environment
-
-
-@functools.lru_cache(maxsize=None)  # botocore caches service models per session: reuse it
-def _offline_boto_session(region: str) -> "boto3.Session":
-    """A session that can never resolve real credentials: compiling must not reach IMDS, SSO or STS.
-
-    The PipelineSession creates clients (which load credentials) but, with everything explicit, calls none.
-    """
-    import boto3
-    import botocore.session
-
-    # Ignore AWS_PROFILE and the user's ~/.aws files: compiling depends on the spec alone (and a profile
-    # that does not exist here must not break `validate` in CI).
-    core = botocore.session.Session(
-        session_vars={
-            "profile": (None, None, None, None),
-            "config_file": (None, None, os.devnull, None),
-            "credentials_file": (None, None, os.devnull, None),
-        }
-    )
-    return boto3.Session(
-        botocore_session=core,
-        region_name=region,
-        aws_access_key_id="allpairs-compile-only",
-        aws_secret_access_key="allpairs-compile-only",
-    )
-
-
-def _import_sdk() -> None:
-    """The slow import; it builds boto3 sessions, so a broken AWS configuration surfaces here."""
-    import botocore.exceptions
-
-    try:
-        import sagemaker.mlops.workflow.pipeline  # noqa: F401
-    except botocore.exceptions.BotoCoreError as exc:
-        raise CompileError(f"cannot load the SageMaker SDK: {exc}; check AWS_PROFILE and ~/.aws/config") from None
-
-
-_OUR_CONFIG_VALIDATED: list[bool] = []
-
-
-@contextlib.contextmanager
-def _config_validated_once() -> Iterator[None]:
-    """Skip the SDK's re-validation of our own constant config dict while building.
-
-    The SDK validates the session's config against its JSON schema on every config lookup (~40 per build,
-    each re-checking the schema itself): ~3 s per compile. Any other config is still validated.
-    """
-    from sagemaker.core.config.config_manager import SageMakerConfig
-
-    original = SageMakerConfig.__dict__.get("validate_sagemaker_config")
-    if not isinstance(original, staticmethod):  # the SDK changed: leave it alone
-        yield
-        return
-    validate = original.__func__
-
-    def validate_unless_ours(sagemaker_config=None):
-        if sagemaker_config != _SDK_CONFIG:
-            validate(sagemaker_config)
-
-    if not _OUR_CONFIG_VALIDATED:
-        validate(_SDK_CONFIG)  # ours is checked too, once per process
-        _OUR_CONFIG_VALIDATED.append(True)
-    SageMakerConfig.validate_sagemaker_config = staticmethod(validate_unless_ours)
-    try:
-        yield
-    finally:
-        SageMakerConfig.validate_sagemaker_config = original
-
-
-@contextlib.contextmanager
-def _quiet_sdk(region: str) -> Iterator[None]:
-    """Make importing and using the SDK offline and silent; restore the environment afterwards.
-
-    - AWS_DEFAULT_REGION is set (and kept) if absent: `import sagemaker.mlops` builds a boto3 client.
-    - The SDK builds stray sessions (at import, and a LocalSession inside ProcessingStep) whose clients load
-      credentials: with none configured botocore would query the EC2 metadata service, so it is disabled
-      for the duration (the session compile_definition passes has fixed placeholder credentials).
-    - SAGEMAKER_VALIDATE_ROLE=false: ModelTrainer otherwise calls IAM while being constructed.
-    - INFO/WARNING logs and UserWarnings of the SDK are noise for a compile.
-    """
-    os.environ.setdefault("AWS_DEFAULT_REGION", region)
-    forced = {"SAGEMAKER_VALIDATE_ROLE": "false", "AWS_EC2_METADATA_DISABLED": "true"}
-    saved = {key: os.environ.get(key) for key in forced}
-    levels = {name: logging.getLogger(name).level for name in CHATTY_LOGGERS}
-    previous_disable = logging.root.manager.disable
-    os.environ.update(forced)
-    try:
-        logging.disable(logging.WARNING)  # also covers SDK loggers that set their own level
-        for name in CHATTY_LOGGERS:
-            logging.getLogger(name).setLevel(logging.ERROR)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            _import_sdk()
-            with _config_validated_once():
-                yield
-    finally:
-        logging.disable(previous_disable)
-        for name, level in levels.items():
-            logging.getLogger(name).setLevel(level)
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value

@@ -31,3 +31,8 @@ class LocalRunError(AllpairsError):
 
 class AwsError(AllpairsError):
     """A call to AWS failed (message names the cause and the fix)."""
+
+
+class DefinitionError(AllpairsError):
+    """The definition holds something the local runner (or validate) cannot interpret: a bug in compile.py or in
+    pipeline/definition, never the user's."""

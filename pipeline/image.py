@@ -1,7 +1,8 @@
-"""The one image for the three steps (containers/Dockerfile): build it with Docker, push it to ECR.
+"""The one image for the steps (containers/Dockerfile): Docker's part of building it and pushing it.
 
-Docker runs here, as a subprocess; the ECR calls (repository, login token, digest) go through pipeline.aws.
-The spec should name the image by the digest `push` prints: a tag can be moved, a digest cannot.
+Docker runs here, as a subprocess; the ECR calls (repository, login token, digest) are pipeline.aws's, and
+pipeline/api.py puts the two together. The spec should name the image by the digest a push prints: a tag can
+be moved, a digest cannot.
 """
 from __future__ import annotations
 
@@ -57,22 +58,15 @@ def run(command: Sequence[str], stdin: str | None = None) -> None:
         raise ImageError(f"`{shown}` failed (exit {done.returncode}): {last}")
 
 
-def build(repository: str, tag: str) -> str:
+def build(tag: str) -> None:
     require_docker(tag)
     run(build_command(tag))
-    return f"built {LOCAL_NAME}:{tag}; push it with: python -m pipeline image push --tag {tag} --repository {repository}"
 
 
-def push(target, repository: str, tag: str, say: Callable[[str], None]) -> str:
-    """Tag and push the built image; returns the line to put in the spec (the image by digest)."""
-    from pipeline import aws
-
-    require_docker(tag)
-    uri = aws.ecr_repository(target, repository)
-    registry, user, password = aws.ecr_login(target)
+def push(uri: str, tag: str, login: tuple[str, str, str], say: Callable[[str], None]) -> None:
+    """Log in to the registry (login: registry, user, password), tag the built image as uri:tag and push it."""
+    registry, user, password = login
     run(["docker", "login", "--username", user, "--password-stdin", registry], stdin=password)
     run(["docker", "tag", f"{LOCAL_NAME}:{tag}", f"{uri}:{tag}"])
     say(f"pushing {uri}:{tag}")
     run(["docker", "push", f"{uri}:{tag}"])
-    digest = aws.ecr_digest(target, repository, tag)
-    return f"image: {uri}@{digest}    # put this line in pipeline.yaml"

@@ -8,7 +8,7 @@ import threading
 import traceback
 from typing import Callable, Sequence
 
-from . import paths
+from .contract import failure_file, failure_text
 
 
 class StepError(Exception):
@@ -44,7 +44,7 @@ class StepArgumentParser(argparse.ArgumentParser):
 def run_step(name: str, main: Callable[[Sequence[str]], None], argv: Sequence[str] | None = None, *,
              job: str) -> int:
     """Run a step's main; on failure write the reason where the service reads it for this `job` type
-    (paths.failure_file) and return 1. SIGTERM raises Terminated meanwhile (main thread only: Python delivers
+    (contract.failure_file) and return 1. SIGTERM raises Terminated meanwhile (main thread only: Python delivers
     signals there)."""
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if in_main else None
@@ -57,9 +57,9 @@ def run_step(name: str, main: Callable[[Sequence[str]], None], argv: Sequence[st
         return 0
     print(reason, file=sys.stderr)
     try:
-        failure = paths.failure_file(job)
+        failure = failure_file(job)
         failure.parent.mkdir(parents=True, exist_ok=True)
-        failure.write_bytes(paths.failure_text(reason))
+        failure.write_bytes(failure_text(reason))
     except OSError:
         pass
     return 1

@@ -3,7 +3,7 @@
     python3 -m steps.preprocess --input-uri <InputData> [--id-column NAME] [--non-finite error|drop]
                                 [--chunk-rows N]
 
-Reads the channel /opt/ml/processing/input/matrix/ (see steps/readers.py for formats and file rules) and
+Reads the channel /opt/ml/processing/input/matrix/ (see steps/readers/ for formats and file rules) and
 writes /opt/ml/processing/output/normalized/ as docs/container-contract.md section 1 says.
 
 Streaming: the input is read in bounded batches; at most one output chunk (float32) and one input batch
@@ -20,7 +20,6 @@ output directory never holds a half-written result (and never a manifest describ
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 import time
@@ -30,17 +29,13 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
-from . import paths
+from .contract import MATRIX, NORMALIZED, PROCESSING, here, processing_input_path, processing_output_path
 from .errors import StepArgumentParser, StepError, run_step
-from .io import sha256_file, sha256_text, write_json, write_npy
-from .normalized import check_instance_count
+from .formats.normalized import NormalizedWriter, publish
+from .io import sha256_file, sha256_text
 from .readers import MatrixBatch, MatrixPlan, batch_rows_for, describe_row, iter_matrix, plan_matrix
 
-MANIFEST_FORMAT = "allpairs.normalized"
-MANIFEST_VERSION = 1
 DEFAULT_CHUNK_ROWS = 65536
 STAGING_DIR = ".partial"
 DROPPED_SAMPLE_SIZE = 10  # dropped rows listed by name in the manifest; the rest are only counted
@@ -57,8 +52,6 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--non-finite", choices=("error", "drop"), default="error",
                         help="NaN/inf values: fail (default) or drop those rows and count them")
     parser.add_argument("--chunk-rows", type=int, default=DEFAULT_CHUNK_ROWS, help="rows per output chunk")
-    parser.add_argument("--instance-count", type=int, default=1,
-                        help="similarity hosts to come: more than the rows is refused here, before any host starts")
     args = parser.parse_args(list(argv))
     if args.chunk_rows < 1:
         parser.error(f"--chunk-rows must be at least 1, got {args.chunk_rows}")
@@ -121,58 +114,6 @@ def describe_non_finite(plan: MatrixPlan, batch: MatrixBatch, row: int) -> str:
 # ---------------------------------------------------------------------------------------------- writers
 
 
-@dataclass
-class ChunkWriter:
-    """Collects normalized rows into fixed-size float32 chunks and writes each one atomically."""
-
-    directory: Path
-    chunk_rows: int
-    dim: int
-    chunks: list[dict] = field(default_factory=list)
-    rows_written: int = 0
-
-    def __post_init__(self) -> None:
-        self._buffer = np.empty((self.chunk_rows, self.dim), dtype=np.float32)
-        self._filled = 0
-
-    def add(self, rows: np.ndarray) -> None:
-        taken = 0
-        while taken < len(rows):
-            n = min(len(rows) - taken, self.chunk_rows - self._filled)
-            self._buffer[self._filled:self._filled + n] = rows[taken:taken + n]
-            self._filled += n
-            taken += n
-            if self._filled == self.chunk_rows:
-                self.flush()
-
-    def flush(self) -> None:
-        if not self._filled:
-            return
-        name = f"chunks/chunk-{len(self.chunks):06d}.npy"
-        write_npy(self.directory / name, self._buffer[:self._filled])
-        start = self.rows_written
-        self.rows_written += self._filled
-        self.chunks.append({"file": name, "start": start, "stop": self.rows_written,
-                            "sha256": sha256_file(self.directory / name)})
-        self._filled = 0
-
-
-class IdsWriter:
-    """Streams ids into ids.parquet (one column `id`), one row group per batch."""
-
-    def __init__(self, path: Path, id_type: str) -> None:
-        self.path = path
-        self._type = pa.int64() if id_type == "int64" else pa.string()
-        self._writer = pq.ParquetWriter(path, pa.schema([("id", self._type)]))
-
-    def add(self, ids: np.ndarray) -> None:
-        if len(ids):
-            self._writer.write_table(pa.table({"id": pa.array(ids, type=self._type)}))
-
-    def close(self) -> None:
-        self._writer.close()
-
-
 class DuplicateIdCheck:
     """Ids must be unique. Keeps a 64-bit hash per id (8 bytes a row, not a Python object per id); only when two
     hashes match does a second pass over the input's ids name both rows (or find a harmless hash collision)."""
@@ -216,7 +157,7 @@ class Counts:
 
 
 def preprocess(input_dir: Path, output_dir: Path, input_uri: str, id_column: str | None = None,
-               non_finite: str = "error", chunk_rows: int = DEFAULT_CHUNK_ROWS, instance_count: int = 1) -> dict:
+               non_finite: str = "error", chunk_rows: int = DEFAULT_CHUNK_ROWS) -> dict:
     """Run the whole step; returns the manifest it wrote."""
     started = time.monotonic()
     plan = plan_matrix(input_dir, id_column)
@@ -225,10 +166,8 @@ def preprocess(input_dir: Path, output_dir: Path, input_uri: str, id_column: str
     staging.mkdir(parents=True)
     try:
         manifest = _write_normalized(plan, staging, input_uri, non_finite, chunk_rows)
-        check_instance_count(instance_count, manifest["rows"])
         manifest["seconds"] = round(time.monotonic() - started, 3)
-        write_json(staging / "manifest.json", manifest)
-        _publish(staging, output_dir)
+        publish(staging, output_dir, manifest)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -236,8 +175,7 @@ def preprocess(input_dir: Path, output_dir: Path, input_uri: str, id_column: str
 
 
 def _write_normalized(plan: MatrixPlan, staging: Path, input_uri: str, non_finite: str, chunk_rows: int) -> dict:
-    chunks = ChunkWriter(staging, chunk_rows, plan.dim)
-    ids_writer = IdsWriter(staging / "ids.parquet", plan.id_type)
+    out = NormalizedWriter(staging, chunk_rows, plan.dim, plan.id_type)
     duplicates = DuplicateIdCheck() if plan.id_column else None  # row numbers are unique by construction
     counts = Counts(rows_per_file={f.key: 0 for f in plan.files})
     integers = np.dtype(plan.source_dtype).kind in "iub"
@@ -252,15 +190,13 @@ def _write_normalized(plan: MatrixPlan, staging: Path, input_uri: str, non_finit
                 duplicates.add(batch.ids[kept])
             normalized, zero = normalize_rows(batch.values[kept])
             counts.zero_rows += int(zero.sum())
-            chunks.add(normalized)
-            ids_writer.add(batch.ids[kept])
-        chunks.flush()
+            out.add(normalized, batch.ids[kept])
     finally:
-        ids_writer.close()
+        out.close()
     if duplicates:
         duplicates.raise_if_any(plan, batch_rows, non_finite)
-    _check_not_empty(plan, chunks.rows_written, counts)
-    return _manifest(plan, input_uri, non_finite, chunk_rows, chunks, ids_writer.path, counts)
+    _check_not_empty(plan, out.rows_written, counts)
+    return _manifest(plan, input_uri, non_finite, out, counts)
 
 
 def _kept_rows(plan: MatrixPlan, batch: MatrixBatch, non_finite: str, counts: Counts) -> np.ndarray:
@@ -290,25 +226,12 @@ def _check_not_empty(plan: MatrixPlan, rows: int, counts: Counts) -> None:
     raise StepError(f"{where}: no data rows; point InputData at a matrix with at least one row")
 
 
-def _manifest(plan: MatrixPlan, input_uri: str, non_finite: str, chunk_rows: int, chunks: ChunkWriter,
-              ids_path: Path, counts: Counts) -> dict:
+def _manifest(plan: MatrixPlan, input_uri: str, non_finite: str, out: NormalizedWriter, counts: Counts) -> dict:
     files = [{"key": f.key, "bytes": f.bytes, "sha256": sha256_file(f.path), "rows": counts.rows_per_file[f.key]}
              for f in plan.files]
-    ids_hash = sha256_file(ids_path)
-    return {
-        "format": MANIFEST_FORMAT,
-        "version": MANIFEST_VERSION,
-        "rows": chunks.rows_written,
-        "dim": plan.dim,
-        "dtype": "float32",
-        "chunk_rows": chunk_rows,
-        "chunks": chunks.chunks,
-        "ids": {"file": "ids.parquet", "source": plan.id_source, "type": plan.id_type, "sha256": ids_hash},
-        "zero_rows": counts.zero_rows,
-        "dropped_rows": counts.dropped_rows,
-        "dropped_sample": counts.dropped_sample,
-        "non_finite": non_finite,
-        "input": {
+    return out.manifest(
+        ids={"source": plan.id_source, "type": plan.id_type},
+        input_={
             "uri": input_uri,
             "format": plan.format,
             "files": files,
@@ -318,24 +241,15 @@ def _manifest(plan: MatrixPlan, input_uri: str, non_finite: str, chunk_rows: int
             "columns": list(plan.feature_columns),
             "id_column": plan.id_column,
         },
-        "fingerprint": sha256_text(*[c["sha256"] for c in chunks.chunks], ids_hash),
-    }
-
-
-def _publish(staging: Path, output_dir: Path) -> None:
-    """Move the finished result into place: old manifest out first, new manifest in last."""
-    (output_dir / "manifest.json").unlink(missing_ok=True)
-    shutil.rmtree(output_dir / "chunks", ignore_errors=True)
-    os.replace(staging / "chunks", output_dir / "chunks")
-    os.replace(staging / "ids.parquet", output_dir / "ids.parquet")
-    os.replace(staging / "manifest.json", output_dir / "manifest.json")
-    staging.rmdir()
+        zero_rows=counts.zero_rows, dropped_rows=counts.dropped_rows, dropped_sample=counts.dropped_sample,
+        non_finite=non_finite,
+    )
 
 
 def main(argv: Sequence[str]) -> None:
     args = parse_args(argv)
-    manifest = preprocess(paths.processing_input("matrix"), paths.processing_output("normalized"), args.input_uri,
-                          args.id_column, args.non_finite, args.chunk_rows, args.instance_count)
+    manifest = preprocess(here(processing_input_path(MATRIX)), here(processing_output_path(NORMALIZED)),
+                          args.input_uri, args.id_column, args.non_finite, args.chunk_rows)
     print(f"preprocess: {manifest['rows']} rows x {manifest['dim']} from {len(manifest['input']['files'])} "
           f"{manifest['input']['format']} file(s); {len(manifest['chunks'])} chunk(s); ids from "
           f"{manifest['ids']['source']}; {manifest['zero_rows']} all-zero row(s); "
@@ -346,7 +260,7 @@ def main(argv: Sequence[str]) -> None:
 
 def run(argv: Sequence[str] | None = None) -> int:
     """The step as its container runs it: exit code 0, or 1 with the reason where a processing job's is read."""
-    return run_step("preprocess", main, argv, job=paths.PROCESSING)
+    return run_step("preprocess", main, argv, job=PROCESSING)
 
 
 if __name__ == "__main__":

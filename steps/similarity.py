@@ -3,9 +3,9 @@
 Reads the SageMaker training contract (resourceconfig.json, hyperparameters.json, the `normalized` channel)
 and writes host-unique shard files to /opt/ml/model. See docs/container-contract.md, section 2.
 
-Resume: completed rows are checkpointed under /opt/ml/checkpoints, keyed by row range (steps/checkpoints.py
-says how and why); a restarted host copies what is there and computes only the rest. SIGTERM (spot's warning,
-StopTrainingJob) saves the completed rows before the host exits.
+Resume: completed rows are checkpointed under /opt/ml/checkpoints, keyed by row range
+(steps/formats/checkpoints.py says how and why); a restarted host copies what is there and computes only the
+rest. SIGTERM (spot's warning, StopTrainingJob) saves the completed rows before the host exits.
 
 Refused before any work: InstanceCount above the number of rows, and a matrix that with memory_budget_mb does
 not fit in this host's available memory (every host memory-maps the whole normalized matrix); the message
@@ -25,15 +25,17 @@ from typing import Sequence
 
 import numpy as np
 
-from . import checkpoints, paths
+from .contract import (CHECKPOINT_PATH, HYPERPARAMETERS, MEMORY_BUDGET_MB, MIN_SCORE, MODEL_PATH, NO_THRESHOLD,
+                       NORMALIZED, THREADS, TOP_K, TRAINING, TRAINING_CONFIG_PATH, TRAINING_JOB_ENV, Host, channel_path,
+                       here, read_host)
 from .errors import StepError, Terminated, run_step
-from .io import atomic_path, sha256_file, write_json
-from .kernel import Corpus, top_k
-from .normalized import MANIFEST, check_instance_count, load_normalized
+from .faults import read_fault
+from .formats import checkpoints, shards
+from .formats.normalized import load_normalized, read_manifest
+from .io import atomic_path
+from .kernel import Corpus, KernelConfig, QueryRows, top_k
 from .progress import Progress
 
-CHANNEL = "normalized"
-JOB_ENV = "TRAINING_JOB_NAME"  # SageMaker sets it in every training container; the local runner does too
 PROGRAM_MB = 256  # the interpreter, numpy and the kernel's bookkeeping, beside the matrix and the budget
 # Memory (GiB) of common training instance types, smallest first: what the memory check suggests.
 INSTANCE_MEMORY_GIB = [
@@ -44,57 +46,47 @@ INSTANCE_MEMORY_GIB = [
 
 
 @dataclass(frozen=True)
-class Host:
-    name: str
-    hosts: list[str]
-    instance_type: str | None = None  # resourceconfig.json's current_instance_type, when SageMaker gives it
-
-    @property
-    def index(self) -> int:
-        return self.hosts.index(self.name)
-
-    def share(self, rows: int) -> tuple[int, int]:
-        """This host's even share of the rows: [i*N//H, (i+1)*N//H)."""
-        h = len(self.hosts)
-        return self.index * rows // h, (self.index + 1) * rows // h
-
-
-@dataclass(frozen=True)
 class Settings:
     top_k: int
-    min_score: float | None
+    min_score: float | None  # None: every pair is kept
     memory_budget_mb: int
     threads: int
 
+    def kernel(self) -> KernelConfig:
+        return KernelConfig(self.top_k, self.min_score, self.memory_budget_mb << 20, self.threads)
 
-def read_host(path: Path) -> Host:
+
+def host_identity(path: Path) -> Host:
     try:
-        cfg = json.loads(path.read_text())
-        host = Host(cfg["current_host"], list(cfg["hosts"]), cfg.get("current_instance_type"))
-        host.index  # noqa: B018 - raises ValueError if current_host is not among hosts
-        return host
+        return read_host(path)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise StepError(f"{path}: not a valid resourceconfig.json ({exc}); SageMaker writes it for every "
                         "training host: run this program as a training job or through `python -m pipeline run`")
 
 
 def read_settings(path: Path) -> Settings:
+    """The job's hyperparameters; every one is required (the compiled definition always passes them)."""
     try:
-        raw = json.loads(path.read_text()) if path.exists() else {}
-    except ValueError as exc:
-        raise StepError(f"{path}: not valid JSON ({exc})")
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise StepError(f"{path}: not a readable hyperparameters.json ({exc}); SageMaker writes it for every "
+                        "training host: run this program as a training job or through `python -m pipeline run`")
+    missing = [name for name in HYPERPARAMETERS if name not in raw]
+    if missing:
+        raise StepError(f"{path}: hyperparameter {', '.join(missing)} missing; the training job must pass "
+                        f"{', '.join(HYPERPARAMETERS)} (compile the pipeline with `python -m pipeline definition`)")
 
-    def number(name, kind, default):
-        value = raw.get(name, default)
+    def number(name, kind):
+        value = raw[name]
         try:
             return kind(json.loads(value) if isinstance(value, str) else value)
         except (TypeError, ValueError):
             raise StepError(f"{path}: hyperparameter {name}={value!r} is not a valid {kind.__name__}")
 
-    k = number("top_k", int, 10)
-    min_score = number("min_score", float, -1.0)
-    budget = number("memory_budget_mb", int, 1024)
-    threads = number("threads", int, 0)
+    k = number(TOP_K, int)
+    min_score = number(MIN_SCORE, float)
+    budget = number(MEMORY_BUDGET_MB, int)
+    threads = number(THREADS, int)
     if k < 1:
         raise StepError(f"TopK={k}: must be at least 1; set the TopK parameter to the number of neighbours wanted")
     if not -1.0 <= min_score <= 1.0:
@@ -102,12 +94,15 @@ def read_settings(path: Path) -> Settings:
                         "(-1 disables it)")
     if budget < 16:
         raise StepError(f"memory_budget_mb={budget}: must be at least 16 (MB); raise similarity.memory_budget_mb")
-    return Settings(k, None if min_score <= -1.0 else min_score, budget, threads)
+    return Settings(k, None if min_score <= NO_THRESHOLD else min_score, budget, threads)
 
 
-def shard_names(host: str) -> dict[str, str]:
-    stem = f"shard-{host}"
-    return {"neighbors": f"{stem}.neighbors.npy", "scores": f"{stem}.scores.npy", "meta": f"{stem}.json"}
+def check_instance_count(hosts: int, rows: int) -> None:
+    """Every similarity host needs at least one row."""
+    if hosts > max(rows, 1):
+        most = max(rows, 1)
+        raise StepError(f"InstanceCount={hosts} is larger than the number of rows ({rows}): use at most {most} "
+                        f"instance{'s' if most > 1 else ''} (--param InstanceCount={most})")
 
 
 def compute_shard(normalized_dir: Path, host: Host, settings: Settings, out_dir: Path,
@@ -117,9 +112,9 @@ def compute_shard(normalized_dir: Path, host: Host, settings: Settings, out_dir:
     check_fits(normalized_dir, host, settings, available_memory() if available is None else available)
     data = load_normalized(normalized_dir)
     corpus = Corpus(data.chunks)
-    check_instance_count(len(host.hosts), data.rows)  # Preprocess refused it already; a job started by hand
+    check_instance_count(len(host.hosts), data.rows)
     start, stop = host.share(data.rows)
-    names = shard_names(host.name)
+    names = shards.names(host.name)
     k = settings.top_k
     log = host_log(host)
     expected = {"format": checkpoints.FORMAT, "version": checkpoints.VERSION, "fingerprint": data.fingerprint,
@@ -134,22 +129,14 @@ def compute_shard(normalized_dir: Path, host: Host, settings: Settings, out_dir:
         neighbors = open_memmap(tmp_n, mode="w+", dtype=np.int64, shape=(stop - start, k))
         scores = open_memmap(tmp_s, mode="w+", dtype=np.float32, shape=(stop - start, k))
         writer = checkpoints.Writer(checkpoint_dir, key, {**expected, "host": host.name}, neighbors, scores, start,
-                                    checkpoints.read_interval(), log, checkpoints.read_fault()) if checkpoint_dir else None
+                                    checkpoints.read_interval(), log, read_fault()) if checkpoint_dir else None
         resumed = fill_shard(corpus, pieces, settings, neighbors, scores, start, writer, log)
         neighbors.flush()
         scores.flush()
         del neighbors, scores, writer
-    meta = {
-        "format": "allpairs.shard", "version": 1, "host": host.name, "hosts": host.hosts,
-        "start": start, "stop": stop, "k": k,
-        "min_score": settings.min_score, "input_fingerprint": data.fingerprint,
-        "job": os.environ.get(JOB_ENV), "resumed_rows": resumed,
-        "files": {names[kind]: sha256_file(out_dir / names[kind]) for kind in ("neighbors", "scores")},
-        "seconds": round(time.time() - began, 3),
-        "cpu_seconds": round(time.process_time() - cpu_began, 3),  # every thread of this host's process
-    }
-    write_json(out_dir / names["meta"], meta)
-    return meta
+    return shards.write_meta(out_dir, host.name, host.hosts, start, stop, k, settings.min_score, data.fingerprint,
+                             os.environ.get(TRAINING_JOB_ENV), resumed, round(time.time() - began, 3),
+                             round(time.process_time() - cpu_began, 3))  # CPU: every thread of this process
 
 
 def fill_shard(corpus, pieces, settings: Settings, neighbors, scores, base: int, writer, log) -> int:
@@ -168,9 +155,7 @@ def fill_shard(corpus, pieces, settings: Settings, neighbors, scores, base: int,
                 progress.resumed(hi - lo)
                 continue
             zero = corpus.zero_mask() if zero is None else zero  # once, however many gaps
-            with contextlib.closing(top_k(corpus, lo, hi, settings.top_k, settings.min_score,
-                                          settings.memory_budget_mb << 20, zero=zero,
-                                          threads=settings.threads)) as tiles:
+            with contextlib.closing(top_k(corpus, QueryRows(lo, hi), settings.kernel(), zero)) as tiles:
                 for first, nb, sc in tiles:
                     neighbors[first - base: first - base + len(nb)] = nb
                     scores[first - base: first - base + len(sc)] = sc
@@ -217,10 +202,10 @@ def available_memory() -> int | None:
 def check_fits(normalized_dir: Path, host: Host, settings: Settings, available: int | None) -> None:
     """Refuse, before any work, a matrix that with the score budget does not fit in this host's memory."""
     try:
-        manifest = json.loads((Path(normalized_dir) / MANIFEST).read_text())
-        rows, dim = int(manifest["rows"]), int(manifest["dim"])
-    except (OSError, ValueError, KeyError, TypeError):
+        manifest = read_manifest(normalized_dir)
+    except StepError:
         return  # load_normalized reports a missing or broken manifest with its own message
+    rows, dim = int(manifest["rows"]), int(manifest["dim"])
     message = memory_message(rows, dim, settings.memory_budget_mb, available, host)
     if message:
         raise StepError(message)
@@ -250,16 +235,17 @@ def memory_message(rows: int, dim: int, budget_mb: int, available: int | None, h
 
 
 def main(argv: Sequence[str]) -> None:
-    host = read_host(paths.training_config("resourceconfig.json"))
-    settings = read_settings(paths.training_config("hyperparameters.json"))
-    meta = compute_shard(paths.training_channel(CHANNEL), host, settings, paths.model_dir(), paths.checkpoint_dir())
+    config = here(TRAINING_CONFIG_PATH)
+    host = host_identity(config / "resourceconfig.json")
+    settings = read_settings(config / "hyperparameters.json")
+    meta = compute_shard(here(channel_path(NORMALIZED)), host, settings, here(MODEL_PATH), here(CHECKPOINT_PATH))
     print(f"{host.name}: rows [{meta['start']}, {meta['stop']}) done in {meta['seconds']} s "
           f"({meta['resumed_rows']} resumed from checkpoints)", flush=True)
 
 
 def run(argv: Sequence[str] | None = None) -> int:
     """The step as its container runs it: exit code 0, or 1 with the reason where a training job's is read."""
-    return run_step("similarity", main, argv, job=paths.TRAINING)
+    return run_step("similarity", main, argv, job=TRAINING)
 
 
 if __name__ == "__main__":

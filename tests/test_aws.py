@@ -19,11 +19,11 @@ import botocore.client
 import pytest
 from moto import mock_aws
 
-from pipeline import aws
+from pipeline import api, aws
 from pipeline.cli import main
 from pipeline.compile import compile_definition
 from pipeline.errors import AwsError, CompileError, UsageError
-from pipeline.local import parse_param_args
+from pipeline.definition.parameters import parse_param_args
 from pipeline.spec import load_spec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -250,15 +250,14 @@ def test_diff_before_and_after_upsert(moto, compiled_real, tmp_path):
     assert lines == [
         "~ parameter TopK: default 10 -> 20",
         "~ Preprocess: instance type: ml.m5.xlarge -> ml.m5.2xlarge",
-        "~ Preprocess: arguments: --input-uri Parameters.InputData --non-finite error --chunk-rows 65536 "
-        "--instance-count Join('', [Parameters.InstanceCount]) -> --input-uri Parameters.InputData --non-finite error "
-        "--chunk-rows 1000 --instance-count Join('', [Parameters.InstanceCount])",
+        "~ Preprocess: arguments: --input-uri Parameters.InputData --non-finite error --chunk-rows 65536 -> "
+        "--input-uri Parameters.InputData --non-finite error --chunk-rows 1000",
         f"~ role: {ROLE} -> arn:aws:iam::111122223333:role/Other",
     ]
 
 
 def test_diff_shows_images_counts_and_added_settings():
-    from pipeline.diff import changed_summary, definition_diff
+    from pipeline.definition.diff import changed_summary, definition_diff
 
     old = {"Parameters": [{"Name": "N", "Type": "Integer", "DefaultValue": 2}], "Steps": [
         {"Name": "S", "Type": "Training", "Arguments": {
@@ -302,13 +301,13 @@ def test_start_checks_parameters_before_any_call(moto, compiled_real, monkeypatc
                      "kept per row); pass --param TopK=<value> within that range"),
         (["InputData=data/x.npy"], "--param InputData=data/x.npy: InputData must be an s3:// URI, got 'data/x.npy'; "
                                    "pass --param InputData=<value> of that form"),
-        (["InputData=s3://b/" + "x" * 300], "--param InputData=s3://b/" + "x" * 300 + ": step Preprocess passes the "
+        (["InputData=s3://bkt/" + "x" * 298], "--param InputData=s3://bkt/" + "x" * 298 + ": step Preprocess passes the "
          "value of InputData in AppSpecification.ContainerArguments[1]: 307 characters where SageMaker allows 256; "
          "use a shorter value"),
     ]
     for params, message in cases:
         with pytest.raises((UsageError, CompileError)) as info:  # both exit 2
-            aws.start(target, spec, parse_param_args(params), text)
+            api.start(path, params)
         assert str(info.value) == message and info.value.exit_code == 2
     assert recorder.operations == []
 
@@ -317,7 +316,7 @@ def test_start_when_not_deployed(moto, compiled_real):
     path, text = compiled_real
     spec = load_spec(path)
     with pytest.raises(AwsError) as info:
-        aws.start(aws.connect(spec), spec, [], text)
+        api.start(path, [])
     assert str(info.value).startswith(f"pipeline {spec.name} not found in us-east-1; publish it first")
 
 
@@ -326,9 +325,9 @@ def test_start_checks_against_the_deployed_definition_too(moto, compiled_real, t
     spec = load_spec(path)
     target = aws.connect(spec)
     aws.upsert(target, spec, text)
-    newer = load_spec(write_spec(tmp_path, **{"instance_types: [ml.c5.2xlarge,": "instance_types: [ml.c5.xlarge, ml.c5.2xlarge,"}))
+    newer = write_spec(tmp_path, **{"instance_types: [ml.c5.2xlarge,": "instance_types: [ml.c5.xlarge, ml.c5.2xlarge,"})
     with pytest.raises(UsageError) as info:
-        aws.start(target, newer, parse_param_args(["InstanceType=ml.c5.xlarge"]), compile_definition(newer))
+        api.start(newer, ["InstanceType=ml.c5.xlarge"])
     assert str(info.value) == (
         '--param InstanceType=ml.c5.xlarge: "ml.c5.xlarge" is not an allowed value of InstanceType; allowed: '
         "ml.c5.2xlarge, ml.c5.4xlarge, ml.c5.9xlarge, ml.m5.4xlarge (in the deployed pipeline allpairs-similarity: "
@@ -341,7 +340,7 @@ def test_start_sends_only_the_overrides_and_wait_follows_it(moto, compiled_real)
     spec = load_spec(path)
     target = aws.connect(spec)
     aws.upsert(target, spec, text)
-    arn, link = aws.start(target, spec, parse_param_args(["TopK=25", "MinScore=0.5"]), text)
+    _, arn, link = api.start(path, ["TopK=25", "MinScore=0.5"])
     assert arn.startswith(f"arn:aws:sagemaker:us-east-1:123456789012:pipeline/{spec.name}/execution/")
     assert link == "https://us-east-1.console.aws.amazon.com/sagemaker/home?region=us-east-1#/pipelines"
     sm = boto3.client("sagemaker", region_name="us-east-1")
@@ -391,7 +390,7 @@ def test_status_shows_steps_and_failure_reasons(moto, compiled_real, monkeypatch
     spec = load_spec(path)
     target = aws.connect(spec)
     aws.upsert(target, spec, text)
-    arn, _ = aws.start(target, spec, [], text)
+    _, arn, _ = api.start(path, [])
     stub_list_steps(monkeypatch, [
         {"StepName": "Preprocess", "StepDisplayName": "Preprocess", "StepStatus": "Succeeded"},
         {"StepName": "Similarity", "StepStatus": "Failed",

@@ -13,7 +13,8 @@ import pytest
 from pipeline.cli import main
 from steps import preprocess
 from steps.errors import StepError
-from steps.similarity import Host, Settings, compute_shard, memory_message
+from steps.contract import Host
+from steps.similarity import Settings, compute_shard, memory_message
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,11 +50,11 @@ def test_out_of_range_parameters_are_refused_before_any_step_runs(tmp_path, caps
 def test_instance_count_above_the_number_of_rows(tmp_path, capsys):
     assert cli_run(tmp_path, "InstanceCount=5") == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    # Refused by Preprocess, which knows the rows: no similarity host is started.
-    assert re.fullmatch(r"error: step Preprocess, host algo-1 failed: preprocess: InstanceCount=5 is larger than "
+    # Refused by the similarity hosts before any work (Preprocess no longer takes InstanceCount: its cache key
+    # would change with it).
+    assert re.fullmatch(r"error: step Similarity, host algo-\d failed: similarity: InstanceCount=5 is larger than "
                         r"the number of rows \(3\): use at most 3 instances \(--param InstanceCount=3\) "
-                        r"\(log: \S+/Preprocess/algo-1/job.log\)", err), err
-    assert not list((tmp_path / "work").glob("executions/*/Similarity"))
+                        r"\(log: \S+/Similarity/algo-\d/job.log\)", err), err
     assert not list((tmp_path / "out").glob("*/artifact"))
 
 

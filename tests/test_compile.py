@@ -209,7 +209,7 @@ def test_preprocess_step(steps):
         "ImageUri": "123456789012.dkr.ecr.us-east-1.amazonaws.com/allpairs:latest",
         "ContainerEntrypoint": ["python3", "-m", "steps.preprocess"],
         "ContainerArguments": ["--input-uri", get("InputData"), "--non-finite", "error", "--chunk-rows", "65536",
-                               "--instance-count", to_string("InstanceCount")],
+                               ],
     }
     assert args["ProcessingResources"] == {
         "ClusterConfig": {"InstanceType": "ml.m5.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 30}
@@ -374,7 +374,7 @@ def test_spec_settings_reach_the_definition(compiled, tmp_path):
     by_name = {s["Name"]: s["Arguments"] for s in doc["Steps"]}
     assert by_name["Preprocess"]["AppSpecification"]["ContainerArguments"] == [
         "--input-uri", get("InputData"), "--non-finite", "drop", "--chunk-rows", "1000",
-        "--instance-count", to_string("InstanceCount"), "--id-column", "doc_id",
+        "--id-column", "doc_id",
     ]  # fmt: skip
     assert by_name["Similarity"]["HyperParameters"]["memory_budget_mb"] == "64"
     assert by_name["Similarity"]["StoppingCondition"] == {"MaxRuntimeInSeconds": 7200}
@@ -532,7 +532,7 @@ def test_a_value_over_a_service_limit_fails_at_compile_time_naming_its_line(tmp_
 
 
 def test_limits_count_inputs_and_definition_size():
-    from pipeline.limits import check_definition
+    from pipeline.definition.limits import check_definition
 
     where = lambda name: "spec"  # noqa: E731
     step = {"Name": "P", "Type": "Processing", "Arguments": {"ProcessingInputs": [{}] * 11}}

@@ -255,8 +255,7 @@ def test_image_build_runs_docker_build_from_the_repository_root(tmp_path):
 
 
 def test_image_push_creates_the_repository_and_prints_the_digest(tmp_path, monkeypatch):
-    from pipeline import aws, image
-    from pipeline.spec import load_spec
+    from pipeline import api, image
 
     env, log = fake_docker(tmp_path, info_exit=0)
     monkeypatch.setenv("PATH", env["PATH"])
@@ -265,7 +264,6 @@ def test_image_push_creates_the_repository_and_prints_the_digest(tmp_path, monke
     for var in ("AWS_PROFILE", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL"):
         monkeypatch.delenv(var, raising=False)
     with mock_aws():
-        target = aws.connect(load_spec(REPO / "pipeline.yaml"))
         ecr = boto3.client("ecr", region_name="us-east-1")
         real_push = image.run
 
@@ -277,7 +275,7 @@ def test_image_push_creates_the_repository_and_prints_the_digest(tmp_path, monke
                 ecr.put_image(repositoryName="allpairs", imageTag="t3", imageManifest=json.dumps(manifest))
 
         monkeypatch.setattr(image, "run", run)
-        line = image.push(target, "allpairs", "t3", lambda s: None)
+        line = api.image_push(REPO / "pipeline.yaml", "allpairs", "t3", lambda s: None)
         uri = ecr.describe_repositories(repositoryNames=["allpairs"])["repositories"][0]["repositoryUri"]
         digest = ecr.describe_images(repositoryName="allpairs")["imageDetails"][0]["imageDigest"]
     assert line == f"image: {uri}@{digest}    # put this line in pipeline.yaml"

@@ -19,9 +19,9 @@ import pytest
 from pipeline.cli import main
 from pipeline.errors import LocalRunError, UsageError
 from pipeline.local.faults import Fault, host_faults, parse_faults
-from pipeline.local.plan import StepPlan
-from steps.progress import LINE as PROGRESS_LINE
-from steps.registry import list_local
+from pipeline.definition.graph import StepPlan
+from steps.contract import PROGRESS_LINE
+from steps.formats.registry import list_local
 
 REPO = Path(__file__).resolve().parents[1]
 

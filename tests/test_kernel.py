@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from steps.kernel import Corpus, canonical_scores, dot_error_bound, top_k
+from steps.kernel import Corpus, KernelConfig, QueryRows, canonical_scores, dot_error_bound, top_k
 from tests.brute import brute_force, normalize
 
 
@@ -13,7 +13,7 @@ def run(X, k, min_score=None, budget=1 << 20, chunk=None, hosts=1):
     parts = []
     for h in range(hosts):
         start, stop = h * len(X) // hosts, (h + 1) * len(X) // hosts
-        parts += list(top_k(corpus, start, stop, k, min_score, budget))
+        parts += list(top_k(corpus, QueryRows(start, stop), KernelConfig(k, min_score, budget)))
     firsts = [p[0] for p in parts]
     assert firsts == sorted(firsts)
     return np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts])
@@ -113,7 +113,7 @@ def test_property_equals_brute_force(n, d, k, hosts, budget, chunk, thr, seed):
 def test_bit_identical_across_thread_counts(threads):
     X = tricky_matrix(np.random.default_rng(5), 500, 8)
     corpus = Corpus([X[:170], X[170:]])
-    parts = list(top_k(corpus, 0, len(X), 9, None, 1 << 16, threads=threads))
+    parts = list(top_k(corpus, QueryRows(0, len(X)), KernelConfig(9, None, 1 << 16, threads)))
     neighbors = np.concatenate([p[1] for p in parts])
     scores = np.concatenate([p[2] for p in parts])
     bn, bs = brute_force(X, 9)

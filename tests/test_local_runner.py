@@ -11,15 +11,11 @@ import pytest
 from moto import mock_aws
 
 from pipeline.errors import LocalRunError, UsageError
-from pipeline.local import (
-    DefinitionError,
-    ParameterOverride,
-    Scope,
-    parse_param_args,
-    plan_steps,
-    resolve_parameters,
-    run_local,
-)
+from pipeline.definition.expressions import Scope
+from pipeline.definition.graph import plan_steps
+from pipeline.definition.parameters import ParameterOverride, parse_param_args, resolve_parameters
+from pipeline.errors import DefinitionError
+from pipeline.local import run_local
 from pipeline.local.jobs import gather_model_files
 
 # A processing job: upper-cases every input file into one output file, then appends its arguments.

@@ -39,8 +39,8 @@ def run(*args: str) -> dict:
 
 
 def out_dir_from_env() -> Path:
-    from steps import paths
-    return paths.processing_output("normalized")
+    from steps.contract import NORMALIZED, here, processing_output_path
+    return here(processing_output_path(NORMALIZED))
 
 
 def fails(*args: str) -> str:
@@ -171,8 +171,8 @@ def test_csv_prefix_with_different_column_order_and_empty_partition(root):
 
 
 def test_csv_streams_in_small_blocks_and_locates_late_errors(root, monkeypatch):
-    monkeypatch.setattr("steps.readers.CSV_BLOCK_BYTES", 512)  # many pyarrow blocks for a small file
-    monkeypatch.setattr("steps.readers.BATCH_BUDGET_BYTES", 8 * 5 * 3)  # 3-row batches
+    monkeypatch.setattr("steps.readers.csv.CSV_BLOCK_BYTES", 512)  # many pyarrow blocks for a small file
+    monkeypatch.setattr("steps.readers.base.BATCH_BUDGET_BYTES", 8 * 5 * 3)  # 3-row batches
     x = sample(rows=60)
     write_csv(matrix_dir(root) / "m.csv", x, names(60))
     manifest = run("--chunk-rows", "7")
@@ -189,7 +189,7 @@ def test_csv_streams_in_small_blocks_and_locates_late_errors(root, monkeypatch):
 
 
 def test_parquet_in_small_batches_finds_duplicates_across_batches(root, monkeypatch):
-    monkeypatch.setattr("steps.readers.BATCH_BUDGET_BYTES", 8 * 5 * 4)  # 4-row batches
+    monkeypatch.setattr("steps.readers.base.BATCH_BUDGET_BYTES", 8 * 5 * 4)  # 4-row batches
     ids = names(30)
     ids[25] = ids[2]
     write_parquet(matrix_dir(root) / "m.parquet", sample(rows=30), ids)
@@ -416,7 +416,7 @@ def bad_input_cases():
         ("bad chunk rows", npy("x.npy", np.ones((2, 2))), ("--chunk-rows", "0"),
          "bad arguments: --chunk-rows must be at least 1, got 0; usage: python -m steps.preprocess "
          "[-h] --input-uri INPUT_URI [--id-column ID_COLUMN] [--non-finite {error,drop}] "
-         "[--chunk-rows CHUNK_ROWS] [--instance-count INSTANCE_COUNT]"),
+         "[--chunk-rows CHUNK_ROWS]"),
     ]
 
 

@@ -13,9 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from steps import checkpoints, preprocess
+from steps import preprocess
+from steps.contract import CHECKPOINT_SECONDS_ENV, HOST_FAULT_ENV, Host
+from steps.formats import checkpoints
 from steps.errors import run_step
-from steps.similarity import Host, Settings, compute_shard
+from steps.similarity import Settings, compute_shard
 
 REPO = Path(__file__).resolve().parents[1]
 ROWS, CHUNK = 1200, 300  # the kernel yields per chunk here: 4 blocks per single host
@@ -51,10 +53,10 @@ def run_host(root: Path, normalized: Path, checkpoints_dir: Path, name="algo-1",
     (root / "input/config/resourceconfig.json").write_text(json.dumps({"current_host": name, "hosts": list(hosts)}))
     (root / "input/config/hyperparameters.json").write_text(json.dumps(
         {"top_k": str(k), "min_score": "-1", "memory_budget_mb": "16", "threads": "1"}))
-    env = {**os.environ, "ALLPAIRS_OPT_ML": str(root), checkpoints.INTERVAL_ENV: interval}
-    env.pop(checkpoints.FAULT_ENV, None)
+    env = {**os.environ, "ALLPAIRS_OPT_ML": str(root), CHECKPOINT_SECONDS_ENV: interval}
+    env.pop(HOST_FAULT_ENV, None)
     if fault:
-        env[checkpoints.FAULT_ENV] = fault
+        env[HOST_FAULT_ENV] = fault
     proc = subprocess.run([sys.executable, "-m", "steps.similarity"], env=env, cwd=REPO, capture_output=True,
                           text=True, timeout=120)
     return proc.returncode, proc.stdout
@@ -180,16 +182,16 @@ def test_sigterm_saves_the_completed_rows_before_the_host_exits(tmp_path, normal
 
     calls = []
 
-    def interrupted_top_k(corpus, lo, hi, k, min_score, budget, zero=None, threads=0):
-        for first in range(lo, hi, 100):
+    def interrupted_top_k(corpus, queries, config, zero=None):
+        for first in range(queries.start, queries.stop, 100):
             calls.append(first)
-            if first == lo + 200:
+            if first == queries.start + 200:
                 raise KeyboardInterrupt("SIGTERM")
-            yield first, np.zeros((100, k), np.int64), np.zeros((100, k), np.float32)
+            yield first, np.zeros((100, config.k), np.int64), np.zeros((100, config.k), np.float32)
 
     monkeypatch.setattr(similarity, "top_k", interrupted_top_k)
-    monkeypatch.setenv(checkpoints.INTERVAL_ENV, "3600")
-    monkeypatch.delenv(checkpoints.FAULT_ENV, raising=False)
+    monkeypatch.setenv(CHECKPOINT_SECONDS_ENV, "3600")
+    monkeypatch.delenv(HOST_FAULT_ENV, raising=False)
     (tmp_path / "ck").mkdir()
     with pytest.raises(KeyboardInterrupt):
         compute_shard(normalized, Host("algo-1", ["algo-1"]), Settings(5, None, 16, 1), tmp_path / "model",

@@ -228,7 +228,7 @@ def test_register_retried_after_a_crash_gets_the_same_version(monkeypatch, tmp_p
     records = [json.loads((root / "processing/output/registration/registration.json").read_text())
                for _, root in (first, second)]
     assert records[0]["model_package_arn"] == records[1]["model_package_arn"] == "local:model-package/g/1"
-    from steps.registry import list_local
+    from steps.formats.registry import list_local
     assert len(list_local(tmp_path / "registry.sqlite")) == 1
 
 

@@ -27,14 +27,14 @@ from typing import Callable, Iterable, Mapping
 
 from pipeline.errors import AllpairsError, LocalRunError, UsageError
 from steps.io import write_json
-from steps.registry import LOCAL_REGISTRY_ENV
+from steps.contract import LOCAL_REGISTRY_ENV, REGISTRATION_FILE
 
-from .expressions import JOB_NAME_VARIABLES, Scope, utc_text
+from pipeline.definition.expressions import JOB_NAME_VARIABLES, Scope, utc_text
 from .faults import FAULTS_ENV, Fault, parse_faults
 from .interrupts import graceful_sigint
 from .jobs import JobContext, job_name, run_processing, run_training
-from .parameters import ParameterOverride, ValueProblem, check_parameter_values, resolve_parameters
-from .plan import StepPlan, load_definition, output_uri_property, plan_steps
+from pipeline.definition.parameters import ParameterOverride, resolve_parameters
+from pipeline.definition.graph import StepPlan, load_definition, output_uri_property, plan_steps
 from .storage import is_s3, join_uri, local_path, one_line, s3_client, split_s3
 
 REGISTRY_ENV = LOCAL_REGISTRY_ENV  # the container contract, section 3
@@ -112,11 +112,12 @@ def run_local(
     echo: Progress | None = None,
     progress: Progress | None = None,
     faults: str | None = None,
-    value_problem: ValueProblem = lambda name, value: None,
 ) -> Execution:
     """Run a compiled definition on this machine. Everything is checked before the first step starts.
 
-    `parameters` overrides the definition's defaults (a dict of values, or ParameterOverride from --param);
+    `parameters` overrides the definition's defaults (a dict of values, or ParameterOverride from --param),
+    typed as the definition declares them; whether a value is in range is the product's rule, checked where the
+    value entered (pipeline/api.py), since the runner interprets any definition;
     `echo` receives every process output line ("[Similarity algo-2] ..."); `progress` one line per step event;
     `faults` is an ALLPAIRS_FAULTS value (default: that environment variable).
     Raises LocalRunError when a step fails (the record in <workdir>/executions/<id>/execution.json says more),
@@ -128,7 +129,6 @@ def run_local(
         parameters = overrides_from_mapping(parameters, "parameter")
     parameters = list(parameters)
     values = resolve_parameters(definition, parameters)
-    check_parameter_values(values, {p.name: p.origin for p in parameters}, value_problem)
     injected = injected_faults(faults, plans)
     execution = start_execution(definition, plans, values, Path(workdir), pipeline_name, region)
     return run_execution(execution, plans, echo, progress, injected)
@@ -330,7 +330,7 @@ def read_registration(artifact_uri: str | None) -> dict | None:
     """The artifact's registration.json (local path or s3), or None when there is none."""
     if not artifact_uri:
         return None
-    uri = join_uri(artifact_uri, "registration.json")
+    uri = join_uri(artifact_uri, REGISTRATION_FILE)
     try:
         if is_s3(uri):
             return read_s3_json(uri)

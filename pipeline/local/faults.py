@@ -11,7 +11,7 @@ interruption send SIGTERM, then SIGKILL 120 s later, whatever the host is doing)
     ALLPAIRS_FAULTS="Similarity:algo-1:at=2s;signal=KILL"  SIGKILL: a host lost without warning
     ALLPAIRS_FAULTS="Similarity:algo-1:at=2s;grace=5"      SIGKILL 5 s after the SIGTERM instead of 120 s
 
-Triggered by the host itself at an exact point of its checkpointing (steps/checkpoints.py):
+Triggered by the host itself at an exact point of its checkpointing (steps/faults.py):
 
     ALLPAIRS_FAULTS="Similarity:algo-2:after-checkpoints=2"    dies (SIGKILL) right after its 2nd checkpoint write
     ALLPAIRS_FAULTS="Similarity:algo-1:during-checkpoint=1"    dies halfway through writing its 1st checkpoint

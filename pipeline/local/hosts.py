@@ -4,7 +4,7 @@ Stopping a host is what SageMaker does (StopTrainingJob, a failed job's other ho
 SIGKILL STOP_GRACE_SECONDS (120 s) later if it is still there. A second Ctrl-C kills at once.
 
 Restarts (fault injection, pipeline/local/faults.py): a host hit by a fault (a signal the runner sends at a
-time or a share of the work, or one it sends itself after printing steps.checkpoints.FAULT_MARKER) is started
+time or a share of the work, or one it sends itself after printing steps.contract.FAULT_MARKER) is started
 again once it has exited, with the same root (its `fresh` folders emptied, as on a new instance) and without
 the fault; for a whole-step fault every other host is first stopped with SIGTERM (spot's warning), and then
 all of them start again. The shared checkpoints/ link is untouched, so the restarted hosts resume from it.
@@ -21,8 +21,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from steps.checkpoints import FAULT_ENV, FAULT_MARKER
-from steps.progress import LINE as PROGRESS_LINE
+from steps.contract import FAULT_MARKER, HOST_FAULT_ENV, PROGRESS_LINE
 
 from .faults import DEFAULT_GRACE_SECONDS, Timed
 from .interrupts import STOP
@@ -40,7 +39,7 @@ class HostCommand:
     argv: list[str]
     env: dict[str, str]
     root: Path  # the host's ALLPAIRS_OPT_ML
-    failure_file: str  # relative to root: where this job type's failure reason is read (steps.paths.FAILURE_FILES)
+    failure_file: str  # relative to root: where this job type's failure reason is read (steps.contract.FAILURE_FILES)
     fresh: tuple[Path, ...] = ()  # emptied before a restart: what a new instance would not have (model/, output/)
     timed: Timed | None = None  # a fault the runner delivers (ALLPAIRS_FAULTS at=...)
 
@@ -155,7 +154,7 @@ def restart_after_fault(running: list[_Running], i: int, results: dict[str, Host
 
 
 def without_fault(command: HostCommand) -> HostCommand:
-    env = {k: v for k, v in command.env.items() if k != FAULT_ENV}
+    env = {k: v for k, v in command.env.items() if k != HOST_FAULT_ENV}
     return replace(command, env=env, timed=None)
 
 

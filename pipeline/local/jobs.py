@@ -11,19 +11,17 @@ from typing import Mapping, Sequence
 
 from pipeline.errors import LocalRunError
 from steps.io import write_json
-from steps.checkpoints import FAULT_ENV
-from steps.paths import FAILURE_FILES, OPT_ML, OPT_ML_ENV, PROCESSING, TRAINING
+from steps.contract import FAILURE_FILES, HOST_FAULT_ENV, OPT_ML, OPT_ML_ENV, PROCESSING, TRAINING, TRAINING_JOB_ENV
 
-from .expressions import bug, expression_kind
+from pipeline.definition.expressions import bug, expression_kind
 from .faults import Fault, host_faults
 from .hosts import Echo, HostCommand, HostResult, run_hosts
-from .plan import StepPlan, output_uri_property
+from pipeline.definition.graph import StepPlan, output_uri_property
 from .storage import (deliver_file, deliver_tree, download_prefix, files_under, is_s3, join_uri, local_path, stage_input,
                       upload_tree)
 
 # The image's `train` (containers/ maps it to this module); locally it runs with this interpreter.
 TRAIN_MODULE = "steps.similarity"
-TRAINING_JOB_ENV = "TRAINING_JOB_NAME"
 
 
 @dataclass
@@ -177,7 +175,7 @@ def run_training(plan: StepPlan, args: Mapping, ctx: JobContext) -> dict[str, ob
         env[TRAINING_JOB_ENV] = ctx.job_name  # as SageMaker sets it: the shards record their job
         fault = faults.get(host)
         if fault and not fault.timed:
-            env[FAULT_ENV] = fault.condition  # the host triggers it itself (steps/checkpoints.py)
+            env[HOST_FAULT_ENV] = fault.condition  # the host triggers it itself (steps/faults.py)
         commands.append(HostCommand(host, f"{plan.name} {host}", argv, env, root, FAILURE_FILES[TRAINING],
                                     (root / "model", root / "output"), fault.timed if fault else None))
     try:

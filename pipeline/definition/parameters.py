@@ -55,11 +55,17 @@ def resolve_parameters(definition: Mapping, overrides: Iterable[ParameterOverrid
 ValueProblem = Callable[[str, object], "str | None"]
 
 
-def check_parameter_values(values: Mapping[str, object], origins: Mapping[str, str], problem: ValueProblem) -> None:
-    """Refuse out-of-range values before any step runs; the message starts where the value came from.
+def checked_values(definition: Mapping, overrides: Sequence[ParameterOverride], problem: ValueProblem) -> dict:
+    """Every parameter's value, the `overrides` typed by the definition and checked by the product's `problem`
+    (pipeline/spec: the parameter table): what a command line gives is checked once, where it enters."""
+    values = resolve_parameters(definition, overrides)
+    given = {o.name: o.origin for o in overrides}
+    check_parameter_values({name: values[name] for name in given}, given, problem)
+    return values
 
-    The runner interprets any definition; what is in range is the product's rule (pipeline/spec.py), passed in.
-    """
+
+def check_parameter_values(values: Mapping[str, object], origins: Mapping[str, str], problem: ValueProblem) -> None:
+    """Refuse out-of-range values before any step runs; the message starts where the value came from."""
     for name, value in values.items():
         found = problem(name, value)
         if found:

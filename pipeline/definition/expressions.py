@@ -5,7 +5,7 @@ import re
 from datetime import datetime, timezone
 from typing import Iterator, Mapping
 
-from pipeline.errors import LocalRunError
+from pipeline.errors import DefinitionError
 
 # Execution variables a definition may reference (sagemaker ExecutionVariables).
 EXECUTION_VARIABLES = (
@@ -18,10 +18,6 @@ EXECUTION_VARIABLES = (
 )
 # These two only mean something inside a step of the matching type.
 JOB_NAME_VARIABLES = {"ProcessingJobName": "Processing", "TrainingJobName": "Training"}
-
-
-class DefinitionError(LocalRunError):
-    """The definition holds something the local runner cannot interpret: a bug in compile.py or in pipeline/local."""
 
 
 def bug(where: str, what: str) -> DefinitionError:
@@ -125,14 +121,16 @@ class Scope:
         execution: Mapping[str, str],
         properties: Mapping[str, Mapping[str, object]],
         job_name: tuple[str, str] | None = None,
+        unknown_property: str | None = None,
     ):
         self.parameters = parameters
         self.execution = execution
         self.properties = properties
         self.job_name = job_name  # ("TrainingJobName", "allpairs-similarity-3f9a1c") inside that step
+        self.unknown_property = unknown_property  # what a step property not known yet reads as (None: an error)
 
     def for_job(self, variable: str, name: str) -> "Scope":
-        return Scope(self.parameters, self.execution, self.properties, (variable, name))
+        return Scope(self.parameters, self.execution, self.properties, (variable, name), self.unknown_property)
 
     def get(self, reference: object, where: str) -> object:
         head, name, path = parse_reference(reference, where)
@@ -147,6 +145,8 @@ class Scope:
                 return self.execution[name]
         if head == "Steps" and path in self.properties.get(name, {}):
             return self.properties[name][path]
+        if head == "Steps" and self.unknown_property is not None:
+            return self.unknown_property
         raise bug(where, f'"{reference}" does not resolve at run time')
 
     def resolve(self, node: object, where: str) -> object:

@@ -26,10 +26,8 @@ Decisions (the container contract, section 2, points here):
 - Resume. A host covers its share with verified checkpoints first (the one reaching furthest at each row),
   and computes only the gaps. The shard is then bit-identical to an uninterrupted run.
 
-Fault injection (for the local runner's ALLPAIRS_FAULTS, see pipeline/local/faults.py): a host started with
-ALLPAIRS_HOST_FAULT=`after-checkpoints=N` kills itself right after its Nth checkpoint write, `during-checkpoint=N`
-halfway through writing the Nth (leaving a torn temp file); `;signal=TERM` sends SIGTERM instead of SIGKILL;
-`hang-after-checkpoints=N` stalls (sleeps until stopped) after the Nth, as a hung host does.
+Fault injection (local runner only, steps/faults.py) hooks into the writer: killed right after the Nth
+checkpoint write, or halfway through it.
 """
 from __future__ import annotations
 
@@ -37,8 +35,6 @@ import hashlib
 import json
 import os
 import re
-import signal
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,15 +42,13 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import StepError
-from .io import atomic_path, sha256_text
+from ..contract import CHECKPOINT_FORMAT, CHECKPOINT_SECONDS_ENV, DEFAULT_CHECKPOINT_SECONDS
+from ..errors import StepError
+from ..faults import Fault
+from ..io import atomic_path, sha256_text
 
-FORMAT, VERSION = "allpairs.checkpoint", 1
+FORMAT, VERSION = CHECKPOINT_FORMAT
 MAGIC = b"ALLPAIRS-CHECKPOINT 1\n"
-INTERVAL_ENV = "ALLPAIRS_CHECKPOINT_SECONDS"
-DEFAULT_INTERVAL_SECONDS = 120.0
-FAULT_ENV = "ALLPAIRS_HOST_FAULT"
-FAULT_MARKER = "fault injected:"  # the local runner recognises a host killed on purpose by this log line
 _NAME = re.compile(r"rows-(\d{12})-(\d{12})\.([0-9a-f]{16})\.ckpt")
 _TEMP = re.compile(r"\.rows-(\d{12})-(\d{12})\.[0-9a-f]{16}\.ckpt\..*\.tmp")
 _COPY_ROWS = 65536  # rows copied per slice: bounds memory whatever the checkpoint size
@@ -71,51 +65,15 @@ def file_name(start: int, stop: int, key: str) -> str:
 
 
 def read_interval() -> float:
-    raw = os.environ.get(INTERVAL_ENV, "")
+    raw = os.environ.get(CHECKPOINT_SECONDS_ENV, "")
     try:
-        value = float(raw) if raw.strip() else DEFAULT_INTERVAL_SECONDS
+        value = float(raw) if raw.strip() else float(DEFAULT_CHECKPOINT_SECONDS)
     except ValueError:
         value = -1.0
     if not value >= 0:
-        raise StepError(f"{INTERVAL_ENV}={raw!r}: must be a number of seconds >= 0 (0 checkpoints after every block)")
+        raise StepError(f"{CHECKPOINT_SECONDS_ENV}={raw!r}: must be a number of seconds >= 0 (0 checkpoints after "
+                        "every tile)")
     return value
-
-
-# ---- faults (local runner only) ---------------------------------------------------------------------------
-
-
-@dataclass
-class Fault:
-    when: str  # "after" | "during" | "hang"
-    count: int
-    sig: int = signal.SIGKILL
-    fired: bool = False
-
-
-def read_fault() -> Fault | None:
-    raw = os.environ.get(FAULT_ENV, "").strip()
-    if not raw:
-        return None
-    match = re.fullmatch(r"(after-checkpoints|during-checkpoint|hang-after-checkpoints)=(\d+)(?:;signal=(KILL|TERM))?",
-                         raw)
-    if not match or int(match[2]) < 1:
-        raise StepError(f"{FAULT_ENV}={raw!r}: expected after-checkpoints=N, during-checkpoint=N or "
-                        "hang-after-checkpoints=N (N >= 1), optionally ;signal=KILL|TERM; the local runner sets it "
-                        "from ALLPAIRS_FAULTS")
-    sig = signal.SIGTERM if match[3] == "TERM" else signal.SIGKILL
-    return Fault(match[1].split("-")[0], int(match[2]), sig)
-
-
-def _fire(fault: Fault, what: str, log: Log) -> None:
-    fault.fired = True
-    if fault.when == "hang":
-        log(f"{FAULT_MARKER} {what}; hanging until stopped")
-        while True:
-            time.sleep(3600)  # SIGTERM raises out of here
-    log(f"{FAULT_MARKER} {what}; sending {signal.Signals(fault.sig).name} to this host")
-    sys.stdout.flush()
-    os.kill(os.getpid(), fault.sig)
-    time.sleep(5)  # SIGTERM is handled between bytecodes; SIGKILL never returns
 
 
 # ---- reading ----------------------------------------------------------------------------------------------
@@ -266,9 +224,8 @@ class Writer:
         self.files += 1
         self.rows_saved += stop - start
         self.log(f"checkpoint rows [{start}, {stop}) saved: {file_name(start, stop, self.key)}")
-        if self.fault and not self.fault.fired and self.fault.when in ("after", "hang") and self.files == self.fault.count:
-            verb = "stalled" if self.fault.when == "hang" else "killed"
-            _fire(self.fault, f"{verb} after checkpoint {self.files} (rows [{start}, {stop}))", self.log)
+        if self.fault:
+            self.fault.after_checkpoint(self.files, f"rows [{start}, {stop})", self.log)
 
     def _write(self, start: int, stop: int) -> None:
         lo, hi = start - self.base, stop - self.base
@@ -278,14 +235,12 @@ class Writer:
             digest.update(part)
         header = {**self.header, "start": start, "stop": stop, "k": k, "payload_bytes": (hi - lo) * k * 12,
                   "sha256": digest.hexdigest()}
-        tear = self.fault and not self.fault.fired and self.fault.when == "during" and self.files + 1 == self.fault.count
         with atomic_path(self.directory / file_name(start, stop, self.key)) as tmp, open(tmp, "wb") as f:
             f.write(MAGIC + json.dumps(header, sort_keys=True).encode() + b"\n")
             for kind, part in self._payload(lo, hi):
-                if tear and kind == "scores":  # half written: neighbours are in, scores are not
+                if self.fault and kind == "scores":  # half written: neighbours are in, scores are not
                     f.flush()
-                    _fire(self.fault, f"killed while writing checkpoint {self.files + 1} (rows [{start}, {stop}))",
-                          self.log)
+                    self.fault.during_checkpoint(self.files + 1, f"rows [{start}, {stop})", self.log)
                 f.write(part)
 
     def _payload(self, lo: int, hi: int):

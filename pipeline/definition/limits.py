@@ -13,6 +13,8 @@ from typing import Any, Callable, Mapping
 
 from pipeline.errors import CompileError
 
+from .expressions import EXECUTION_VARIABLES, Scope, parse_reference, references
+
 STEP_NAME = re.compile(r"[A-Za-z0-9\-_]{1,64}")
 MAX_DISPLAY_NAME, MAX_DESCRIPTION = 256, 3072
 # Over 100 KB the SDK uploads the definition to the default bucket (an S3 call and a bucket we do not name);
@@ -20,6 +22,8 @@ MAX_DISPLAY_NAME, MAX_DESCRIPTION = 256, 3072
 MAX_DEFINITION_BYTES = 100 * 1024
 MAX_PROCESSING_INPUTS, MAX_PROCESSING_OUTPUTS, MAX_CHANNELS = 10, 10, 20
 EXECUTION_ID_LENGTH = 12  # PipelineExecutionId, e.g. "a1b2c3d4e5f6"
+# Execution variables as a job would see them; the id at its real length, the others (ARNs) unknown: empty.
+_EXECUTION = {**{name: "" for name in EXECUTION_VARIABLES}, "PipelineExecutionId": "x" * EXECUTION_ID_LENGTH}
 
 # (arguments field, kind, max entries, max key length, max value length)
 _FIELDS = {
@@ -95,23 +99,11 @@ def _dig(node: Any, dotted: str) -> Any:
 
 def _render(node: Any, values: Mapping[str, Any]) -> tuple[str, list[str]]:
     """The text a job receives (step properties as empty), and the parameters it contains, longest first."""
-    used: list[tuple[int, str]] = []
-
-    def text(n: Any) -> str:
-        if isinstance(n, Mapping) and set(n) == {"Get"}:
-            head, _, rest = str(n["Get"]).partition(".")
-            if head == "Parameters":
-                value = plain_text(values.get(rest, ""))
-                used.append((len(value), rest))
-                return value
-            return "x" * EXECUTION_ID_LENGTH if rest == "PipelineExecutionId" else ""
-        if isinstance(n, Mapping) and "Std:Join" in n:
-            join = n["Std:Join"]
-            return str(join.get("On", "")).join(text(v) for v in join.get("Values", []))
-        return plain_text(n)
-
-    rendered = text(node)
-    return rendered, [name for _, name in sorted(used, key=lambda u: -u[0])]
+    scope = Scope(values, _EXECUTION, properties={}, unknown_property="")
+    text = plain_text(scope.resolve(node, "limits"))
+    used = {head_name[1] for ref, _ in references(node, "limits")
+            if (head_name := parse_reference(ref, "limits"))[0] == "Parameters"}
+    return text, sorted(used, key=lambda name: -len(plain_text(values.get(name))))
 
 
 def plain_text(value: Any) -> str:

@@ -1,0 +1,192 @@
+"""The operations behind the commands, with their checks: the CLI (pipeline/cli.py) parses, calls one of these
+and prints; a notebook or a script can call them the same way.
+
+Heavy modules are imported by the operation that needs them: `validate` never pays for boto3, the cloud
+operations never import the local runner.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable, Sequence
+
+from pipeline.errors import UsageError
+
+Say = Callable[[str], None]
+
+
+def load(spec_path: str | Path):
+    """The spec and its compiled definition (JSON text)."""
+    from pipeline.compile import compile_definition
+    from pipeline.spec import load_spec
+
+    spec = load_spec(spec_path)
+    return spec, compile_definition(spec)
+
+
+def load_spec(spec_path: str | Path):
+    from pipeline.spec import load_spec as load
+
+    return load(spec_path)
+
+
+def spec_overrides(spec) -> list:
+    """The spec's local.parameters as overrides whose errors point at their line in the spec."""
+    from pipeline.definition.parameters import ParameterOverride
+
+    return [ParameterOverride(name, value, f"{spec.where(f'local.parameters.{name}')}: local.parameters.{name}")
+            for name, value in spec.local_parameters().items()]
+
+
+def command_line_overrides(params: Sequence[str]) -> list:
+    """--param Name=value, relative paths made absolute here (so a resume works from anywhere)."""
+    from pipeline.definition.parameters import ParameterOverride, parse_param_args
+    from pipeline.spec import absolute_location
+
+    return [ParameterOverride(o.name, absolute_location(o.name, o.value, Path.cwd()), o.origin)
+            for o in parse_param_args(params)]
+
+
+# ---- local ---------------------------------------------------------------------------------------------------
+
+
+def validate(spec_path: str | Path) -> str:
+    from pipeline.definition.graph import load_definition, plan_steps
+    from pipeline.definition.parameters import resolve_parameters
+
+    spec, text = load(spec_path)
+    definition = load_definition(text)
+    steps = plan_steps(definition)  # the local runner can interpret everything the compiler emitted
+    resolve_parameters(definition, spec_overrides(spec))
+    return (f"ok: {spec_path}: pipeline {spec.name}, steps {' -> '.join(s.name for s in steps)}, "
+            f"{len(definition.get('Parameters') or [])} parameters")
+
+
+def run(spec_path: str | Path, params: Sequence[str], workdir: str | Path | None, echo: Say | None,
+        progress: Say | None):
+    """A new local execution of the spec's definition; --param values are checked before anything runs."""
+    from pipeline.definition.parameters import checked_values
+    from pipeline.local import run_local
+
+    spec, text = load(spec_path)
+    given = command_line_overrides(params)
+    values = checked_values(json.loads(text), spec_overrides(spec) + given, spec.value_problem(local=True))
+    return run_local(text, values, workdir=workdir or spec.local.workdir, pipeline_name=spec.name,
+                     region=spec.region, echo=echo, progress=progress)
+
+
+def resume(execution_id: str, spec_path: str | Path, workdir: str | Path | None, echo: Say | None,
+           progress: Say | None):
+    """Finish a Stopped or Failed execution: the record holds all it needs; the spec only supplies the workdir."""
+    from pipeline.local import resume_local
+
+    return resume_local(execution_id, workdir=workdir or load_spec(spec_path).local.workdir, echo=echo,
+                        progress=progress)
+
+
+def run_summary(execution) -> list[str]:
+    """What a finished local run prints: where the artifact is, its registry entry, the record."""
+    from pipeline.compile import ARTIFACT_OUTPUT, MERGE
+    from pipeline.local import read_registration
+
+    artifact = execution.output_uri(MERGE, ARTIFACT_OUTPUT)
+    lines = [f"artifact: {artifact}"]
+    registration = read_registration(artifact)
+    if registration:
+        lines.append(f"registered: {registration.get('model_package_arn')} ({registration.get('approval_status')})")
+    return lines + [f"record: {execution.record_path}"]
+
+
+def registry_entries(spec_path: str | Path, workdir: str | Path | None, group: str | None) -> tuple[Path, list[dict]]:
+    """The local registry's path and its entries (none when it does not exist yet)."""
+    from pipeline.local import REGISTRY_FILE
+    from steps.formats.registry import list_local
+
+    path = Path(workdir or load_spec(spec_path).local.workdir) / REGISTRY_FILE
+    return path, list_local(path, group) if path.exists() else []
+
+
+# ---- cloud ---------------------------------------------------------------------------------------------------
+
+
+def connect(spec, region: str | None, profile: str | None, role_arn: str | None):
+    from pipeline import aws
+
+    return aws.connect(spec, region=region, profile=profile, role_arn=role_arn)
+
+
+def upsert(spec_path, region=None, profile=None, role_arn=None) -> tuple[str | None, str, str]:
+    """(a note for stderr or None, the pipeline ARN, what changed)."""
+    from pipeline import aws
+
+    spec, text = load(spec_path)
+    aws.check_publishable(spec, role_arn or spec.role_arn)
+    arn, summary = aws.upsert(connect(spec, region, profile, role_arn), spec, text)
+    return aws.mutable_tag_note(spec.image), arn, summary
+
+
+def diff(spec_path, region=None, profile=None, role_arn=None) -> tuple[str, list[str]]:
+    """(the pipeline's name, what upsert would change: one line each, none when nothing would)."""
+    from pipeline import aws
+
+    spec, text = load(spec_path)
+    return spec.name, aws.diff(connect(spec, region, profile, role_arn), spec, text)
+
+
+def start(spec_path, params: Sequence[str], region=None, profile=None, role_arn=None):
+    """Start an execution; returns (target, execution ARN, Studio link). Every --param value is checked first:
+    its type by the definition, its range by the spec's rule, its length by the service's limits."""
+    from pipeline import aws
+    from pipeline.definition.limits import check_definition
+    from pipeline.definition.parameters import checked_values, parse_param_args
+
+    spec, text = load(spec_path)
+    overrides = parse_param_args(params)  # cloud values are URIs: nothing is resolved against this machine
+    values = checked_values(json.loads(text), overrides, spec.value_problem(local=False))
+    given = {o.name: o.origin for o in overrides}
+    check_definition(text, values, lambda name: given.get(name) or spec.where(""))
+    target = connect(spec, region, profile, role_arn)
+    arn, link = aws.start(target, spec, overrides, values)
+    return target, arn, link
+
+
+def wait(target, arn: str, say: Say, timeout: float | None) -> tuple[str, list[str]]:
+    """Follow an execution to its end: (final status, the status lines)."""
+    from pipeline import aws
+
+    final = aws.wait(target, arn, say, timeout=timeout)
+    return final, aws.status(target, arn).lines()
+
+
+def status(spec_path, execution: str | None, region=None, profile=None, role_arn=None) -> list[str]:
+    from pipeline import aws
+
+    spec = load_spec(spec_path)
+    target = connect(spec, region, profile, role_arn)
+    return aws.status(target, aws.execution_arn(target, spec, execution)).lines()
+
+
+def image_build(repository: str, tag: str | None) -> str:
+    from pipeline import image
+
+    tag = tag or image.default_tag()
+    image.build(tag)
+    return f"built {image.LOCAL_NAME}:{tag}; push it with: python -m pipeline image push --tag {tag} --repository {repository}"
+
+
+def image_push(spec_path, repository: str, tag: str | None, say: Say, region=None, profile=None, role_arn=None) -> str:
+    """Tag and push the built image to ECR; returns the line to put in the spec (the image by digest)."""
+    from pipeline import aws, image
+
+    tag = tag or image.default_tag()
+    image.require_docker(tag)
+    target = connect(load_spec(spec_path), region, profile, role_arn)
+    uri = aws.ecr_repository(target, repository)
+    image.push(uri, tag, aws.ecr_login(target), say)
+    return f"image: {uri}@{aws.ecr_digest(target, repository, tag)}    # put this line in pipeline.yaml"
+
+
+def refuse_resume_with_params(execution_id: str, params: Sequence[str]) -> None:
+    if execution_id and params:
+        raise UsageError(f"--resume {execution_id} takes the parameters the execution started with; drop --param "
+                         "(or start a new run without --resume)")

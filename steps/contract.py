@@ -1,0 +1,136 @@
+"""The container contract in one place: what SageMaker (or the local runner) hands the step programs, and what
+they hand back. docs/container-contract.md explains it; the compiler (pipeline/compile.py) and the local runner
+(pipeline/local) take these names from here, so the definition, the runner and the steps cannot drift apart.
+
+Paths are written as the container sees them (/opt/ml/...). Locally ALLPAIRS_OPT_ML re-roots /opt/ml per
+simulated host: `here()` maps a container path to where it is on this machine.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+# ---- paths ---------------------------------------------------------------------------------------------------
+
+OPT_ML = "/opt/ml"
+OPT_ML_ENV = "ALLPAIRS_OPT_ML"
+
+# Processing inputs/outputs and the training channel, by the names the definition gives them.
+MATRIX, NORMALIZED, SHARDS, ARTIFACT, REGISTRATION = "matrix", "normalized", "shards", "artifact", "registration"
+
+
+def processing_input_path(name: str) -> str:
+    return f"{OPT_ML}/processing/input/{name}"
+
+
+def processing_output_path(name: str) -> str:
+    return f"{OPT_ML}/processing/output/{name}"
+
+
+def channel_path(name: str) -> str:
+    return f"{OPT_ML}/input/data/{name}"
+
+
+TRAINING_CONFIG_PATH = f"{OPT_ML}/input/config"  # resourceconfig.json, hyperparameters.json
+MODEL_PATH = f"{OPT_ML}/model"
+CHECKPOINT_PATH = f"{OPT_ML}/checkpoints"
+SCRATCH_PATH = f"{OPT_ML}/processing/scratch"
+
+
+def here(container_path: str) -> Path:
+    """Where a container path is on this machine: itself in a container, re-rooted under ALLPAIRS_OPT_ML locally."""
+    root = os.environ.get(OPT_ML_ENV)
+    if not root:
+        return Path(container_path)
+    return Path(root) / container_path[len(OPT_ML):].lstrip("/")
+
+
+# ---- failures ------------------------------------------------------------------------------------------------
+
+# Where a failing container's reason is read, by job type. Training: /opt/ml/output/failure becomes the job's
+# FailureReason (docs: "How Amazon SageMaker AI Processes Training Output"). Processing: /opt/ml/output/message
+# becomes the job's ExitMessage, its first 1 KB, and must be UTF-8 or the job fails with a ClientError (docs:
+# "Save and Access Metadata Information About Your Processing Job", byoc-metadata).
+TRAINING, PROCESSING = "training", "processing"
+FAILURE_FILES = {TRAINING: "output/failure", PROCESSING: "output/message"}
+MAX_FAILURE_BYTES = 1024
+
+
+def failure_file(job: str) -> Path:
+    return here(f"{OPT_ML}/{FAILURE_FILES[job]}")
+
+
+def failure_text(reason: str) -> bytes:
+    """The reason as the service keeps it: UTF-8, at most 1 KB (cut on a character boundary), one line."""
+    data = " ".join(reason.split()).encode("utf-8", "replace")[:MAX_FAILURE_BYTES - 1]
+    return data.decode("utf-8", "ignore").encode("utf-8") + b"\n"
+
+
+# ---- environment -------------------------------------------------------------------------------------------------
+
+TRAINING_JOB_ENV = "TRAINING_JOB_NAME"  # SageMaker sets it in every training container; the local runner too
+CHECKPOINT_SECONDS_ENV = "ALLPAIRS_CHECKPOINT_SECONDS"  # the training job's Environment (similarity.checkpoint_seconds)
+DEFAULT_CHECKPOINT_SECONDS = 120
+PROGRESS_SECONDS_ENV = "ALLPAIRS_PROGRESS_SECONDS"  # cadence of the progress lines; 0: one per finished tile
+DEFAULT_PROGRESS_SECONDS = 5.0
+LOCAL_REGISTRY_ENV = "ALLPAIRS_LOCAL_REGISTRY"  # set: Register writes to this SQLite file, not the Model Registry
+HOST_FAULT_ENV = "ALLPAIRS_HOST_FAULT"  # local runner only: a fault the host triggers itself (steps/faults.py)
+FAULT_MARKER = "fault injected:"  # a host killed on purpose says so first: the runner restarts it
+
+# ---- the training job's hyperparameters (all strings, as SageMaker passes them) ---------------------------------
+
+TOP_K, MIN_SCORE, MEMORY_BUDGET_MB, THREADS = "top_k", "min_score", "memory_budget_mb", "threads"
+HYPERPARAMETERS = (TOP_K, MIN_SCORE, MEMORY_BUDGET_MB, THREADS)
+NO_THRESHOLD = -1.0  # min_score at or below it keeps every pair
+
+# ---- registry ------------------------------------------------------------------------------------------------
+
+APPROVAL_STATUSES = ("PendingManualApproval", "Approved", "Rejected")
+
+# ---- files and their formats -------------------------------------------------------------------------------------
+
+MANIFEST = "manifest.json"
+IDS_FILE = "ids.parquet"
+REGISTRATION_FILE = "registration.json"
+NEIGHBORS_PARQUET, NEIGHBORS_NPY, SCORES_NPY = "neighbors.parquet", "neighbors.npy", "scores.npy"
+ARTIFACT_FILES = (NEIGHBORS_PARQUET, NEIGHBORS_NPY, SCORES_NPY, MANIFEST)  # moved into place in this order
+
+NORMALIZED_FORMAT = ("allpairs.normalized", 1)
+SHARD_FORMAT = ("allpairs.shard", 1)
+CHECKPOINT_FORMAT = ("allpairs.checkpoint", 1)
+ARTIFACT_FORMAT = ("allpairs.artifact", 1)
+
+# One progress line shape, parsed by the local runner (ALLPAIRS_FAULTS at=P%) and by the training step's metrics:
+#   algo-1: progress 37.5% rows 4608/12288 rows/s 2210 GFLOP/s 28.3 eta 3 s
+PROGRESS_LINE = re.compile(r"progress (?P<percent>\d+(?:\.\d+)?)% rows (?P<done>\d+)/(?P<total>\d+)")
+
+# ---- host identity -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Host:
+    """One training host, as /opt/ml/input/config/resourceconfig.json names it."""
+
+    name: str
+    hosts: list[str]
+    instance_type: str | None = None  # current_instance_type, when SageMaker gives it
+
+    @property
+    def index(self) -> int:
+        return self.hosts.index(self.name)
+
+    def share(self, rows: int) -> tuple[int, int]:
+        """This host's even share of the rows: [i*N//H, (i+1)*N//H)."""
+        h = len(self.hosts)
+        return self.index * rows // h, (self.index + 1) * rows // h
+
+
+def read_host(path: Path) -> Host:
+    """The host's identity; ValueError (the reason) if the file is not a resourceconfig.json."""
+    cfg = json.loads(path.read_text())
+    host = Host(cfg["current_host"], list(cfg["hosts"]), cfg.get("current_instance_type"))
+    host.index  # noqa: B018 - raises ValueError if current_host is not among hosts
+    return host

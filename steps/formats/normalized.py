@@ -1,0 +1,180 @@
+"""The Preprocess output (the `normalized` folder): written by Preprocess, read by Similarity and Merge.
+
+    chunks/chunk-000000.npy ...   float32, C-contiguous, L2-normalized rows (all-zero rows stay all-zero)
+    ids.parquet                   one column `id` (string or int64), one row per matrix row, in row order
+    manifest.json                 written last; describes the rest (docs/container-contract.md, section 1)
+
+Writing is all-or-nothing: everything goes to a staging folder, moved into place only once the whole input has
+been read and checked, the manifest last. Reading trusts nothing: every chunk is checked against the manifest.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..contract import IDS_FILE, MANIFEST, NORMALIZED_FORMAT
+from ..errors import StepError
+from ..io import sha256_file, sha256_text, write_json, write_npy
+
+FORMAT, VERSION = NORMALIZED_FORMAT
+
+
+# ---- writing -------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class NormalizedWriter:
+    """Collects normalized rows into fixed-size float32 chunks (each written atomically) and their ids into
+    ids.parquet (one row group per batch), under `directory` (a staging folder)."""
+
+    directory: Path
+    chunk_rows: int
+    dim: int
+    id_type: str  # "int64" | "string"
+    chunks: list[dict] = field(default_factory=list)
+    rows_written: int = 0
+
+    def __post_init__(self) -> None:
+        self._buffer = np.empty((self.chunk_rows, self.dim), dtype=np.float32)
+        self._filled = 0
+        self._ids_type = pa.int64() if self.id_type == "int64" else pa.string()
+        self._ids = pq.ParquetWriter(self.directory / IDS_FILE, pa.schema([("id", self._ids_type)]))
+
+    def add(self, rows: np.ndarray, ids: np.ndarray) -> None:
+        if len(ids):
+            self._ids.write_table(pa.table({"id": pa.array(ids, type=self._ids_type)}))
+        taken = 0
+        while taken < len(rows):
+            n = min(len(rows) - taken, self.chunk_rows - self._filled)
+            self._buffer[self._filled:self._filled + n] = rows[taken:taken + n]
+            self._filled += n
+            taken += n
+            if self._filled == self.chunk_rows:
+                self._flush()
+
+    def close(self) -> None:
+        """Write what is buffered and close ids.parquet (call it on failure too)."""
+        try:
+            self._flush()
+        finally:
+            self._ids.close()
+
+    def _flush(self) -> None:
+        if not self._filled:
+            return
+        name = f"chunks/chunk-{len(self.chunks):06d}.npy"
+        write_npy(self.directory / name, self._buffer[:self._filled])
+        start = self.rows_written
+        self.rows_written += self._filled
+        self.chunks.append({"file": name, "start": start, "stop": self.rows_written,
+                            "sha256": sha256_file(self.directory / name)})
+        self._filled = 0
+
+    def manifest(self, ids: dict, input_: dict, **counts) -> dict:
+        """The manifest of what was written: `ids` (source, type), `input_` (where the rows came from, its
+        fingerprint), counts (zero_rows, dropped_rows, ...). Its fingerprint is what Similarity computed on."""
+        ids_hash = sha256_file(self.directory / IDS_FILE)
+        return {
+            "format": FORMAT, "version": VERSION,
+            "rows": self.rows_written, "dim": self.dim, "dtype": "float32", "chunk_rows": self.chunk_rows,
+            "chunks": self.chunks,
+            "ids": {"file": IDS_FILE, **ids, "sha256": ids_hash},
+            **counts,
+            "input": input_,
+            "fingerprint": sha256_text(*[c["sha256"] for c in self.chunks], ids_hash),
+        }
+
+
+def publish(staging: Path, output_dir: Path, manifest: dict) -> None:
+    """Move the finished result into place: old manifest out first, the new one in last."""
+    write_json(staging / MANIFEST, manifest)
+    (output_dir / MANIFEST).unlink(missing_ok=True)
+    shutil.rmtree(output_dir / "chunks", ignore_errors=True)
+    os.replace(staging / "chunks", output_dir / "chunks")
+    os.replace(staging / IDS_FILE, output_dir / IDS_FILE)
+    os.replace(staging / MANIFEST, output_dir / MANIFEST)
+    staging.rmdir()
+
+
+# ---- reading -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Normalized:
+    root: Path
+    manifest: dict
+    chunks: list[np.ndarray]  # memory-mapped, read-only
+
+    @property
+    def rows(self) -> int:
+        return int(self.manifest["rows"])
+
+    @property
+    def dim(self) -> int:
+        return int(self.manifest["dim"])
+
+    @property
+    def fingerprint(self) -> str:
+        return self.manifest["fingerprint"]
+
+    def ids_path(self) -> Path:
+        return self.root / self.manifest["ids"]["file"]
+
+
+def read_manifest(root: Path) -> dict:
+    """manifest.json of a normalized folder; StepError if it is missing or not one."""
+    path = Path(root) / MANIFEST
+    if not path.exists():
+        raise StepError(f"{path}: missing; the Preprocess output is incomplete (rerun the Preprocess step)")
+    try:
+        manifest = json.loads(path.read_text())
+        manifest["chunks"], int(manifest["dim"]), int(manifest["rows"])  # noqa: B018 - presence check
+        return manifest
+    except (ValueError, KeyError, TypeError) as exc:
+        raise StepError(f"{path}: not a valid Preprocess manifest ({exc}); rerun the Preprocess step")
+
+
+def load_normalized(root: Path, verify: bool = True) -> Normalized:
+    """Open the chunks listed in manifest.json; a missing, reshaped or altered chunk is an error naming it."""
+    root = Path(root)
+    manifest = read_manifest(root)
+    dim = int(manifest["dim"])
+    chunks = []
+    expected_start = 0
+    for entry in manifest["chunks"]:
+        path = root / entry["file"]
+        if not path.exists():
+            raise StepError(f"{path}: chunk listed in {MANIFEST} is missing; rerun the Preprocess step")
+        if verify and sha256_file(path) != entry["sha256"]:
+            raise StepError(f"{path}: checksum differs from {MANIFEST} (corrupt or from another run); "
+                            "rerun the Preprocess step")
+        chunk = np.load(path, mmap_mode="r")
+        rows = entry["stop"] - entry["start"]
+        if entry["start"] != expected_start or chunk.shape != (rows, dim) or chunk.dtype != np.float32:
+            raise StepError(f"{path}: holds {chunk.dtype}{chunk.shape}, {MANIFEST} says float32({rows}, {dim}) "
+                            f"at row {entry['start']}; rerun the Preprocess step")
+        expected_start = entry["stop"]
+        chunks.append(chunk)
+    if expected_start != manifest["rows"]:
+        raise StepError(f"{root / MANIFEST}: chunks cover {expected_start} rows, the manifest says "
+                        f"{manifest['rows']}; rerun the Preprocess step")
+    return Normalized(root, manifest, chunks)
+
+
+def read_ids(normalized: Normalized) -> pa.Array:
+    """The row ids, checked against the manifest."""
+    path = normalized.ids_path()
+    digest = normalized.manifest["ids"].get("sha256")
+    if digest and sha256_file(path) != digest:
+        raise StepError(f"{path}: checksum differs from the Preprocess manifest; rerun the Preprocess step")
+    ids = pq.read_table(path, columns=["id"]).column("id").combine_chunks()
+    if len(ids) != normalized.rows:
+        raise StepError(f"{path}: {len(ids)} ids for {normalized.rows} rows; rerun the Preprocess step")
+    return ids

@@ -1,0 +1,133 @@
+"""Exact scoring: the canonical score of a pair, the error bounds that make selection safe, and the final
+exact top-k of each row from its buffered candidates (widening the rare rows whose buffer may miss one).
+
+Canonical score: the float32 rounding of the correctly rounded float64 dot product of the two float32 vectors.
+It depends on the two vectors only, not on block shapes, BLAS kernels, thread counts or host splits. It is
+computed with float64 BLAS and accepted when no float32 rounding boundary lies within its error bound;
+otherwise (about one pair in a million) an exact sum (math.fsum) decides.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+PAD_INDEX = -1
+
+
+def rounding_bound(terms: int, unit_roundoff: float) -> float:
+    """gamma_n = n*u/(1-n*u), with 1% slack: the relative error bound of a dot product summed in any order
+    (standard rounding analysis), for `terms` products in a precision of unit roundoff `unit_roundoff`."""
+    return 1.01 * terms * unit_roundoff / (1 - terms * unit_roundoff)
+
+
+def dot_error_bound(dim: int) -> float:
+    """Bound on |float32 dot - exact dot| for vectors of norm <= 1 (gamma_D in float32, slack for the norms)."""
+    return rounding_bound(max(dim, 1) + 2, 2.0 ** -24) + 1e-7
+
+
+def canonical_scores(query: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """float32(RN64(q . c)) for each pair: depends on the two vectors only, however it is computed.
+
+    query: (n, D) float32; candidates: (n, m, D) float32 -> (n, m) float32.
+    """
+    q64 = query.astype(np.float64)
+    c64 = candidates.astype(np.float64)
+    fast = np.matmul(c64, q64[:, :, None])[..., 0]
+    # |fast - exact| <= gamma_D * |q| |c| (any summation order); the correctly rounded float64 is within half
+    # an ulp more. RN32 is constant between consecutive float32 midpoints: if none lies that close, fast's
+    # float32 rounding is the canonical one.
+    norms = np.sqrt(np.einsum("nd,nd->n", q64, q64))[:, None] * np.sqrt(np.einsum("nmd,nmd->nm", c64, c64))
+    error = rounding_bound(query.shape[-1] + 2, 2.0 ** -53) * norms + np.abs(fast) * 2.0**-52 + 2.0**-1000
+    out = fast.astype(np.float32)
+    up = (out.astype(np.float64) + np.nextafter(out, np.float32(np.inf)).astype(np.float64)) / 2
+    down = (out.astype(np.float64) + np.nextafter(out, np.float32(-np.inf)).astype(np.float64)) / 2
+    close = (np.abs(fast - up) <= error) | (np.abs(fast - down) <= error)
+    for i, j in zip(*np.nonzero(close)):
+        # Products of float32 values are exact in float64; fsum returns their correctly rounded sum.
+        out[i, j] = np.float32(math.fsum((q64[i] * c64[i, j]).tolist()))
+    return out
+
+
+def exact_top_k(search, first: int, query: np.ndarray, cand_s: np.ndarray, cand_i: np.ndarray):
+    """The exact top-k of query rows first, first+1, ... from their buffered approximate candidates: canonical
+    scores for the candidates that can still make it; rows whose buffer may miss a near-tie are widened.
+
+    `search` holds corpus, zero mask, k, threshold, eps (dot_error_bound), plan and work (blocking._Search).
+    A float32 dot product is within eps of the true value, so every true top-k neighbour has an approximate
+    score of at least a_k - 2*eps, where a_k is the k-th best approximate score (the near-tie bound). If a
+    row's buffer holds everything down to that bound, the exact top-k is inside it; if not, the row is widened:
+    its candidates above the bound are gathered from a full pass and scored canonically.
+    """
+    corpus, k, eps, plan = search.corpus, search.k, search.eps, search.plan
+    n, width = cand_s.shape
+    order = np.argsort(-cand_s, axis=1, kind="stable")
+    cand_s = np.take_along_axis(cand_s, order, axis=1)
+    cand_i = np.take_along_axis(cand_i, order, axis=1)
+    kth = cand_s[:, min(k, width) - 1]
+    last = cand_s[:, -1]
+    near_tie_bound = kth - 2 * eps
+    # Safe: the buffer is not full of finite scores, or everything left out is clearly below the k-th.
+    safe = ~np.isfinite(last) | (last < near_tie_bound) | (width >= corpus.rows - 1)
+    # Only candidates within 2*eps of the k-th can be in the top k (k others beat the rest): score just those.
+    need = np.isfinite(cand_s) & (cand_s >= near_tie_bound[:, None])
+    neighbors = np.full((n, k), PAD_INDEX, dtype=np.int64)
+    scores = np.full((n, k), np.nan, dtype=np.float32)
+    safe_rows = np.nonzero(safe)[0]
+    for lo in range(0, len(safe_rows), plan.score_rows):
+        sel = safe_rows[lo: lo + plan.score_rows]
+        w = max(1, int(need[sel].sum(axis=1).max()))  # `need` is a prefix of each sorted row
+        idx = cand_i[sel, :w]
+        valid = need[sel, :w]
+        exact = canonical_scores(query[sel], corpus.take(np.where(valid, idx, 0)))
+        exact[~valid] = -np.inf
+        neighbors[sel], scores[sel] = rank(exact, np.where(valid, idx, PAD_INDEX), k, search.threshold)
+    for r in np.nonzero(~safe)[0]:
+        neighbors[r], scores[r] = _widened_row(search, first + r, query[r], near_tie_bound[r])
+    return neighbors, scores
+
+
+def rank(exact, idx, k, threshold):
+    """Per row: keep finite scores (>= threshold), order by score desc then index asc, pad to k."""
+    if threshold is not None:
+        exact = np.where(exact >= threshold, exact, -np.inf)
+    idx_key = np.where(np.isfinite(exact), idx, np.iinfo(np.int64).max)
+    order = np.lexsort((idx_key, -exact), axis=-1)[:, :k]
+    s = np.take_along_axis(exact, order, axis=1)
+    i = np.take_along_axis(idx, order, axis=1)
+    found = np.isfinite(s)
+    out_i = np.full((len(exact), k), PAD_INDEX, dtype=np.int64)
+    out_s = np.full((len(exact), k), np.nan, dtype=np.float32)
+    m = s.shape[1]
+    out_i[:, :m] = np.where(found, i, PAD_INDEX)
+    out_s[:, :m] = np.where(found, s, np.nan)
+    return out_i, out_s
+
+
+def _widened_row(search, row: int, q: np.ndarray, near_tie_bound: float):
+    """A row with many near-ties at its k-th score: gather every candidate above the bound, score them all."""
+    corpus, zero, k, threshold, plan, work = (search.corpus, search.zero, search.k, search.threshold, search.plan,
+                                              search.work)
+    picked = []
+    for col0, block in corpus.blocks(0, corpus.rows, plan.tile * plan.tile // 64):
+        work.check()
+        s = block @ q
+        s[zero[col0: col0 + len(block)]] = -np.inf
+        if col0 <= row < col0 + len(block):
+            s[row - col0] = -np.inf
+        if threshold is not None:
+            s[s < search.admission_floor] = -np.inf
+        picked.append(col0 + np.nonzero(s >= near_tie_bound)[0])
+    idx = np.concatenate(picked)
+    best_i = np.full(k, PAD_INDEX, dtype=np.int64)
+    best_s = np.full(k, np.nan, dtype=np.float32)
+    # Score in slices so a row tied with millions of others still fits the budget.
+    step = max(1, plan.score_rows * 64)
+    for lo in range(0, len(idx), step):
+        work.check()
+        part = idx[lo: lo + step]
+        exact = canonical_scores(q[None, :], corpus.take(part)[None, :, :])
+        merged_i = np.concatenate([best_i, part])[None, :]
+        merged_s = np.concatenate([np.where(best_i >= 0, best_s, -np.inf), exact[0]])[None, :]
+        best_i, best_s = (a[0] for a in rank(merged_s, merged_i, k, threshold))
+    return best_i, best_s

@@ -1,0 +1,111 @@
+"""Streaming matrix readers: a directory of .npy, .parquet or .csv files -> (ids, float64 rows) batches.
+
+One module per input format (npy.py, parquet.py, csv.py; columns.py for what parquet and CSV share), behind
+this dispatcher: each has FORMAT, EXTENSIONS, read_schema(file), plan(schemas, id_column) and
+iter_rows(file, plan, batch_rows).
+
+The input is the Preprocess `matrix` channel: one file, or many under a prefix. Decisions, in one place:
+
+- Files are read in key order: relative POSIX paths, sorted, recursing into subfolders.
+- Skipped silently: any path with a part starting with "." (hidden files, `.DS_Store`, Spark's `.crc`
+  sidecars) or "_" (Hadoop/Spark markers and scratch: `_SUCCESS`, `_committed_*`, `_temporary/`).
+  Anything else with an unknown extension is an error: silently skipping e.g. `part-0.csv.gz` would lose rows.
+- All files of one prefix share one format, one dimension, and (parquet/csv) one column set; columns are
+  matched by name, so the column order may differ between files. A file with a header/schema but no rows is
+  fine (Spark writes empty partitions); a zero-byte file is an error.
+- Columns (parquet/csv): numeric feature columns plus at most one id column: `--id-column`, or else the only
+  non-numeric column (string ids work without setup), or else ids are global row numbers (int64, counted
+  across files in key order). Numeric ids therefore need `--id-column`. CSV ids are always strings (CSV has
+  no types; "00123" must stay "00123"); parquet integer ids stay int64.
+- Rows in messages are 0-based data rows of the file (the header is not a row); CSV messages add the
+  1-based line number (row + 2) an editor shows.
+- Missing values (parquet nulls, empty CSV fields) come out as NaN, so the caller's NaN policy covers them.
+
+Entry points: `plan_matrix(root, id_column)` inspects every file's schema (cheap, no data read) and checks
+they agree; `iter_matrix(plan, batch_rows)` then yields `MatrixBatch`es of at most `batch_rows` rows.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from ..errors import StepError
+from . import csv, npy, parquet
+from .base import FileSchema, InputFile, MatrixBatch, MatrixPlan, batch_rows_for, describe_row
+
+READERS = {module.FORMAT: module for module in (npy, parquet, csv)}
+FORMATS = {ext: module.FORMAT for module in READERS.values() for ext in module.EXTENSIONS}
+
+__all__ = ["FORMATS", "FileSchema", "InputFile", "MatrixBatch", "MatrixPlan", "batch_rows_for", "describe_row",
+           "iter_matrix", "list_input_files", "plan_matrix", "read_schema"]
+
+
+def list_input_files(root: Path) -> list[InputFile]:
+    root = Path(root)
+    if not root.is_dir():
+        raise StepError(
+            f"input channel {root} does not exist or is not a directory; "
+            "map the InputData location to the processing input 'matrix'"
+        )
+    found = [_input_file(root, p) for p in root.rglob("*") if p.is_file() and not _is_skipped(p.relative_to(root))]
+    if not found:
+        raise StepError(
+            f"input {root} holds no data files; point InputData at a .npy, .parquet or .csv file or a prefix of them"
+        )
+    found.sort(key=lambda f: f.key)
+    _check_one_format(found)
+    return found
+
+
+def _is_skipped(relative: Path) -> bool:
+    return any(part.startswith((".", "_")) for part in relative.parts)
+
+
+def _input_file(root: Path, path: Path) -> InputFile:
+    key = path.relative_to(root).as_posix()
+    fmt = FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise StepError(
+            f"{key}: unsupported file type {path.suffix or '(no extension)'!r}; "
+            "the input may hold only .npy, .parquet or .csv files (remove or move this one)"
+        )
+    size = path.stat().st_size
+    if size == 0:
+        raise StepError(f"{key}: file is empty (0 bytes); remove it or re-export the data")
+    return InputFile(path=path, key=key, format=fmt, bytes=size)
+
+
+def _check_one_format(files: Sequence[InputFile]) -> None:
+    first = files[0]
+    for other in files[1:]:
+        if other.format != first.format:
+            raise StepError(
+                f"mixed input formats: {first.key} is {first.format} but {other.key} is {other.format}; "
+                "put files of one format under the input prefix"
+            )
+
+
+def plan_matrix(root: Path, id_column: str | None = None) -> MatrixPlan:
+    files = list_input_files(root)
+    schemas = [read_schema(f) for f in files]
+    return READERS[files[0].format].plan(schemas, id_column)
+
+
+def read_schema(file: InputFile) -> FileSchema:
+    return READERS[file.format].read_schema(file)
+
+
+def iter_matrix(plan: MatrixPlan, batch_rows: int) -> Iterator[MatrixBatch]:
+    """Yield the whole matrix in input order, at most `batch_rows` rows at a time."""
+    if batch_rows < 1:
+        raise ValueError("batch_rows must be >= 1")
+    reader = READERS[plan.format].iter_rows
+    global_row = 0
+    for file in plan.files:
+        for file_row, ids, values in reader(file, plan, batch_rows):
+            if ids is None:  # row numbers, counted across files: the row's place in the whole input
+                ids = np.arange(global_row, global_row + len(values), dtype=np.int64)
+            global_row += len(values)
+            yield MatrixBatch(file.key, file_row, ids, values)
