@@ -86,9 +86,11 @@ TOP_K, MIN_SCORE, MEMORY_BUDGET_MB, THREADS = "top_k", "min_score", "memory_budg
 HYPERPARAMETERS = (TOP_K, MIN_SCORE, MEMORY_BUDGET_MB, THREADS)
 NO_THRESHOLD = -1.0  # min_score at or below it keeps every pair
 
-# ---- registry ------------------------------------------------------------------------------------------------
+# ---- Preprocess's arguments and the registry -------------------------------------------------------------------
 
-APPROVAL_STATUSES = ("PendingManualApproval", "Approved", "Rejected")
+NON_FINITE_POLICIES = ("error", "drop")  # NaN/inf values: fail naming them (the default), or drop those rows
+DEFAULT_CHUNK_ROWS = 65536  # rows per normalized chunk file
+APPROVAL_STATUSES = ("PendingManualApproval", "Approved", "Rejected")  # the first is the default
 
 # ---- files and their formats -------------------------------------------------------------------------------------
 

@@ -30,13 +30,13 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .contract import MATRIX, NORMALIZED, PROCESSING, here, processing_input_path, processing_output_path
+from .contract import (DEFAULT_CHUNK_ROWS, MATRIX, NON_FINITE_POLICIES, NORMALIZED, PROCESSING, here,
+                       processing_input_path, processing_output_path)
 from .errors import StepArgumentParser, StepError, run_step
 from .formats.normalized import NormalizedWriter, publish
 from .io import sha256_file, sha256_text
 from .readers import MatrixBatch, MatrixPlan, batch_rows_for, describe_row, iter_matrix, plan_matrix
 
-DEFAULT_CHUNK_ROWS = 65536
 STAGING_DIR = ".partial"
 DROPPED_SAMPLE_SIZE = 10  # dropped rows listed by name in the manifest; the rest are only counted
 FLOAT32_EXACT_INTEGER = 2 ** 24  # integers up to this magnitude are exact in float32
@@ -49,7 +49,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = StepArgumentParser(prog="python -m steps.preprocess", description=__doc__.splitlines()[0])
     parser.add_argument("--input-uri", required=True, help="where the input came from (recorded in the manifest)")
     parser.add_argument("--id-column", default=None, help="column holding the row ids (parquet/csv)")
-    parser.add_argument("--non-finite", choices=("error", "drop"), default="error",
+    parser.add_argument("--non-finite", choices=NON_FINITE_POLICIES, default=NON_FINITE_POLICIES[0],
                         help="NaN/inf values: fail (default) or drop those rows and count them")
     parser.add_argument("--chunk-rows", type=int, default=DEFAULT_CHUNK_ROWS, help="rows per output chunk")
     args = parser.parse_args(list(argv))

@@ -21,7 +21,7 @@ import sys
 from typing import Sequence
 
 from . import registry
-from .contract import (ARTIFACT, MANIFEST, PROCESSING, REGISTRATION, REGISTRATION_FILE, here, processing_input_path,
+from .contract import (APPROVAL_STATUSES, ARTIFACT, MANIFEST, PROCESSING, REGISTRATION, REGISTRATION_FILE, here, processing_input_path,
                        processing_output_path)
 from .errors import StepArgumentParser, run_step
 from .formats import artifact
@@ -47,7 +47,7 @@ def main(argv: Sequence[str]) -> None:
     parser.add_argument("--execution-id", required=True)
     parser.add_argument("--artifact-uri", required=True, help="where the artifact is (what the package names)")
     parser.add_argument("--model-package-group", required=True)
-    parser.add_argument("--approval-status", default="PendingManualApproval")
+    parser.add_argument("--approval-status", default=APPROVAL_STATUSES[0])
     args = parser.parse_args(argv)
     registry.check_approval_status(args.approval_status)  # before any work, not after it
     folder = here(processing_input_path(ARTIFACT))

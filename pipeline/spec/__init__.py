@@ -3,7 +3,7 @@
 from .checks import has_instance_store
 from .model import Spec
 from .parameters import PARAMETER_NAMES, PARAMETERS, Parameter, absolute_location, value_problem
-from .schema import NON_FINITE_POLICIES, load_spec
+from .schema import load_spec
 
-__all__ = ["NON_FINITE_POLICIES", "PARAMETERS", "PARAMETER_NAMES", "Parameter", "Spec", "absolute_location",
+__all__ = ["PARAMETERS", "PARAMETER_NAMES", "Parameter", "Spec", "absolute_location",
            "has_instance_store", "load_spec", "value_problem"]

@@ -47,7 +47,7 @@ PARAMETERS: tuple[Parameter, ...] = (
               "cosine scores lie in [-1, 1]; -1 keeps every pair"),
     Parameter("ModelPackageGroup", "String", None, _MODEL_PACKAGE_GROUP, _MODEL_PACKAGE_GROUP,
               "the model package group the artifact is registered in (default: the pipeline name)"),
-    Parameter("ApprovalStatus", "String", "PendingManualApproval", choice(APPROVAL_STATUSES),
+    Parameter("ApprovalStatus", "String", APPROVAL_STATUSES[0], choice(APPROVAL_STATUSES),
               choice(APPROVAL_STATUSES), "`PendingManualApproval`, `Approved` or `Rejected`"),
 )
 BY_NAME = {p.name: p for p in PARAMETERS}

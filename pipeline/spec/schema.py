@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from pipeline.errors import SpecError
-from steps.contract import DEFAULT_CHECKPOINT_SECONDS
+from steps.contract import DEFAULT_CHECKPOINT_SECONDS, DEFAULT_CHUNK_ROWS, NON_FINITE_POLICIES
 
 from .checks import (ISO_DURATION, INSTANCE_TYPE, JOB_NAME_PREFIX, KMS_KEY, MAX_PROCESSING_RUNTIME, MAX_RETRY_ATTEMPTS,
                      MAX_SECURITY_GROUPS, MAX_SUBNETS, MAX_TAG_KEY, MAX_TAG_VALUE, MAX_TAGS, MAX_TRAINING_RUNTIME,
@@ -28,7 +28,6 @@ from .model import (CacheSettings, InputSettings, LocalSettings, PreprocessSetti
                     SecuritySettings, SimilaritySettings, Spec, display)
 from .parameters import PARAMETER_NAMES, PARAMETERS, REQUIRED
 
-NON_FINITE_POLICIES: tuple[str, ...] = ("error", "drop")
 
 
 def _section(keys: dict[str, Any], required: bool = False) -> dict[str, Any]:
@@ -60,7 +59,7 @@ SCHEMA: dict[str, Any] = {
     "input": _section(
         {
             "id_column": (optional(NON_EMPTY), None),
-            "non_finite": (choice(NON_FINITE_POLICIES), "error"),
+            "non_finite": (choice(NON_FINITE_POLICIES), NON_FINITE_POLICIES[0]),
         }
     ),
     "preprocess": _section(
@@ -68,7 +67,7 @@ SCHEMA: dict[str, Any] = {
             "instance_type": (INSTANCE_TYPE, "ml.m5.xlarge"),
             "volume_gb": (integer(1, MAX_VOLUME_GB), 30),
             "max_runtime_seconds": (integer(60, MAX_PROCESSING_RUNTIME), 3600),
-            "chunk_rows": (integer(1), 65536),
+            "chunk_rows": (integer(1), DEFAULT_CHUNK_ROWS),
         }
     ),
     "similarity": _section(
