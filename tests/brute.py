@@ -14,11 +14,15 @@ def normalize(X: np.ndarray) -> np.ndarray:
 def brute_force(Xn: np.ndarray, k: int, min_score: float | None = None):
     """Top-k of Xn @ Xn.T (self excluded, zero rows excluded both ways, ties by lower index).
 
-    Scores use float64 products and sums rounded to float32, the kernel's canonical scoring.
+    Scores use float64 products and sums rounded to float32, the kernel's canonical scoring: within [-1, 1],
+    exactly 1 for two identical rows and -1 for opposite ones.
     """
     N = len(Xn)
     X64 = Xn.astype(np.float64)
-    S = (X64 @ X64.T).astype(np.float32)
+    S = np.clip((X64 @ X64.T).astype(np.float32), -1, 1)
+    same = (Xn[:, None, :] == Xn[None, :, :]).all(axis=2)
+    S[same & Xn.any(axis=1)[:, None]] = 1
+    S[(Xn[:, None, :] == -Xn[None, :, :]).all(axis=2) & Xn.any(axis=1)[:, None]] = -1
     zero = ~Xn.any(axis=1)
     S[np.arange(N), np.arange(N)] = -np.inf
     S[:, zero] = -np.inf

@@ -143,8 +143,24 @@ def test_canonical_scores_are_the_float32_rounding_of_the_exact_dot_product():
     exact = np.array([[np.float32(math.fsum((q[i].astype(np.float64) * c[i, j].astype(np.float64)).tolist()))
                        for j in range(30)] for i in range(6)])
     assert canonical_scores(q, c).tobytes() == exact.tobytes()
-    # 1 + 2**-24 lies exactly between two float32 values: only the exact sum can decide (ties to even: 1.0),
-    # and 1 + 2**-24 + 2**-40 rounds up. Either way the fast float64 product is too close to call.
-    q = np.array([[1, 2**-24, 2**-40]], dtype=np.float32)
-    c = np.array([[[1, 1, 0], [1, 1, 1]]], dtype=np.float32)
-    assert canonical_scores(q, c).tolist() == [[1.0, float(np.nextafter(np.float32(1), np.float32(2)))]]
+    # 1 - 2**-25 lies exactly between two float32 values: only the exact sum can decide (ties to even: 1.0),
+    # and 1 - 2**-25 - 2**-40 rounds down. Either way the fast float64 product is too close to call.
+    q = np.array([[1, 2**-25, 2**-40]], dtype=np.float32)
+    c = np.array([[[1, -1, 0], [1, -1, -1]]], dtype=np.float32)
+    assert canonical_scores(q, c).tolist() == [[1.0, float(np.nextafter(np.float32(1), np.float32(0)))]]
+
+
+def test_identical_rows_score_exactly_one_and_no_score_leaves_minus_one_to_one():
+    """A stored unit row's float32 rounding makes v . v = 0.99999994 or 1.0000001 now and then: the canonical score
+    of a row and an identical one is 1.0 (and -1.0 for its exact negative), and every score lies in [-1, 1]."""
+    rng = np.random.default_rng(5)
+    X = normalize(rng.standard_normal((400, 48)))
+    self_dots = np.array([np.float32(np.dot(x.astype(np.float64), x.astype(np.float64))) for x in X])
+    assert (self_dots != 1).any()  # the case this is about does occur
+    scores = canonical_scores(X, np.stack([X, -X, X[::-1]], axis=1))
+    assert (scores[:, 0] == 1).all() and (scores[:, 1] == -1).all() and (np.abs(scores) <= 1).all()
+    # And through the kernel: duplicated rows are each other's neighbour at exactly 1.0, kept by MinScore=1.0.
+    D = np.repeat(X[:50], 2, axis=0)
+    neighbors, scores = run(D, 3, min_score=1.0)
+    assert (neighbors[:, 0] == np.arange(100) ^ 1).all() and (scores[:, 0] == 1).all()
+    assert (neighbors[:, 1:] == -1).all()

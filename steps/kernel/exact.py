@@ -1,10 +1,12 @@
 """Exact scoring: the canonical score of a pair, the error bounds that make selection safe, and the final
 exact top-k of each row from its buffered candidates (widening the rare rows whose buffer may miss one).
 
-Canonical score: the float32 rounding of the correctly rounded float64 dot product of the two float32 vectors.
-It depends on the two vectors only, not on block shapes, BLAS kernels, thread counts or host splits. It is
-computed with float64 BLAS and accepted when no float32 rounding boundary lies within its error bound;
-otherwise (about one pair in a million) an exact sum (math.fsum) decides.
+Canonical score: the float32 rounding of the correctly rounded float64 dot product of the two float32 vectors,
+kept within [-1, 1] (a cosine), and exactly 1 for a vector and itself (-1 for its exact negative): two identical
+stored rows score 1.0, not the 0.99999994 their float32 rounding may give. It depends on the two vectors only,
+not on block shapes, BLAS kernels, thread counts or host splits. The dot product is computed with float64 BLAS
+and accepted when no float32 rounding boundary lies within its error bound; otherwise (about one pair in a
+million) an exact sum (math.fsum) decides.
 """
 from __future__ import annotations
 
@@ -21,13 +23,19 @@ def rounding_bound(terms: int, unit_roundoff: float) -> float:
     return 1.01 * terms * unit_roundoff / (1 - terms * unit_roundoff)
 
 
+# A stored row is its unit vector rounded to float32, so its squared norm is within 2**-23 (+ tiny) of 1: the
+# canonical score's clamp to [-1, 1] and its exact 1 for identical rows move a dot product by less than this.
+NORM_SLACK = 2.0 ** -22
+
+
 def dot_error_bound(dim: int) -> float:
-    """Bound on |float32 dot - exact dot| for vectors of norm <= 1 (gamma_D in float32, slack for the norms)."""
-    return rounding_bound(max(dim, 1) + 2, 2.0 ** -24) + 1e-7
+    """Bound on |float32 dot - canonical score| for stored rows (gamma_D in float32, plus NORM_SLACK)."""
+    return rounding_bound(max(dim, 1) + 2, 2.0 ** -24) + NORM_SLACK
 
 
 def canonical_scores(query: np.ndarray, candidates: np.ndarray) -> np.ndarray:
-    """float32(RN64(q . c)) for each pair: depends on the two vectors only, however it is computed.
+    """float32(RN64(q . c)) within [-1, 1], 1 for identical vectors, -1 for opposite ones, for each pair: it
+    depends on the two vectors only, however it is computed.
 
     query: (n, D) float32; candidates: (n, m, D) float32 -> (n, m) float32.
     """
@@ -46,6 +54,12 @@ def canonical_scores(query: np.ndarray, candidates: np.ndarray) -> np.ndarray:
     for i, j in zip(*np.nonzero(close)):
         # Products of float32 values are exact in float64; fsum returns their correctly rounded sum.
         out[i, j] = np.float32(math.fsum((q64[i] * c64[i, j]).tolist()))
+    np.clip(out, -1, 1, out=out)
+    for i, j in zip(*np.nonzero(np.abs(out) >= 1 - 2.0 ** -20)):  # only such pairs can be a row and itself
+        if np.array_equal(query[i], candidates[i, j]):
+            out[i, j] = 1
+        elif np.array_equal(query[i], -candidates[i, j]):
+            out[i, j] = -1
     return out
 
 
