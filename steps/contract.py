@@ -76,6 +76,7 @@ CHECKPOINT_SECONDS_ENV = "ALLPAIRS_CHECKPOINT_SECONDS"  # the training job's Env
 DEFAULT_CHECKPOINT_SECONDS = 120
 PROGRESS_SECONDS_ENV = "ALLPAIRS_PROGRESS_SECONDS"  # cadence of the progress lines; 0: one per finished tile
 DEFAULT_PROGRESS_SECONDS = 5.0
+BLOCK_ROWS_ENV = "ALLPAIRS_BLOCK_ROWS"  # overrides the grid's block rows (steps/kernel/grid.py): tests, tuning
 LOCAL_REGISTRY_ENV = "ALLPAIRS_LOCAL_REGISTRY"  # set: Register writes to this SQLite file, not the Model Registry
 HOST_FAULT_ENV = "ALLPAIRS_HOST_FAULT"  # local runner only: a fault the host triggers itself (steps/faults.py)
 FAULT_MARKER = "fault injected:"  # a host killed on purpose says so first: the runner restarts it
@@ -101,8 +102,8 @@ NEIGHBORS_PARQUET, NEIGHBORS_NPY, SCORES_NPY = "neighbors.parquet", "neighbors.n
 ARTIFACT_FILES = (NEIGHBORS_PARQUET, NEIGHBORS_NPY, SCORES_NPY, MANIFEST)  # moved into place in this order
 
 NORMALIZED_FORMAT = ("allpairs.normalized", 1)
-SHARD_FORMAT = ("allpairs.shard", 1)
-CHECKPOINT_FORMAT = ("allpairs.checkpoint", 1)
+SHARD_FORMAT = ("allpairs.shard", 2)
+CHECKPOINT_FORMAT = ("allpairs.checkpoint", 2)
 ARTIFACT_FORMAT = ("allpairs.artifact", 1)
 
 # One progress line shape, parsed by the local runner (ALLPAIRS_FAULTS at=P%) and by the training step's metrics:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .contract import FAULT_MARKER, HOST_FAULT_ENV
-from .errors import StepError
+from .errors import StepError, Terminated
 
 Log = Callable[[str], None]
 
@@ -43,12 +43,18 @@ class Fault:
         self.fired = True
         if self.when == "hang":
             log(f"{FAULT_MARKER} {what}; hanging until stopped")
+
+            def stopped(signum, frame):  # the host's own handler only flags a stop for its next step
+                raise Terminated(f"{what} by an injected fault")
+            signal.signal(signal.SIGTERM, stopped)
             while True:
-                time.sleep(3600)  # SIGTERM raises out of here
+                time.sleep(3600)
         log(f"{FAULT_MARKER} {what}; sending {signal.Signals(self.sig).name} to this host")
         sys.stdout.flush()
         os.kill(os.getpid(), self.sig)
-        time.sleep(5)  # SIGTERM is handled between bytecodes; SIGKILL never returns
+        if self.sig == signal.SIGKILL:
+            time.sleep(5)  # never returns: SIGKILL is delivered at once
+        # SIGTERM: its handler has run (a signal to oneself is handled before os.kill returns to Python code)
 
 
 def read_fault() -> Fault | None:

@@ -23,6 +23,7 @@ from .contract import (ARTIFACT, ARTIFACT_FILES, NORMALIZED, PROCESSING, SCRATCH
 from .errors import StepArgumentParser, StepError, run_step
 from .formats import artifact, shards
 from .formats.normalized import load_normalized, read_ids
+from .order import combine
 
 
 def parse_parameters(items: Sequence[str]) -> dict[str, str]:
@@ -40,13 +41,14 @@ def merge(shards_dir: Path, normalized_dir: Path, out: Path, scratch: Path, args
     began = time.time()
     normalized = load_normalized(normalized_dir, verify=False)  # Merge reads the ids, not the chunks
     found = shards.collect_shards(shards.unpack_shards(shards_dir, scratch), normalized.rows, normalized.fingerprint)
-    k = int(found[0].meta["k"])
-    size = artifact.batch_rows(k)
-    batches = (batch for shard in found for batch in shard.batches(size, normalized.rows))  # in row order
+    k = found.k
+    # Each row's partial lists combined (exact: steps/order.py), in row order, a bounded batch at a time.
+    lists_per_row = max(len(refs) for refs in found.by_block.values()) if found.by_block else 1
+    batches = found.batches(artifact.batch_rows(k * lists_per_row), lambda parts: combine(parts, k))
     counts = artifact.write_files(batches, read_ids(normalized), normalized.rows, k, out)
     pre = normalized.manifest
     manifest = {
-        "rows": normalized.rows, "dim": normalized.dim, "k": k, "threshold": found[0].meta["min_score"],
+        "rows": normalized.rows, "dim": normalized.dim, "k": k, "threshold": found.min_score,
         "padding": {"index": -1, "score": "NaN"}, "rank": "1 = most similar",
         "ids": {"source": pre["ids"].get("source"), "type": pre["ids"].get("type")},
         "counts": {"zero_rows": pre.get("zero_rows", 0), "dropped_rows": pre.get("dropped_rows", 0), **counts},
@@ -54,13 +56,14 @@ def merge(shards_dir: Path, normalized_dir: Path, out: Path, scratch: Path, args
                   "normalized_fingerprint": normalized.fingerprint},
         "parameters": parse_parameters(args.parameter),
         "execution_id": args.execution_id, "artifact_uri": args.artifact_uri,
-        "training_job": found[0].meta.get("job"),
-        "hosts": [{"host": s.meta["host"], "start": s.start, "stop": s.stop, "seconds": s.meta.get("seconds"),
-                   "cpu_seconds": s.meta.get("cpu_seconds"),
-                   "resumed_rows": s.meta.get("resumed_rows", 0)} for s in found],
+        "training_job": found.shards[0].meta.get("job"),
+        "grid": found.grid,
+        "hosts": [{"host": s.host, "lists": len(s.meta["lists"]), "list_rows": s.meta["rows"],
+                   "seconds": s.meta.get("seconds"), "cpu_seconds": s.meta.get("cpu_seconds"),
+                   "resumed_steps": s.meta.get("resumed_steps", 0)} for s in found.shards],
         "timings": {"preprocess_seconds": pre.get("seconds"),
-                    "similarity_seconds": max((s.meta.get("seconds") or 0) for s in found),  # the slowest host
-                    "similarity_cpu_seconds": round(sum(s.meta.get("cpu_seconds") or 0 for s in found), 3),
+                    "similarity_seconds": max((s.meta.get("seconds") or 0) for s in found.shards),  # the slowest
+                    "similarity_cpu_seconds": round(sum(s.meta.get("cpu_seconds") or 0 for s in found.shards), 3),
                     "merge_seconds": round(time.time() - began, 3)},
     }
     artifact.write_manifest(out, manifest)

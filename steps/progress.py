@@ -1,30 +1,28 @@
 """A similarity host's progress lines, at a steady cadence.
 
-One line shape, parsed by the local runner (ALLPAIRS_FAULTS `at=P%`) and, in the cloud, by the training
-step's metric definitions:
+One line shape (steps/contract.py PROGRESS_LINE), parsed by the local runner (ALLPAIRS_FAULTS `at=P%`) and, in
+the cloud, by the training step's metric definitions:
 
     algo-1: progress 37.5% rows 4608/12288 rows/s 2210 GFLOP/s 28.3 eta 3 s
 
-`rows` counts this host's share, resumed rows included; rows/s and GFLOP/s count only the rows computed
-here, each row costing 2 x corpus rows x dim floating point operations (the work one row's neighbours need).
+`rows` counts this host's block rows, each finished step worth its share of them, resumed ones included;
+rows/s and GFLOP/s count only what is computed here (the caller gives the floating point operations a row
+costs).
 """
 from __future__ import annotations
 
 import os
-import re
 import time
 from typing import Callable
 
-LINE = re.compile(r"progress (?P<percent>\d+(?:\.\d+)?)% rows (?P<done>\d+)/(?P<total>\d+)")
-SECONDS_ENV = "ALLPAIRS_PROGRESS_SECONDS"  # the cadence; 0: a line per finished tile
-DEFAULT_SECONDS = 5.0
+from .contract import DEFAULT_PROGRESS_SECONDS, PROGRESS_SECONDS_ENV
 
 
 def read_cadence() -> float:
     try:
-        return max(0.0, float(os.environ.get(SECONDS_ENV) or DEFAULT_SECONDS))
+        return max(0.0, float(os.environ.get(PROGRESS_SECONDS_ENV) or DEFAULT_PROGRESS_SECONDS))
     except ValueError:
-        return DEFAULT_SECONDS
+        return DEFAULT_PROGRESS_SECONDS
 
 
 class Progress:

@@ -1,11 +1,12 @@
-"""Similarity step: the image's `train`. Each host computes the top-k neighbours of its even share of rows.
+"""Similarity step: the image's `train`. Each host computes its even share of the pairs of rows, every pair once
+across all hosts, and writes exact partial top-k lists that Merge combines.
 
 Reads the SageMaker training contract (resourceconfig.json, hyperparameters.json, the `normalized` channel)
 and writes host-unique shard files to /opt/ml/model. See docs/container-contract.md, section 2.
 
-Resume: completed rows are checkpointed under /opt/ml/checkpoints, keyed by row range
-(steps/formats/checkpoints.py says how and why); a restarted host copies what is there and computes only the
-rest. SIGTERM (spot's warning, StopTrainingJob) saves the completed rows before the host exits.
+Resume: a host's finished lists and the state of its pass in progress are checkpointed under
+/opt/ml/checkpoints (steps/formats/checkpoints.py says how and why; steps/share.py what is reused); SIGTERM
+(spot's warning, StopTrainingJob) checkpoints before the host exits.
 
 Refused before any work: InstanceCount above the number of rows, and a matrix that with memory_budget_mb does
 not fit in this host's available memory (every host memory-maps the whole normalized matrix); the message
@@ -14,27 +15,19 @@ names the budget or an instance type that would fit. The shard JSON records the 
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-
+from . import share
 from .contract import (CHECKPOINT_PATH, HYPERPARAMETERS, MEMORY_BUDGET_MB, MIN_SCORE, MODEL_PATH, NO_THRESHOLD,
-                       NORMALIZED, THREADS, TOP_K, TRAINING, TRAINING_CONFIG_PATH, TRAINING_JOB_ENV, Host, channel_path,
-                       here, read_host)
-from .errors import StepError, Terminated, run_step
-from .faults import read_fault
-from .formats import checkpoints, shards
+                       NORMALIZED, THREADS, TOP_K, TRAINING, TRAINING_CONFIG_PATH, Host, channel_path, here, read_host)
+from .errors import StepError, run_step
 from .formats.normalized import load_normalized, read_manifest
-from .io import atomic_path
-from .kernel import Corpus, KernelConfig, QueryRows, top_k
-from .progress import Progress
+from .kernel import Corpus, KernelConfig
 
 PROGRAM_MB = 256  # the interpreter, numpy and the kernel's bookkeeping, beside the matrix and the budget
 # Memory (GiB) of common training instance types, smallest first: what the memory check suggests.
@@ -107,73 +100,13 @@ def check_instance_count(hosts: int, rows: int) -> None:
 
 def compute_shard(normalized_dir: Path, host: Host, settings: Settings, out_dir: Path,
                   checkpoint_dir: Path | None = None, available: int | None = None) -> dict:
-    """Compute this host's rows and write its shard files (data first, the JSON that vouches for them last).
-    Rows found in verified checkpoints are copied, not computed; `available` is memory in bytes (None: ask)."""
+    """Compute this host's share of the pairs and write its shard files (steps/share.py says how); `available`
+    is memory in bytes (None: ask)."""
     check_fits(normalized_dir, host, settings, available_memory() if available is None else available)
     data = load_normalized(normalized_dir)
-    corpus = Corpus(data.chunks)
     check_instance_count(len(host.hosts), data.rows)
-    start, stop = host.share(data.rows)
-    names = shards.names(host.name)
-    k = settings.top_k
-    log = host_log(host)
-    expected = {"format": checkpoints.FORMAT, "version": checkpoints.VERSION, "fingerprint": data.fingerprint,
-                "k": k, "min_score": settings.min_score}
-    key = checkpoints.checkpoint_key(data.fingerprint, k, settings.min_score)
-    found = checkpoints.scan(checkpoint_dir, key, expected, (start, stop), log) if checkpoint_dir else checkpoints.Scan()
-    pieces = checkpoints.plan_cover((start, stop), found.usable)
-    began, cpu_began = time.time(), time.process_time()
-    from numpy.lib.format import open_memmap
-
-    with atomic_path(out_dir / names["neighbors"]) as tmp_n, atomic_path(out_dir / names["scores"]) as tmp_s:
-        neighbors = open_memmap(tmp_n, mode="w+", dtype=np.int64, shape=(stop - start, k))
-        scores = open_memmap(tmp_s, mode="w+", dtype=np.float32, shape=(stop - start, k))
-        writer = checkpoints.Writer(checkpoint_dir, key, {**expected, "host": host.name}, neighbors, scores, start,
-                                    checkpoints.read_interval(), log, read_fault()) if checkpoint_dir else None
-        resumed = fill_shard(corpus, pieces, settings, neighbors, scores, start, writer, log)
-        neighbors.flush()
-        scores.flush()
-        del neighbors, scores, writer
-    return shards.write_meta(out_dir, host.name, host.hosts, start, stop, k, settings.min_score, data.fingerprint,
-                             os.environ.get(TRAINING_JOB_ENV), resumed, round(time.time() - began, 3),
-                             round(time.process_time() - cpu_began, 3))  # CPU: every thread of this process
-
-
-def fill_shard(corpus, pieces, settings: Settings, neighbors, scores, base: int, writer, log) -> int:
-    """Copy checkpointed pieces, compute the others (checkpointing as rows complete); returns rows copied.
-
-    A stop (SIGTERM, Ctrl-C) or a failure abandons the queued kernel work first (closing the generator), then
-    checkpoints every row already final, so the host exits within seconds with nothing finished lost."""
-    resumed, zero = 0, None
-    progress = Progress(sum(hi - lo for lo, hi, _ in pieces), 2.0 * corpus.rows * corpus.dim, log)
-    try:
-        for lo, hi, checkpoint in pieces:
-            if checkpoint is not None:
-                checkpoints.copy_rows(checkpoint, lo, hi, neighbors, scores, base)
-                log(f"resumed rows [{lo}, {hi}) from checkpoint {checkpoint.path.name}")
-                resumed += hi - lo
-                progress.resumed(hi - lo)
-                continue
-            zero = corpus.zero_mask() if zero is None else zero  # once, however many gaps
-            with contextlib.closing(top_k(corpus, QueryRows(lo, hi), settings.kernel(), zero)) as tiles:
-                for first, nb, sc in tiles:
-                    neighbors[first - base: first - base + len(nb)] = nb
-                    scores[first - base: first - base + len(sc)] = sc
-                    if writer:
-                        writer.completed(first, first + len(nb))
-                    progress.computed_rows(len(nb))
-            if writer:
-                writer.save()
-    except Terminated:
-        if writer:  # the rows already final are kept for the resume
-            writer.save()
-        saved = f"{writer.rows_saved + resumed} of {progress.total} rows of this host are in checkpoints" if writer else ""
-        raise Terminated(f"{saved}; a restart resumes from them" if saved else "") from None
-    except BaseException:
-        if writer:  # failed or interrupted: the rows already final are kept for the resume
-            writer.save()
-        raise
-    return resumed
+    return share.compute(Corpus(data.chunks), data.fingerprint, host, settings.kernel(), out_dir, checkpoint_dir,
+                         host_log(host))
 
 
 def host_log(host: Host):
@@ -239,8 +172,8 @@ def main(argv: Sequence[str]) -> None:
     host = host_identity(config / "resourceconfig.json")
     settings = read_settings(config / "hyperparameters.json")
     meta = compute_shard(here(channel_path(NORMALIZED)), host, settings, here(MODEL_PATH), here(CHECKPOINT_PATH))
-    print(f"{host.name}: rows [{meta['start']}, {meta['stop']}) done in {meta['seconds']} s "
-          f"({meta['resumed_rows']} resumed from checkpoints)", flush=True)
+    print(f"{host.name}: {len(meta['lists'])} partial lists ({meta['rows']} rows) done in {meta['seconds']} s "
+          f"({meta['resumed_steps']} steps resumed from checkpoints)", flush=True)
 
 
 def run(argv: Sequence[str] | None = None) -> int:

@@ -20,22 +20,27 @@ from pipeline.cli import main
 from pipeline.errors import LocalRunError, UsageError
 from pipeline.local.faults import Fault, host_faults, parse_faults
 from pipeline.definition.graph import StepPlan
-from steps.contract import PROGRESS_LINE
+from steps.contract import BLOCK_ROWS_ENV, PROGRESS_LINE
 from steps.formats.registry import list_local
 
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def small_blocks(monkeypatch):
+    """Grids of 50-row blocks (the hosts read ALLPAIRS_BLOCK_ROWS): 600 rows make 12 blocks, 4 per host of 3."""
+    monkeypatch.setenv(BLOCK_ROWS_ENV, "50")
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    """600 rows in chunks of 50: every one of 3 hosts computes 4 blocks (the kernel yields per chunk)."""
+    """600 rows in chunks of 50, a checkpoint after every step of a pass (of 9 or 10 steps)."""
     folder = tmp_path_factory.mktemp("faults")
     X = np.random.default_rng(11).standard_normal((600, 6)).astype(np.float32)
     X[10] = X[590]
     X[300] = 0
     np.save(folder / "X.npy", X)
     spec = folder / "pipeline.yaml"
-    # A checkpoint after every block, so a kill point counted in checkpoints is exact.
     text = (REPO / "pipeline.yaml").read_text().replace("chunk_rows: 65536", "chunk_rows: 50").replace(
         "checkpoint_seconds: 120", "checkpoint_seconds: 0")
     assert "chunk_rows: 50" in text and "checkpoint_seconds: 0" in text
@@ -62,11 +67,9 @@ def digest(artifact: Path) -> str:
 
 @pytest.fixture(scope="module")
 def reference(setup, tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    try:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(BLOCK_ROWS_ENV, "50")
         artifact, _ = run(tmp_path_factory.mktemp("ref"), setup, mp)
-    finally:
-        mp.undo()
     return digest(artifact)
 
 
@@ -81,12 +84,14 @@ def test_one_host_killed_after_two_checkpoints_restarts_and_the_artifact_is_iden
     hosts = record["steps"][1]["hosts"]
     assert hosts["algo-2"]["restarts"] == 1 and "restarts" not in hosts["algo-1"]
     log = log_of(record, "algo-2").splitlines()
-    killed = log.index("algo-2: fault injected: killed after checkpoint 2 (rows [250, 300)); "
-                       "sending SIGKILL to this host")
+    killed = log.index("algo-2: fault injected: killed after checkpoint 2 (pass of block rows [4, 8): 2 of 9 steps "
+                       "done); sending SIGKILL to this host")
     assert log[killed + 1] == "--- Similarity algo-2: restarted after an injected fault, as spot restarts it ---"
-    assert log[killed + 2].startswith("algo-2: resumed rows [200, 250) from checkpoint rows-000000000200-000000000250.")
-    assert log[killed + 3].startswith("algo-2: resumed rows [250, 300) from checkpoint")
-    assert log[-1].startswith("algo-2: rows [200, 400) done in") and log[-1].endswith("(100 resumed from checkpoints)")
+    assert log[killed + 2] == "algo-2: resuming the pass of block rows [4, 8) from checkpoints: 2 of 9 steps done"
+    assert log[-2] == "algo-2: checkpoint: pass of block rows [4, 8): done"
+    # Its own 4 blocks (200 rows) and the 5 mirror lists of the column blocks outside them (250 rows).
+    assert log[-1].startswith("algo-2: 9 partial lists (450 rows) done in")
+    assert log[-1].endswith("(2 steps resumed from checkpoints)")
     manifest = json.loads((artifact / "manifest.json").read_text())
     assert manifest["counts"]["zero_rows"] == 1
 
@@ -98,14 +103,16 @@ def test_whole_step_killed_during_a_checkpoint_write_restarts_and_discards_the_t
     hosts = record["steps"][1]["hosts"]
     assert [hosts[h].get("restarts") for h in ("algo-1", "algo-2", "algo-3")] == [1, 1, 1]
     log = log_of(record, "algo-1").splitlines()
-    killed = log.index("algo-1: fault injected: killed while writing checkpoint 2 (rows [50, 100)); "
-                       "sending SIGKILL to this host")
-    assert log[killed + 2].startswith("algo-1: discarding partial checkpoint write .rows-000000000050-000000000100.")
-    assert log[killed + 2].endswith(" (its writer was killed); those rows are computed again")
-    assert log[killed + 3].startswith("algo-1: resumed rows [0, 50) from checkpoint")
+    killed = next(i for i, line in enumerate(log) if line.startswith("algo-1: fault injected: killed while writing "
+                                                                      "checkpoint 2 (state-"))
+    assert log[killed + 2].startswith("algo-1: discarding partial checkpoint write .state-")
+    assert log[killed + 2].endswith(" (its writer was killed)")
+    assert log[killed + 3] == "algo-1: resuming the pass of block rows [0, 4) from checkpoints: 1 of 10 steps done"
     checkpoints = next(artifact.parent.glob("checkpoints"))
-    assert not [p for p in checkpoints.iterdir() if p.name.endswith(".tmp")]
-    assert len(list(checkpoints.iterdir())) == 12  # every block of every host, once
+    assert not [p for p in checkpoints.iterdir() if p.name.startswith(".")]
+    # One state per pass (the older ones removed), each saying its pass is done.
+    states = {p.name.split("-")[2]: json.loads(p.read_bytes().split(b"\n")[1]) for p in checkpoints.glob("state-*")}
+    assert sorted(states) == ["b0", "b4", "b8"] and all(header["done"] for header in states.values())
 
 
 # ---- stops at arbitrary moments, delivered from outside as SageMaker delivers them ------------------------------
@@ -113,8 +120,8 @@ def test_whole_step_killed_during_a_checkpoint_write_restarts_and_discards_the_t
 
 @pytest.fixture(scope="module")
 def busy(tmp_path_factory):
-    """Enough work that a stop lands mid-share: 2 hosts x 15,000 rows of 30,000 x 128 in tiles of 500 rows;
-    checkpoints only when stopped (checkpoint_seconds 3600), a progress line per tile (for at=P%)."""
+    """Enough work that a stop lands mid-share: 2 hosts x 15,000 rows of 30,000 x 128 (59 blocks of 512 rows);
+    checkpoints only when stopped (checkpoint_seconds 3600), a progress line per step (for at=P%)."""
     folder = tmp_path_factory.mktemp("busy")
     np.save(folder / "X.npy", np.random.default_rng(3).standard_normal((30000, 128)).astype(np.float32))
     text = (REPO / "pipeline.yaml").read_text().replace("chunk_rows: 65536", "chunk_rows: 500").replace(
@@ -123,13 +130,17 @@ def busy(tmp_path_factory):
     return folder / "X.npy", folder / "pipeline.yaml"
 
 
-def run_busy(tmp_path, busy, monkeypatch, faults="", checkpoint_seconds=None):
+def run_busy(tmp_path, busy, monkeypatch, faults="", checkpoint_seconds=None, block=None):
     data, spec = busy
     if checkpoint_seconds is not None:
         spec = tmp_path / "pipeline.yaml"
         spec.write_text(busy[1].read_text().replace("checkpoint_seconds: 3600",
                                                     f"checkpoint_seconds: {checkpoint_seconds}"))
     monkeypatch.setenv("ALLPAIRS_PROGRESS_SECONDS", "0")
+    if block:  # the artifact does not depend on the grid
+        monkeypatch.setenv(BLOCK_ROWS_ENV, str(block))
+    else:
+        monkeypatch.delenv(BLOCK_ROWS_ENV, raising=False)
     return run(tmp_path, (data, spec), monkeypatch, faults, hosts=2, k=5)
 
 
@@ -163,26 +174,42 @@ def rows_reported(lines: list[str], before: str) -> int:
     raise AssertionError(f"no line with {before!r}")
 
 
-def resumed_rows(lines: list[str]) -> int:
-    return sum(int(b) - int(a) for a, b in re.findall(r"resumed rows \[(\d+), (\d+)\) from checkpoint", "\n".join(lines)))
+def share_rows(lines: list[str]) -> int:
+    """The rows of the host's share, as its progress lines count them."""
+    return max(int(found["total"]) for found in map(PROGRESS_LINE.search, lines) if found)
 
 
-@pytest.mark.parametrize("seed", [1, 2])
-def test_sigterm_at_a_random_share_checkpoints_every_finished_row_and_the_resumed_artifact_is_identical(
-        tmp_path, busy, busy_reference, monkeypatch, seed):
+PASS_PROGRESS = r"(\d+) of (\d+) steps done(?:, and (\d+) of (\d+) products of the next)?"
+
+
+def resumed(lines: list[str]) -> tuple[int, ...]:
+    """(steps done, steps, products done, products) the restarted host says it resumed its pass from."""
+    (found,) = re.findall(r"resuming the pass of block rows \[\d+, \d+\) from checkpoints: " + PASS_PROGRESS,
+                          "\n".join(lines))
+    return tuple(int(x) if x else 0 for x in found)
+
+
+@pytest.mark.parametrize("seed,block", [(1, None), (2, 3000)])  # 3000: steps of ~0.5 s, the stop lands inside one
+def test_sigterm_at_a_random_share_checkpoints_everything_computed_and_the_resumed_artifact_is_identical(
+        tmp_path, busy, busy_reference, monkeypatch, seed, block):
     percent = random.Random(seed).uniform(8, 70)
-    artifact, record = run_busy(tmp_path, busy, monkeypatch, f"Similarity:algo-2:at={percent:.1f}%")
+    artifact, record = run_busy(tmp_path, busy, monkeypatch, f"Similarity:algo-2:at={percent:.1f}%", block=block)
     assert digest(artifact) == busy_reference
     first, second = lives(record, "algo-2")
     stop = next(line for line in first if "stopped by SIGTERM" in line)
-    saved, total = map(int, re.search(r"; (\d+) of (\d+) rows of this host are in checkpoints", stop).groups())
+    saved = tuple(int(x) if x else 0 for x in re.search(PASS_PROGRESS + r"; all of it is in checkpoints", stop).groups())
+    steps_done, steps = saved[:2]
     reported = rows_reported(first, "SIGTERM from the runner")
-    # Every row the host had finished when the signal came is saved (checkpoint_seconds 3600: by the stop alone),
-    # the host exited on its own within the grace period (no SIGKILL), and the restart computed only the rest.
-    assert total == 15000 and percent / 100 * total <= reported <= saved < total
+    total = share_rows(first)
+    # Every step the host had finished when the signal came is saved (checkpoint_seconds 3600: by the stop alone),
+    # and the products of the step under way that were done; the host exited on its own within the grace
+    # period (no SIGKILL), and the restart resumed exactly there, computing only the rest.
+    assert percent / 100 * total <= reported <= total * steps_done // steps and steps_done < steps
     assert not any("SIGKILL" in line for line in first)
-    assert resumed_rows(second) == saved
-    assert second[-1].endswith(f"({saved} resumed from checkpoints)")
+    assert resumed(second) == saved
+    assert second[-1].endswith(f"({steps_done} steps resumed from checkpoints)")
+    if block:
+        assert saved[3] > 0, stop  # paused inside a step: the products done so far were kept too
 
 
 def test_sigkill_at_a_random_moment_loses_at_most_the_rows_since_the_last_checkpoint(
@@ -193,8 +220,10 @@ def test_sigkill_at_a_random_moment_loses_at_most_the_rows_since_the_last_checkp
     assert digest(artifact) == busy_reference
     first, second = lives(record, "algo-1")
     assert record["steps"][1]["hosts"]["algo-1"]["restarts"] == 1
-    # checkpoint_seconds 0: a tile is checkpointed before its progress line, so nothing reported is lost.
-    assert resumed_rows(second) >= rows_reported(first, "SIGKILL from the runner")
+    # checkpoint_seconds 0: a step is checkpointed before its progress line, so nothing reported is lost.
+    steps_done, steps = resumed(second)[:2]
+    total = share_rows(first + second)
+    assert 0 < steps_done and rows_reported(first, "SIGKILL from the runner") <= total * steps_done // steps
 
 
 def test_a_malformed_fault_is_refused_before_anything_runs(tmp_path, setup, monkeypatch, capsys):
@@ -269,9 +298,9 @@ def test_ctrl_c_stops_the_hosts_publishes_nothing_and_the_execution_resumes_to_t
     assert not list(out.glob("*/artifact")) and not list(out.glob("*/.*partial*"))
     assert not (work / "registry.sqlite").exists()
     hung = Path(hosts["algo-2"]["log"]).read_text().splitlines()
-    assert hung[-1] == ("similarity: stopped by SIGTERM; 50 of 200 rows of this host are in checkpoints; a restart "
-                        "resumes from them")
-    assert list(out.glob(f"{execution_id}/checkpoints/rows-*.ckpt"))  # the work done so far is kept
+    assert hung[-1] == ("similarity: stopped by SIGTERM; stalled after checkpoint 1 (pass of block rows [4, 8): 1 of "
+                        "9 steps done) by an injected fault")
+    assert list(out.glob(f"{execution_id}/checkpoints/state-*-b4-8-000000.ckpt"))  # the work done so far is kept
 
     monkeypatch.delenv("ALLPAIRS_FAULTS", raising=False)
     capsys.readouterr()
@@ -287,7 +316,7 @@ def test_ctrl_c_stops_the_hosts_publishes_nothing_and_the_execution_resumes_to_t
     assert digest(artifact) == reference
     assert (record_path.parent / "Similarity.attempt-1/algo-2/job.log").exists()  # the attempt before is kept
     resumed_log = (record_path.parent / "Similarity/algo-2/job.log").read_text()
-    assert "algo-2: resumed rows [200, 250) from checkpoint" in resumed_log
+    assert "algo-2: resuming the pass of block rows [4, 8) from checkpoints: 1 of 9 steps done" in resumed_log
     assert [e["version"] for e in list_local(work / "registry.sqlite")] == [1]
     assert main(resume) == 2
     assert capsys.readouterr().err.strip() == (

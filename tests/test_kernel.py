@@ -3,20 +3,16 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from steps.kernel import Corpus, KernelConfig, QueryRows, canonical_scores, dot_error_bound, top_k
+from steps.kernel import Corpus, Grid, KernelConfig, all_pairs, canonical_scores, dot_error_bound
 from tests.brute import brute_force, normalize
 
 
-def run(X, k, min_score=None, budget=1 << 20, chunk=None, hosts=1):
+def run(X, k, min_score=None, budget=1 << 20, chunk=None, hosts=1, block=None, threads=0):
+    """Every row's top-k as `hosts` hosts compute it on a grid of `block` rows (default: about 7 blocks)."""
     chunk = chunk or max(len(X), 1)
     corpus = Corpus([X[i: i + chunk] for i in range(0, len(X), chunk)])
-    parts = []
-    for h in range(hosts):
-        start, stop = h * len(X) // hosts, (h + 1) * len(X) // hosts
-        parts += list(top_k(corpus, QueryRows(start, stop), KernelConfig(k, min_score, budget)))
-    firsts = [p[0] for p in parts]
-    assert firsts == sorted(firsts)
-    return np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts])
+    block = block or max(1, -(-len(X) // 7))
+    return all_pairs(corpus, KernelConfig(k, min_score, budget, threads), hosts, block)
 
 
 def tricky_matrix(rng, n, d):
@@ -31,20 +27,33 @@ def tricky_matrix(rng, n, d):
 @pytest.mark.parametrize("budget", [1 << 14, 1 << 18, 1 << 26])
 @pytest.mark.parametrize("chunk", [13, 64, None])
 @pytest.mark.parametrize("hosts", [1, 2, 5])
-def test_equals_brute_force_for_any_blocking(budget, chunk, hosts):
+@pytest.mark.parametrize("block", [17, 40, 200])  # odd and even block counts; one block
+def test_equals_brute_force_for_any_blocking(budget, chunk, hosts, block):
     X = tricky_matrix(np.random.default_rng(1), 200, 6)
     for k, thr in [(7, None), (7, 0.4)]:
-        neighbors, scores = run(X, k, thr, budget, chunk, hosts)
+        neighbors, scores = run(X, k, thr, budget, chunk, hosts, block)
         bn, bs = brute_force(X, k, thr)
         assert np.array_equal(neighbors, bn)
         assert np.array_equal(scores, bs, equal_nan=True)
 
 
+@pytest.mark.parametrize("blocks", range(1, 12))
+def test_every_pair_of_blocks_is_in_exactly_one_window_and_windows_cost_the_same(blocks):
+    grid = Grid(blocks * 10, 10)
+    pairs = [(i, j) for i in range(blocks) for j in grid.window(i)]
+    assert len(set(frozenset(p) for p in pairs)) == len(pairs) == blocks * (blocks + 1) // 2
+    assert all(grid.in_window(i, j) == (j in grid.window(i)) for i in range(blocks) for j in range(blocks))
+    sizes = {len(grid.window(i)) for i in range(blocks)}
+    assert max(sizes) - min(sizes) <= 1
+    for hosts in range(1, blocks + 2):  # host shares tile the block rows
+        assert [b for h in range(hosts) for b in grid.host_blocks(h, hosts)] == list(range(blocks))
+
+
 def test_bit_identical_across_hosts_and_budgets():
     X = normalize(np.random.default_rng(2).standard_normal((700, 48)))
     reference = run(X, 12)
-    for budget, chunk, hosts in [(1 << 14, 50, 3), (1 << 30, None, 1), (1 << 17, 333, 7)]:
-        neighbors, scores = run(X, 12, budget=budget, chunk=chunk, hosts=hosts)
+    for budget, chunk, hosts, block in [(1 << 14, 50, 3, 64), (1 << 30, None, 1, 700), (1 << 17, 333, 7, 33)]:
+        neighbors, scores = run(X, 12, budget=budget, chunk=chunk, hosts=hosts, block=block)
         assert neighbors.tobytes() == reference[0].tobytes()
         assert scores.tobytes() == reference[1].tobytes()
 
@@ -96,14 +105,14 @@ def test_error_bound_covers_float32_products():
 @settings(max_examples=40, deadline=None)
 @given(
     n=st.integers(1, 40), d=st.integers(1, 5), k=st.integers(1, 12), hosts=st.integers(1, 6),
-    budget=st.sampled_from([1 << 12, 1 << 16, 1 << 24]), chunk=st.integers(1, 41),
+    budget=st.sampled_from([1 << 12, 1 << 16, 1 << 24]), chunk=st.integers(1, 41), block=st.integers(1, 41),
     thr=st.sampled_from([None, -0.5, 0.0, 0.5, 1.0]), seed=st.integers(0, 2**16),
 )
-def test_property_equals_brute_force(n, d, k, hosts, budget, chunk, thr, seed):
+def test_property_equals_brute_force(n, d, k, hosts, budget, chunk, block, thr, seed):
     rng = np.random.default_rng(seed)
     X = rng.integers(-2, 3, size=(n, d)).astype(np.float32)  # small integers: duplicates, zeros and ties
     Xn = normalize(X)
-    neighbors, scores = run(Xn, k, thr, budget, chunk, min(hosts, n))
+    neighbors, scores = run(Xn, k, thr, budget, chunk, hosts, block)
     bn, bs = brute_force(Xn, k, thr)
     assert np.array_equal(neighbors, bn)
     assert np.array_equal(scores, bs, equal_nan=True)
@@ -113,9 +122,7 @@ def test_property_equals_brute_force(n, d, k, hosts, budget, chunk, thr, seed):
 def test_bit_identical_across_thread_counts(threads):
     X = tricky_matrix(np.random.default_rng(5), 500, 8)
     corpus = Corpus([X[:170], X[170:]])
-    parts = list(top_k(corpus, QueryRows(0, len(X)), KernelConfig(9, None, 1 << 16, threads)))
-    neighbors = np.concatenate([p[1] for p in parts])
-    scores = np.concatenate([p[2] for p in parts])
+    neighbors, scores = all_pairs(corpus, KernelConfig(9, None, 1 << 16, threads), hosts=2, block=90)
     bn, bs = brute_force(X, 9)
     assert neighbors.tobytes() == bn.tobytes() and scores.tobytes() == bs.tobytes()
 
@@ -129,7 +136,7 @@ def test_large_tiles_estimate_and_mirror_paths():
     X[7] = X[900]
     X[11] = 0
     for k, thr in [(10, None), (40, 0.5)]:
-        neighbors, scores = run(X, k, thr, budget=1 << 23, chunk=600, hosts=2)
+        neighbors, scores = run(X, k, thr, budget=1 << 23, chunk=600, hosts=2, block=300)
         bn, bs = brute_force(X, k, thr)
         assert np.array_equal(neighbors, bn) and np.array_equal(scores, bs, equal_nan=True)
 
@@ -164,3 +171,41 @@ def test_identical_rows_score_exactly_one_and_no_score_leaves_minus_one_to_one()
     neighbors, scores = run(D, 3, min_score=1.0)
     assert (neighbors[:, 0] == np.arange(100) ^ 1).all() and (scores[:, 0] == 1).all()
     assert (neighbors[:, 1:] == -1).all()
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_pass_paused_at_arbitrary_moments_inside_its_steps_resumes_bit_for_bit(monkeypatch, seed):
+    """Pauses land inside steps (the stop is polled without waiting), each one snapshotted into a fresh Pass
+    (as a restarted host restores a checkpoint): the lists equal the uninterrupted pass's, bit for bit."""
+    from steps.kernel import Pass, PartialList, Paused, Snapshot
+    from steps.kernel import blocking
+
+    X = tricky_matrix(np.random.default_rng(seed), 900, 12)
+    corpus = Corpus([X])
+    grid = Grid(900, 128)  # 8 blocks
+    config = KernelConfig(5, None, 1 << 14, 2)  # tiny tiles: many products per step
+    blocks = range(2, 5)
+
+    def lists(events):
+        return sorted((e.start, e.columns, e.neighbors.tobytes(), e.scores.tobytes())
+                      for e in events if isinstance(e, PartialList))
+
+    reference = lists(Pass(corpus, grid, blocks, config).run())
+    monkeypatch.setattr(blocking, "_STOP_POLL_SECONDS", 0)
+    rng = np.random.default_rng(seed)
+    got, snapshot, pauses, inside = [], None, 0, 0
+    while True:
+        p = Pass(corpus, grid, blocks, config)
+        if snapshot is not None:
+            p.restore(Snapshot(**vars(snapshot)))
+        polls = iter(range(int(rng.integers(1, 40)), -1, -1))
+        events = list(p.run(stop=lambda: next(polls, 0) == 0))
+        got += [e for e in events if isinstance(e, PartialList)]
+        if not isinstance(events[-1], Paused):
+            break
+        got += p.flush()
+        snapshot = p.snapshot()
+        pauses += 1
+        inside += snapshot.done is not None and 0 < snapshot.done.sum() < len(snapshot.done)
+    assert lists(got) == reference
+    assert pauses >= 3 and inside >= 1  # the pauses did land inside steps, partway through their products

@@ -1,5 +1,6 @@
-"""Similarity checkpoints and resume, at the step level: real hosts (subprocesses) killed mid-run, restarted,
-and their shards compared byte for byte with an uninterrupted run."""
+"""Similarity checkpoints and resume, at the step level: real hosts (subprocesses) killed or stopped mid-run,
+restarted, and their shards compared byte for byte with an uninterrupted run's; a restart with another
+InstanceCount reusing the finished passes, the artifact identical."""
 from __future__ import annotations
 
 import hashlib
@@ -13,14 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from steps import preprocess
-from steps.contract import CHECKPOINT_SECONDS_ENV, HOST_FAULT_ENV, Host
+from steps import merge, preprocess
+from steps.contract import BLOCK_ROWS_ENV, CHECKPOINT_SECONDS_ENV, HOST_FAULT_ENV, Host
 from steps.formats import checkpoints
-from steps.errors import run_step
-from steps.similarity import Settings, compute_shard
+from steps.kernel import Grid, KernelConfig
+from steps.share import plan_work
 
 REPO = Path(__file__).resolve().parents[1]
-ROWS, CHUNK = 1200, 300  # the kernel yields per chunk here: 4 blocks per single host
+ROWS, CHUNK, BLOCK = 1200, 300, 150  # a grid of 8 blocks: one host's pass takes 8 steps
 
 
 @pytest.fixture(scope="module")
@@ -53,19 +54,42 @@ def run_host(root: Path, normalized: Path, checkpoints_dir: Path, name="algo-1",
     (root / "input/config/resourceconfig.json").write_text(json.dumps({"current_host": name, "hosts": list(hosts)}))
     (root / "input/config/hyperparameters.json").write_text(json.dumps(
         {"top_k": str(k), "min_score": "-1", "memory_budget_mb": "16", "threads": "1"}))
-    env = {**os.environ, "ALLPAIRS_OPT_ML": str(root), CHECKPOINT_SECONDS_ENV: interval}
+    env = {**os.environ, "ALLPAIRS_OPT_ML": str(root), CHECKPOINT_SECONDS_ENV: interval, BLOCK_ROWS_ENV: str(BLOCK),
+           "TRAINING_JOB_NAME": "allpairs-similarity-test"}
     env.pop(HOST_FAULT_ENV, None)
     if fault:
         env[HOST_FAULT_ENV] = fault
     proc = subprocess.run([sys.executable, "-m", "steps.similarity"], env=env, cwd=REPO, capture_output=True,
                           text=True, timeout=120)
-    return proc.returncode, proc.stdout
+    return proc.returncode, proc.stdout + proc.stderr
 
 
 def shard_digest(root: Path, name="algo-1") -> str:
     model = root / "model"
     return hashlib.sha256(b"".join((model / f"shard-{name}.{kind}.npy").read_bytes()
                                    for kind in ("neighbors", "scores"))).hexdigest()
+
+
+def merged(tmp_path: Path, normalized: Path, models: list[Path], tag: str) -> bytes:
+    """Merge the hosts' model folders as one training output; the artifact's neighbours and scores."""
+    shards = tmp_path / f"shards-{tag}"
+    shards.mkdir()
+    for model in models:
+        for f in model.iterdir():
+            shutil.copy(f, shards / f.name)
+    root = tmp_path / f"merge-{tag}"
+    (root / "processing/input").mkdir(parents=True)
+    (root / "processing/input/shards").symlink_to(shards)
+    (root / "processing/input/normalized").symlink_to(normalized)
+    old = os.environ.get("ALLPAIRS_OPT_ML")
+    os.environ["ALLPAIRS_OPT_ML"] = str(root)
+    try:
+        assert merge.run(["--execution-id", tag, "--artifact-uri", f"s3://b/{tag}"]) == 0, \
+            (root / "output/message").read_text()
+    finally:
+        os.environ.pop("ALLPAIRS_OPT_ML") if old is None else os.environ.update(ALLPAIRS_OPT_ML=old)
+    out = root / "processing/output/artifact"
+    return (out / "neighbors.npy").read_bytes() + (out / "scores.npy").read_bytes()
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +101,8 @@ def reference(normalized, tmp_path_factory):
     return shard_digest(root / "host")
 
 
-def names(directory: Path) -> list[str]:
-    return sorted(p.name for p in directory.iterdir())
+def names(directory: Path, prefix: str = "") -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if p.name.startswith(prefix))
 
 
 def test_killed_host_resumes_from_its_last_checkpoint_bit_identical(tmp_path, normalized, reference):
@@ -86,17 +110,15 @@ def test_killed_host_resumes_from_its_last_checkpoint_bit_identical(tmp_path, no
     ck.mkdir()
     code, out = run_host(tmp_path / "h", normalized, ck, fault="after-checkpoints=2")
     assert code == -9, out
-    assert out.splitlines()[-1] == ("algo-1: fault injected: killed after checkpoint 2 (rows [300, 600)); "
-                                    "sending SIGKILL to this host")
-    assert len([n for n in names(ck) if n.endswith(".ckpt")]) == 2
+    assert out.splitlines()[-1] == ("algo-1: fault injected: killed after checkpoint 2 (pass of block rows "
+                                    "[0, 8): 2 of 8 steps done); sending SIGKILL to this host")
+    # One host owns every block: no mirror lists, only its state (the older one is gone).
+    assert len(names(ck, "state-")) == 1 and names(ck, "lists-") == []
     assert not (tmp_path / "h/model/shard-algo-1.json").exists()
     code, out = run_host(tmp_path / "h", normalized, ck)
     assert code == 0, out
-    lines = out.splitlines()
-    assert lines[0].startswith("algo-1: resumed rows [0, 300) from checkpoint rows-000000000000-000000000300.")
-    assert lines[1].startswith("algo-1: resumed rows [300, 600) from checkpoint rows-000000000300-000000000600.")
-    assert lines[2].startswith("algo-1: checkpoint rows [600, 900) saved")
-    assert lines[-1].endswith("(600 resumed from checkpoints)")
+    assert "algo-1: resuming the pass of block rows [0, 8) from checkpoints: 2 of 8 steps done" in out.splitlines()
+    assert out.splitlines()[-1].endswith("(2 steps resumed from checkpoints)")
     assert shard_digest(tmp_path / "h") == reference
 
 
@@ -106,60 +128,66 @@ def test_kill_during_a_checkpoint_write_leaves_a_torn_temp_file_that_is_discarde
     code, out = run_host(tmp_path / "h", normalized, ck, fault="during-checkpoint=2")
     assert code == -9, out
     (torn,) = [n for n in names(ck) if n.endswith(".tmp")]
-    assert torn.startswith(".rows-000000000300-000000000600.")
-    assert 0 < (ck / torn).stat().st_size < 300 * 5 * 12  # half written: neighbours in, scores not
+    assert torn.startswith(".state-") and "-b0-8-000001.ckpt." in torn
     code, out = run_host(tmp_path / "h", normalized, ck)
     assert code == 0, out
-    assert out.splitlines()[0] == (f"algo-1: discarding partial checkpoint write {torn} (its writer was killed); "
-                                   "those rows are computed again")
+    lines = out.splitlines()
+    assert f"algo-1: discarding partial checkpoint write {torn} (its writer was killed)" in lines
+    assert "algo-1: resuming the pass of block rows [0, 8) from checkpoints: 1 of 8 steps done" in lines
     assert not any(n.endswith(".tmp") for n in names(ck))
     assert shard_digest(tmp_path / "h") == reference
 
 
-@pytest.mark.parametrize("damage", ["truncated", "flipped byte"])
-def test_a_torn_or_altered_checkpoint_is_detected_discarded_and_recomputed(tmp_path, normalized, reference, damage):
+@pytest.mark.parametrize("damage", ["truncated state", "flipped byte in a lists file"])
+def test_a_torn_or_altered_checkpoint_is_detected_discarded_and_recomputed(tmp_path, normalized, damage):
     ck = tmp_path / "ck"
     ck.mkdir()
-    assert run_host(tmp_path / "h", normalized, ck)[0] == 0
-    victim = ck / sorted(n for n in names(ck) if n.startswith("rows-000000000300-"))[0]
-    data = bytearray(victim.read_bytes())
-    if damage == "truncated":
+    two = ["algo-1", "algo-2"]  # two hosts: algo-1's pass writes mirror lists too
+    code, out = run_host(tmp_path / "h", normalized, ck, name="algo-1", hosts=two, fault="after-checkpoints=6")
+    assert code == -9, out
+    (state,) = names(ck, "state-")
+    if damage == "truncated state":
+        victim = ck / state
+        data = victim.read_bytes()
         victim.write_bytes(data[:-100])
-        reason = f"{300 * 5 * 12 - 100} payload bytes, the header says {300 * 5 * 12}"
+        reason = "payload bytes, the header says"
     else:
+        victim = ck / names(ck, "lists-")[0]
+        data = bytearray(victim.read_bytes())
         data[-7] ^= 0xFF
         victim.write_bytes(bytes(data))
         reason = "payload checksum differs from the header"
-    code, out = run_host(tmp_path / "h", normalized, ck)
+    code, out = run_host(tmp_path / "h", normalized, ck, name="algo-1", hosts=two)
     assert code == 0, out
-    assert f"algo-1: discarding checkpoint {victim.name}: {reason} (torn or altered); those rows are computed again" \
-        in out.splitlines()
-    assert "algo-1: checkpoint rows [300, 600) saved: " + victim.name in out.splitlines()
-    assert shard_digest(tmp_path / "h") == reference
+    (discarded,) = [line for line in out.splitlines() if line.startswith(f"algo-1: discarding checkpoint {state}: ")]
+    assert reason in discarded and discarded.endswith("(torn, altered or incomplete); that pass resumes from an "
+                                                      "earlier checkpoint or starts again")
+    assert "resuming" not in out  # the only state is gone: the pass starts again
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    assert run_host(tmp_path / "ref", normalized, fresh, name="algo-1", hosts=two)[0] == 0
+    assert shard_digest(tmp_path / "h") == shard_digest(tmp_path / "ref")
 
 
 def test_checkpoints_of_other_parameters_are_ignored_and_said_so(tmp_path, normalized, reference):
     ck = tmp_path / "ck"
     ck.mkdir()
-    assert run_host(tmp_path / "other", normalized, ck, k=4)[0] == 0  # same data, other k: 4 files
-    other_key = names(ck)[0].split(".")[1]
-    # The same content under this run's key (a renamed file) must fail on its header, not be mixed in.
-    mine = checkpoints.checkpoint_key(json.loads((normalized / "manifest.json").read_text())["fingerprint"], 5, None)
-    impostor = ck / checkpoints.file_name(0, 300, mine)
-    shutil.copy(ck / checkpoints.file_name(0, 300, other_key), impostor)
+    assert run_host(tmp_path / "other", normalized, ck, k=4)[0] == 0  # same data, other k
+    other_key = names(ck, "state-")[0].split("-")[1]
     code, out = run_host(tmp_path / "h", normalized, ck)
     assert code == 0, out
-    lines = out.splitlines()
-    assert lines[0] == (f"algo-1: discarding checkpoint {impostor.name}: header k=4, expected 5 (torn or altered); "
-                        "those rows are computed again")
-    assert lines[1] == (f"algo-1: ignoring 4 checkpoint file(s) in {tmp_path / 'h/checkpoints'} computed from other "
-                        f"input or parameters (key {other_key}; this run's is {mine}): they are not mixed in")
-    assert lines[-1].endswith("(0 resumed from checkpoints)")
+    fingerprint = json.loads((normalized / "manifest.json").read_text())["fingerprint"]
+    key = checkpoints.checkpoint_key(fingerprint, 5, None, Grid(ROWS, BLOCK).describe(), KernelConfig(5).width)
+    assert [line for line in out.splitlines() if "ignoring checkpoint files" in line] == [
+        f"algo-1: ignoring checkpoint files in {tmp_path / 'h/checkpoints'} computed from other input or parameters "
+        f"(key {other_key}; this run's is {key}): they are not mixed in"]
+    assert out.splitlines()[-1].endswith("(0 steps resumed from checkpoints)")
     assert shard_digest(tmp_path / "h") == reference
 
 
-def test_another_row_split_reuses_every_completed_row(tmp_path, normalized):
-    """Checkpoints are keyed by row range, not host: 2 hosts' work is reused by 3 hosts (capacity changed)."""
+def test_another_instance_count_reuses_every_finished_pass(tmp_path, normalized):
+    """Capacity came back smaller or larger: the finished passes of the 2-host job are reused by 3 hosts, which
+    compute nothing and whose merged artifact is the one a fresh 3-host job makes."""
     ck = tmp_path / "ck"
     ck.mkdir()
     two = [f"algo-{i}" for i in (1, 2)]
@@ -170,42 +198,45 @@ def test_another_row_split_reuses_every_completed_row(tmp_path, normalized):
     fresh.mkdir()
     for name in three:
         code, out = run_host(tmp_path / "three" / name, normalized, ck, name=name, hosts=three)
-        assert code == 0 and out.splitlines()[-1].endswith("(400 resumed from checkpoints)"), out
-        assert "saved" not in out  # nothing computed, nothing written
+        assert code == 0, out
+        assert "checkpoint: pass" not in out  # nothing computed, nothing written
         assert run_host(tmp_path / "ref" / name, normalized, fresh, name=name, hosts=three)[0] == 0
-        assert shard_digest(tmp_path / "three" / name, name) == shard_digest(tmp_path / "ref" / name, name)
+    reused = merged(tmp_path, normalized, [tmp_path / "three" / n / "model" for n in three], "reused")
+    assert reused == merged(tmp_path, normalized, [tmp_path / "ref" / n / "model" for n in three], "fresh")
 
 
-def test_sigterm_saves_the_completed_rows_before_the_host_exits(tmp_path, normalized, monkeypatch):
-    """Spot's two-minute warning is SIGTERM: rows already computed are checkpointed even between intervals."""
-    from steps import similarity
-
-    calls = []
-
-    def interrupted_top_k(corpus, queries, config, zero=None):
-        for first in range(queries.start, queries.stop, 100):
-            calls.append(first)
-            if first == queries.start + 200:
-                raise KeyboardInterrupt("SIGTERM")
-            yield first, np.zeros((100, config.k), np.int64), np.zeros((100, config.k), np.float32)
-
-    monkeypatch.setattr(similarity, "top_k", interrupted_top_k)
-    monkeypatch.setenv(CHECKPOINT_SECONDS_ENV, "3600")
-    monkeypatch.delenv(HOST_FAULT_ENV, raising=False)
-    (tmp_path / "ck").mkdir()
-    with pytest.raises(KeyboardInterrupt):
-        compute_shard(normalized, Host("algo-1", ["algo-1"]), Settings(5, None, 16, 1), tmp_path / "model",
-                      tmp_path / "ck", available=1 << 40)
-    (saved,) = names(tmp_path / "ck")
-    assert saved.startswith("rows-000000000000-000000000200.")  # the two blocks done before the signal
-    assert list((tmp_path / "model").iterdir()) == []  # no shard: the step did not finish
+def test_sigterm_checkpoints_the_finished_steps_before_the_host_exits(tmp_path, normalized, reference):
+    """Spot's two-minute warning is SIGTERM: the host checkpoints and exits saying so (a stop between two
+    interval checkpoints: tests/test_faults.py)."""
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    code, out = run_host(tmp_path / "h", normalized, ck, fault="after-checkpoints=1;signal=TERM")
+    assert code == 1, out
+    assert out.splitlines()[-1] == ("similarity: stopped by SIGTERM; the pass of block rows [0, 8) stopped with 1 "
+                                    "of 8 steps done; all of it is in checkpoints and a restart resumes from there")
+    assert not (tmp_path / "h/model/shard-algo-1.json").exists()
+    code, out = run_host(tmp_path / "h", normalized, ck)
+    assert code == 0 and "resuming the pass of block rows [0, 8) from checkpoints: 1 of 8" in out, out
+    assert shard_digest(tmp_path / "h") == reference
 
 
-def test_plan_cover_takes_the_furthest_reaching_checkpoint_and_computes_the_gaps():
-    def c(a, b):
-        return checkpoints.Checkpoint(Path(f"{a}-{b}"), a, b, 0, 1)
+def record(b0, b1, done=True):
+    return checkpoints.PassRecord(range(b0, b1), 0, 0, 1, done, [], Path("x"), 0, 0, 1, None)
 
-    usable = [c(0, 50), c(0, 120), c(100, 300), c(400, 500)]
-    pieces = [(lo, hi, cp and cp.path.name) for lo, hi, cp in checkpoints.plan_cover((10, 450), usable)]
-    assert pieces == [(10, 120, "0-120"), (120, 300, "100-300"), (300, 400, None), (400, 450, "400-500")]
-    assert checkpoints.plan_cover((0, 10), []) == [(0, 10, None)]
+
+def test_the_plan_reuses_finished_passes_of_other_plans_once_each():
+    grid = Grid(800, 100)  # 8 blocks
+    config = KernelConfig(5, None, 16 << 20)
+    host = lambda i, n: Host(f"algo-{i + 1}", [f"algo-{j + 1}" for j in range(n)])  # noqa: E731
+    # Another plan finished [0, 4) and [2, 6) (overlapping: the first in block order wins) and half of [4, 8).
+    records = {(0, 4): record(0, 4), (2, 6): record(2, 6), (4, 8): record(4, 8, done=False)}
+    plans = [plan_work(grid, host(i, 3), config, 8, records) for i in range(3)]
+    # 3 hosts: blocks [0, 2), [2, 5), [5, 8). Host 1 holds block 0, so it copies [0, 4); nobody computes 0-3.
+    assert [(w.blocks, w.reuse_only) for w in plans[0]] == [(range(0, 4), True)]
+    assert [(w.blocks, w.reuse_only) for w in plans[1]] == [(range(4, 5), False)]
+    assert [(w.blocks, w.reuse_only) for w in plans[2]] == [(range(5, 8), False)]
+    # The same plan again: its own passes resume from their states (a finished one is copied).
+    mine = {(0, 4): record(0, 4), (4, 8): record(4, 8, done=False)}
+    again = [plan_work(grid, host(i, 2), config, 8, mine) for i in range(2)]
+    assert [(w.blocks, w.reuse_only, w.record is not None) for plan in again for w in plan] == [
+        (range(0, 4), True, True), (range(4, 8), False, True)]

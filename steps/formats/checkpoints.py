@@ -1,33 +1,33 @@
-"""Similarity checkpoints: completed query rows, keyed by row range, in the one prefix every host shares.
+"""Similarity checkpoints: a host's finished partial lists and the state of its pass in progress, in the one
+prefix every host shares.
 
 SageMaker syncs /opt/ml/checkpoints of every host to one S3 prefix and restores all of it to each host of a
 restarted job (spot interruption, retry); the local runner links every host's checkpoints/ to one directory.
 
 Decisions (the container contract, section 2, points here):
 
-- Key. A file holds the final top-k of rows [start, stop): `rows-<start>-<stop>.<key>.ckpt`, 12-digit
-  zero-padded rows, `key` = the first 16 hex digits of sha256(format, the normalized input's fingerprint, k,
-  min_score). The host name, the row split (InstanceCount) and the block size are deliberately NOT in the key:
-  the kernel's result for a row depends only on the matrix, the row, k and min_score (canonical float64
-  scoring; bit-identical for any block size, thread count or host split, as tests/test_kernel.py checks),
-  so a completed row range is valid for any host whose share overlaps it. A job restarted with another
-  InstanceCount (capacity came back smaller) reuses all completed rows instead of starting over.
-- Trust nothing. Each file starts with a header (format, the full fingerprint, k, min_score, rows, byte
-  counts, sha256 of the payload); a file whose header does not match this run exactly is ignored and logged,
-  never mixed in, and one whose payload length or checksum is wrong (torn or altered) is discarded, logged and
-  deleted. Files are written with steps.io.atomic_path (temp file + rename), so a killed writer leaves only
-  a hidden `.rows-....tmp` file: the host whose share holds that range deletes it and logs it. A host never
-  deletes another live host's temp file: shares of one job are disjoint.
-- Volume. A host keeps completed rows in its shard's memory map and writes them as one checkpoint at most
-  every ALLPAIRS_CHECKPOINT_SECONDS seconds (default 120; 0 = after every kernel block), at the end of each
-  computed range, and when stopped by SIGTERM (spot's two-minute warning, StopTrainingJob). Bytes written
-  equal the shard's size (each row once, never rewritten); files number about runtime / interval per host.
-  At most the last interval's work is lost to a hard kill.
-- Resume. A host covers its share with verified checkpoints first (the one reaching furthest at each row),
-  and computes only the gaps. The shard is then bit-identical to an uninterrupted run.
+- Files. A pass (steps/kernel/blocking.py: block rows [b0, b1) of the grid) writes, every
+  ALLPAIRS_CHECKPOINT_SECONDS seconds (default 120; 0 = after every step), at its end, and when the host is
+  stopped (SIGTERM: spot's warning, StopTrainingJob):
+    lists-<key>-b<b0>-<b1>-<seq>.ckpt   the partial lists finished since the pass's previous checkpoint
+    state-<key>-b<b0>-<b1>-<seq>.ckpt   the pass's next step, its own rows' candidate heaps (or "done"), and
+                                        the names of every lists file of the pass it vouches for
+  `key` = the first 16 hex digits of sha256(format, version, the normalized input's fingerprint, k, min_score,
+  the grid, the heap width). The host, the InstanceCount and the block size of the score tiles are NOT in it.
+- Reuse. A restart with the same InstanceCount has the same passes: each resumes from its latest state (the
+  lists it vouches are kept, later ones are dropped), bit for bit as if never stopped. A restart with another
+  InstanceCount has other passes: every pass that had finished (a state "done") is reused whole, its block
+  rows are not computed again, and the rest is recomputed (an unfinished pass's heaps belong to its own plan).
+- Trust nothing. Each file starts with a header (format, the full fingerprint, k, min_score, grid, width,
+  byte counts, sha256 of the payload); a file whose header does not match this run is ignored and logged,
+  never mixed in; a torn or altered one is discarded, logged and deleted. Files are written with
+  steps.io.atomic_path (temp file + rename): a killed writer leaves a hidden `.state-....tmp` or
+  `.lists-....tmp`, deleted by the host whose pass it names (the passes of one job are disjoint).
+- Volume. Lists are written once each; a state is rewritten at each checkpoint (the older ones are removed
+  once the new one is in place): at most the pass's heaps, which the memory budget bounds.
 
-Fault injection (local runner only, steps/faults.py) hooks into the writer: killed right after the Nth
-checkpoint write, or halfway through it.
+Fault injection (local runner only, steps/faults.py) hooks into the state writes: killed right after the Nth
+checkpoint, or halfway through writing it.
 """
 from __future__ import annotations
 
@@ -35,10 +35,9 @@ import hashlib
 import json
 import os
 import re
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -48,20 +47,27 @@ from ..faults import Fault
 from ..io import atomic_path, sha256_text
 
 FORMAT, VERSION = CHECKPOINT_FORMAT
-MAGIC = b"ALLPAIRS-CHECKPOINT 1\n"
-_NAME = re.compile(r"rows-(\d{12})-(\d{12})\.([0-9a-f]{16})\.ckpt")
-_TEMP = re.compile(r"\.rows-(\d{12})-(\d{12})\.[0-9a-f]{16}\.ckpt\..*\.tmp")
-_COPY_ROWS = 65536  # rows copied per slice: bounds memory whatever the checkpoint size
+MAGIC = b"ALLPAIRS-CHECKPOINT 2\n"
+_NAME = re.compile(r"(lists|state)-([0-9a-f]{16})-b(\d+)-(\d+)-(\d{6})\.ckpt")
+_TEMP = re.compile(r"\.(lists|state)-[0-9a-f]{16}-b(\d+)-(\d+)-\d{6}\.ckpt\..*\.tmp")
+_SLICE_ROWS = 65536  # rows handled per slice: bounds memory whatever the file's size
 
 Log = Callable[[str], None]
 
 
-def checkpoint_key(fingerprint: str, k: int, min_score: float | None) -> str:
-    return sha256_text(FORMAT, str(VERSION), fingerprint, str(k), json.dumps(min_score))[:16]
+def checkpoint_key(fingerprint: str, k: int, min_score: float | None, grid: dict, width: int) -> str:
+    return sha256_text(FORMAT, str(VERSION), fingerprint, str(k), json.dumps(min_score), json.dumps(grid, sort_keys=True),
+                       str(width))[:16]
 
 
-def file_name(start: int, stop: int, key: str) -> str:
-    return f"rows-{start:012d}-{stop:012d}.{key}.ckpt"
+def file_name(kind: str, key: str, blocks: range, seq: int) -> str:
+    return f"{kind}-{key}-b{blocks.start}-{blocks.stop}-{seq:06d}.ckpt"
+
+
+def progress_text(next_step: int, steps: int, done: np.ndarray | None = None) -> str:
+    """How far a pass got: '2 of 9 steps done' (', and 37 of 130 products of the next' when paused inside one)."""
+    inside = "" if done is None else f", and {int(done.sum())} of {len(done)} products of the next"
+    return f"{next_step} of {steps} steps done{inside}"
 
 
 def read_interval() -> float:
@@ -72,179 +78,217 @@ def read_interval() -> float:
         value = -1.0
     if not value >= 0:
         raise StepError(f"{CHECKPOINT_SECONDS_ENV}={raw!r}: must be a number of seconds >= 0 (0 checkpoints after "
-                        "every tile)")
+                        "every step)")
     return value
 
 
-# ---- reading ----------------------------------------------------------------------------------------------
-
-
 @dataclass(frozen=True)
-class Checkpoint:
+class StoredList:
+    """A partial list in a lists file: the exact top-k of rows [start, stop) among the column blocks listed."""
+
     path: Path
     start: int
     stop: int
-    offset: int  # where the payload starts
+    columns: tuple[int, ...]
+    offset: int  # its first row among the file's rows
+    rows_in_file: int
     k: int
+    payload: int  # where the payload starts
 
-    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        rows = self.stop - self.start
-        nb = np.memmap(self.path, dtype="<i8", mode="r", offset=self.offset, shape=(rows, self.k))
-        sc = np.memmap(self.path, dtype="<f4", mode="r", offset=self.offset + rows * self.k * 8, shape=(rows, self.k))
-        return nb, sc
+    def arrays(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+        """Rows [lo, hi) of the list (relative to its start), read from disk."""
+        with open(self.path, "rb") as f:
+            n = hi - lo
+            f.seek(self.payload + (self.offset + lo) * self.k * 8)
+            nb = np.fromfile(f, dtype="<i8", count=n * self.k).reshape(n, self.k)
+            f.seek(self.payload + self.rows_in_file * self.k * 8 + (self.offset + lo) * self.k * 4)
+            sc = np.fromfile(f, dtype="<f4", count=n * self.k).reshape(n, self.k)
+        return nb.astype(np.int64), sc.astype(np.float32)
 
 
-def verify(path: Path, expected: dict) -> Checkpoint:
-    """Open one checkpoint file; ValueError (the reason) unless header, length and checksum all match."""
+@dataclass
+class PassRecord:
+    """What the checkpoints hold of one pass: its latest valid state and the lists it vouches for."""
+
+    blocks: range
+    seq: int
+    next_step: int
+    steps: int
+    done: bool
+    lists: list[StoredList]
+    state_path: Path
+    payload: int  # where the state's payload starts
+    rows: int
+    width: int
+    inside: dict | None  # paused inside a step: {"products": n, "mirror_rows": m, "tile": t}
+
+    def snapshot(self) -> dict:
+        """The fields of the pass's snapshot (steps/kernel/blocking.py Snapshot), read from the state file."""
+        with open(self.state_path, "rb") as f:
+            f.seek(self.payload)
+            keys = np.fromfile(f, dtype="<u8", count=self.rows * self.width).reshape(self.rows, self.width)
+            if self.inside is None:
+                return {"next_step": self.next_step, "keys": keys.astype(np.uint64)}
+            m = int(self.inside["mirror_rows"])
+            mirror = np.fromfile(f, dtype="<u8", count=m * self.width).reshape(m, self.width).astype(np.uint64)
+            done = np.fromfile(f, dtype=np.uint8, count=int(self.inside["products"])).astype(bool)
+        return {"next_step": self.next_step, "keys": keys.astype(np.uint64), "done": done,
+                "mirror_keys": mirror if m else None, "tile": int(self.inside["tile"])}
+
+
+def _read_header(path: Path, expected: dict) -> tuple[dict, int]:
+    """(header, payload offset); ValueError (the reason) unless the header matches and the payload checks out."""
     with open(path, "rb") as f:
         if f.read(len(MAGIC)) != MAGIC:
-            raise ValueError("not a checkpoint file (bad magic)")
-        line = f.readline(1 << 16)
+            raise ValueError("not a checkpoint file of this version (bad magic)")
         try:
-            header = json.loads(line)
+            header = json.loads(f.readline(1 << 24))
         except ValueError:
             raise ValueError("unreadable header")
         offset = f.tell()
-        for key, value in expected.items():
-            if header.get(key) != value:
-                raise ValueError(f"header {key}={header.get(key)!r}, expected {value!r}")
-        start, stop, k = int(header["start"]), int(header["stop"]), int(header["k"])
-        size = (stop - start) * k * 12
-        if header.get("payload_bytes") != size or os.fstat(f.fileno()).st_size != offset + size:
-            raise ValueError(f"{os.fstat(f.fileno()).st_size - offset} payload bytes, the header says {size}")
+        for name, value in expected.items():
+            if header.get(name) != value:
+                raise ValueError(f"header {name}={header.get(name)!r}, expected {value!r}")
+        size = os.fstat(f.fileno()).st_size - offset
+        if header.get("payload_bytes") != size:
+            raise ValueError(f"{size} payload bytes, the header says {header.get('payload_bytes')}")
         digest = hashlib.sha256()
         while block := f.read(1 << 20):
             digest.update(block)
         if digest.hexdigest() != header.get("sha256"):
             raise ValueError("payload checksum differs from the header")
-    return Checkpoint(path, start, stop, offset, k)
+    return header, offset
 
 
 @dataclass
-class Scan:
-    usable: list[Checkpoint] = field(default_factory=list)
-    foreign: int = 0
+class Store:
+    """The checkpoints of one run (one key) in the shared directory, for the passes of one host."""
 
+    directory: Path
+    key: str
+    expected: dict  # header fields every file must carry: format, version, fingerprint, k, min_score, grid, width
+    log: Log
+    fault: Fault | None = None
+    states_written: int = field(default=0, init=False)
 
-def scan(directory: Path, key: str, expected: dict, share: tuple[int, int], log: Log) -> Scan:
-    """Verified checkpoints of this run overlapping `share`; everything else is logged (and removed if torn)."""
-    found = Scan()
-    if not directory.is_dir():
-        return found
-    start, stop = share
-    foreign_keys = set()
-    for path in sorted(directory.iterdir()):
-        temp = _TEMP.fullmatch(path.name)
-        if temp and start <= int(temp[1]) and int(temp[2]) <= stop:  # ours: no live host writes this range
-            log(f"discarding partial checkpoint write {path.name} (its writer was killed); those rows are computed again")
-            path.unlink(missing_ok=True)
-            continue
-        name = _NAME.fullmatch(path.name)
-        if not name:
-            continue
-        if name[3] != key:
-            found.foreign += 1
-            foreign_keys.add(name[3])
-            continue
-        lo, hi = int(name[1]), int(name[2])
-        if hi <= start or lo >= stop:
-            continue  # another host's rows: it verifies them itself
+    # ---- reading -------------------------------------------------------------------------------------------
+
+    def scan(self, own_passes: list[range]) -> dict[tuple[int, int], PassRecord]:
+        """The latest valid state of every pass in the directory (any plan), by (b0, b1). Temp files of this
+        host's passes are removed (their writer was killed); files of other runs are ignored and said so."""
+        records: dict[tuple[int, int], PassRecord] = {}
+        if not self.directory.is_dir():
+            return records
+        mine = {(p.start, p.stop) for p in own_passes}
+        foreign, states = set(), []
+        for path in sorted(self.directory.iterdir()):
+            temp = _TEMP.fullmatch(path.name)
+            if temp and (int(temp[2]), int(temp[3])) in mine:
+                self.log(f"discarding partial checkpoint write {path.name} (its writer was killed)")
+                path.unlink(missing_ok=True)
+                continue
+            name = _NAME.fullmatch(path.name)
+            if not name or not path.is_file():
+                continue
+            if name[2] != self.key:
+                foreign.add(name[2])
+            elif name[1] == "state":
+                states.append((int(name[3]), int(name[4]), int(name[5]), path))
+        if foreign:
+            self.log(f"ignoring checkpoint files in {self.directory} computed from other input or parameters "
+                     f"(key {', '.join(sorted(foreign))}; this run's is {self.key}): they are not mixed in")
+        for b0, b1, seq, path in sorted(states, key=lambda s: -s[2]):  # newest first: the first valid one wins
+            if (b0, b1) in records:
+                continue
+            record = self._record(range(b0, b1), seq, path)
+            if record is not None:
+                records[(b0, b1)] = record
+        return records
+
+    def _record(self, blocks: range, seq: int, path: Path) -> PassRecord | None:
         try:
-            checkpoint = verify(path, {**expected, "start": lo, "stop": hi})
+            header, offset = _read_header(path, {**self.expected, "kind": "state", "pass": [blocks.start, blocks.stop]})
+            lists = [item for name in header["lists_files"] for item in self._lists(self.directory / name)]
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            log(f"discarding checkpoint {path.name}: {exc} (torn or altered); those rows are computed again")
+            self.log(f"discarding checkpoint {path.name}: {exc} (torn, altered or incomplete); that pass resumes "
+                     "from an earlier checkpoint or starts again")
             path.unlink(missing_ok=True)
-            continue
-        found.usable.append(checkpoint)
-    if found.foreign:
-        log(f"ignoring {found.foreign} checkpoint file(s) in {directory} computed from other input or parameters "
-            f"(key {', '.join(sorted(foreign_keys))}; this run's is {key}): they are not mixed in")
-    return found
+            return None
+        return PassRecord(blocks, seq, int(header["next_step"]), int(header["steps"]), bool(header["done"]), lists,
+                          path, offset, int(header["rows"]), int(header["width"]), header.get("inside"))
 
+    def _lists(self, path: Path) -> list[StoredList]:
+        header, offset = _read_header(path, {**self.expected, "kind": "lists"})
+        rows, k = int(header["rows"]), int(header["k"])
+        out, at = [], 0
+        for item in header["lists"]:
+            n = int(item["stop"]) - int(item["start"])
+            out.append(StoredList(path, int(item["start"]), int(item["stop"]), tuple(item["columns"]), at, rows, k,
+                                  offset))
+            at += n
+        if at != rows:
+            raise ValueError(f"{path.name}: lists hold {at} rows, the header says {rows}")
+        return out
 
-def plan_cover(share: tuple[int, int], usable: list[Checkpoint]) -> list[tuple[int, int, Checkpoint | None]]:
-    """Split `share` into pieces: (start, stop, checkpoint to copy from) or (start, stop, None) to compute.
-    At each row the checkpoint reaching furthest wins; gaps end where the next checkpoint begins."""
-    pos, stop = share
-    pieces: list[tuple[int, int, Checkpoint | None]] = []
-    while pos < stop:
-        covering = [c for c in usable if c.start <= pos < c.stop]
-        if covering:
-            best = max(covering, key=lambda c: c.stop)
-            end = min(best.stop, stop)
-            pieces.append((pos, end, best))
-        else:
-            end = min([c.start for c in usable if pos < c.start < stop], default=stop)
-            pieces.append((pos, end, None))
-        pos = end
-    return pieces
+    # ---- writing -------------------------------------------------------------------------------------------
 
+    def write_lists(self, blocks: range, seq: int, lists: list) -> str:
+        """A lists file with `lists` (PartialList-like: start, stop, columns, neighbors, scores)."""
+        name = file_name("lists", self.key, blocks, seq)
+        rows = sum(p.stop - p.start for p in lists)
+        k = self.expected["k"]
+        parts = [np.ascontiguousarray(p.neighbors, "<i8").tobytes() for p in lists] + \
+                [np.ascontiguousarray(p.scores, "<f4").tobytes() for p in lists]
+        header = {**self.expected, "kind": "lists", "pass": [blocks.start, blocks.stop], "seq": seq, "rows": rows,
+                  "k": k, "lists": [{"start": p.start, "stop": p.stop, "columns": list(p.columns)} for p in lists]}
+        self._write(name, header, parts)
+        return name
 
-def copy_rows(checkpoint: Checkpoint, lo: int, hi: int, neighbors: np.ndarray, scores: np.ndarray, base: int) -> None:
-    """Rows [lo, hi) of a checkpoint into the shard arrays (whose row 0 is global row `base`)."""
-    nb, sc = checkpoint.arrays()
-    for a in range(lo, hi, _COPY_ROWS):
-        b = min(hi, a + _COPY_ROWS)
-        neighbors[a - base: b - base] = nb[a - checkpoint.start: b - checkpoint.start]
-        scores[a - base: b - base] = sc[a - checkpoint.start: b - checkpoint.start]
-    del nb, sc
-
-
-# ---- writing ----------------------------------------------------------------------------------------------
-
-
-class Writer:
-    """Saves completed rows [saved, done) from the shard arrays as one checkpoint when due."""
-
-    def __init__(self, directory: Path, key: str, header: dict, neighbors: np.ndarray, scores: np.ndarray,
-                 base: int, interval: float, log: Log, fault: Fault | None = None):
-        self.directory, self.key, self.header = directory, key, header
-        self.neighbors, self.scores, self.base = neighbors, scores, base
-        self.interval, self.log, self.fault = interval, log, fault
-        self.saved = self.done = None  # the pending range, once rows arrive
-        self.last = time.monotonic()
-        self.files = 0
-        self.rows_saved = 0  # rows of this host's share now in checkpoints (written by this process)
-
-    def completed(self, first: int, stop: int) -> None:
-        """Rows [first, stop) are final in the shard arrays; save if the interval has passed."""
-        if self.done != first:
-            self.save()
-            self.saved = first
-        self.done = stop
-        if time.monotonic() - self.last >= self.interval:
-            self.save()
-
-    def save(self) -> None:
-        if self.saved is None or self.saved == self.done:
-            return
-        start, stop = self.saved, self.done
-        self._write(start, stop)
-        self.saved, self.last = stop, time.monotonic()
-        self.files += 1
-        self.rows_saved += stop - start
-        self.log(f"checkpoint rows [{start}, {stop}) saved: {file_name(start, stop, self.key)}")
+    def write_state(self, blocks: range, seq: int, steps: int, snapshot, lists_files: list[str]) -> str:
+        """The pass's state: its snapshot (a steps/kernel/blocking.py Snapshot), or None once it is done; then
+        older states go."""
+        name = file_name("state", self.key, blocks, seq)
+        width = self.expected["width"]
+        parts, inside = [], None
+        if snapshot is not None:
+            parts.append(np.ascontiguousarray(snapshot.keys, "<u8").tobytes())
+            if snapshot.done is not None:
+                mirror = np.zeros((0, width), "<u8") if snapshot.mirror_keys is None else snapshot.mirror_keys
+                parts += [np.ascontiguousarray(mirror, "<u8").tobytes(), snapshot.done.astype(np.uint8).tobytes()]
+                inside = {"products": len(snapshot.done), "mirror_rows": len(mirror), "tile": snapshot.tile}
+        header = {**self.expected, "kind": "state", "pass": [blocks.start, blocks.stop], "seq": seq,
+                  "next_step": steps if snapshot is None else snapshot.next_step, "steps": steps,
+                  "done": snapshot is None, "rows": 0 if snapshot is None else len(snapshot.keys), "inside": inside,
+                  "lists_files": lists_files}
+        tearing = self.fault is not None
+        self._write(name, header, parts or [b""], tear_at=self.states_written + 1 if tearing else None)
+        self.states_written += 1
+        for path in self.directory.glob(f"state-{self.key}-b{blocks.start}-{blocks.stop}-*.ckpt"):
+            if path.name != name:
+                path.unlink(missing_ok=True)
+        where = "done" if snapshot is None else progress_text(snapshot.next_step, steps, snapshot.done)
+        what = f"pass of block rows [{blocks.start}, {blocks.stop}): {where}"
+        self.log(f"checkpoint: {what}")
         if self.fault:
-            self.fault.after_checkpoint(self.files, f"rows [{start}, {stop})", self.log)
+            self.fault.after_checkpoint(self.states_written, what, self.log)
+        return name
 
-    def _write(self, start: int, stop: int) -> None:
-        lo, hi = start - self.base, stop - self.base
-        k = self.neighbors.shape[1]
+    def _write(self, name: str, header: dict, parts: list[bytes], tear_at: int | None = None) -> None:
         digest = hashlib.sha256()
-        for _, part in self._payload(lo, hi):
+        for part in parts:
             digest.update(part)
-        header = {**self.header, "start": start, "stop": stop, "k": k, "payload_bytes": (hi - lo) * k * 12,
-                  "sha256": digest.hexdigest()}
-        with atomic_path(self.directory / file_name(start, stop, self.key)) as tmp, open(tmp, "wb") as f:
+        header = {**header, "payload_bytes": sum(len(p) for p in parts), "sha256": digest.hexdigest()}
+        with atomic_path(self.directory / name) as tmp, open(tmp, "wb") as f:
             f.write(MAGIC + json.dumps(header, sort_keys=True).encode() + b"\n")
-            for kind, part in self._payload(lo, hi):
-                if self.fault and kind == "scores":  # half written: neighbours are in, scores are not
+            for i, part in enumerate(parts):
+                if tear_at is not None and i == len(parts) - 1:  # half written: the last part is not in
                     f.flush()
-                    self.fault.during_checkpoint(self.files + 1, f"rows [{start}, {stop})", self.log)
+                    self.fault.during_checkpoint(tear_at, name, self.log)
                 f.write(part)
 
-    def _payload(self, lo: int, hi: int):
-        """The neighbours (int64 LE) then the scores (float32 LE) of shard rows [lo, hi), in slices."""
-        for kind, array, dtype in (("neighbors", self.neighbors, "<i8"), ("scores", self.scores, "<f4")):
-            for a in range(lo, hi, _COPY_ROWS):
-                yield kind, np.ascontiguousarray(array[a: min(hi, a + _COPY_ROWS)], dtype=dtype).tobytes()
+
+def read_list_rows(item: StoredList, batch_rows: int = _SLICE_ROWS) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """A stored list's rows in slices: memory holds one slice."""
+    n = item.stop - item.start
+    for lo in range(0, n, batch_rows):
+        yield item.arrays(lo, min(n, lo + batch_rows))

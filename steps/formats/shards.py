@@ -1,22 +1,29 @@
 """Similarity's output, one shard per host: written by each host into /opt/ml/model, read by Merge.
 
-    shard-<host>.neighbors.npy   int64 (rows, k): row indices of the neighbours, -1 where padded
-    shard-<host>.scores.npy      float32 (rows, k): their canonical scores, NaN where padded
-    shard-<host>.json            written last: format, host, hosts, rows [start, stop), k, min_score, the input
-                                 fingerprint, the training job, resumed rows, each file's sha256, timings
+    shard-<host>.neighbors.npy   int64 (L, k): the rows of the host's partial lists, one after the other
+    shard-<host>.scores.npy      float32 (L, k): their canonical scores, NaN where padded
+    shard-<host>.json            written last: format, host, hosts, the grid, k, min_score, the input
+                                 fingerprint, the training job, each list (its rows [start, stop), the column
+                                 blocks it covers, its offset in the files), each file's sha256, timings
+
+A partial list holds the exact top-k of its rows among the corpus rows of its column blocks
+(steps/kernel/blocking.py). A row's lists come from several hosts (and from checkpoints of earlier attempts):
+together they must cover every column block exactly once; their combination is then the row's exact top-k.
 
 File names are host-unique: SageMaker gathers every host's /opt/ml/model into one prefix and keeps one of two
-same-named files. Reading trusts nothing: each shard's metadata, checksums, shape, row range and input
-fingerprint are checked, all shards must come from one training job and name hosts of that job, and together
-they must cover every row exactly once.
+same-named files. Reading trusts nothing: each shard's metadata, checksums, shapes and input fingerprint are
+checked, all shards must come from one training job and name hosts of that job, and coverage is checked block
+by block before anything is written.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -33,18 +40,49 @@ def names(host: str) -> dict[str, str]:
     return {"neighbors": f"{stem}.neighbors.npy", "scores": f"{stem}.scores.npy", "meta": f"{stem}.json"}
 
 
-def write_meta(out_dir: Path, host: str, hosts: list[str], start: int, stop: int, k: int, min_score,
-               fingerprint: str, job: str | None, resumed_rows: int, seconds: float, cpu_seconds: float) -> dict:
-    """The JSON that vouches for a host's two .npy files (written after them)."""
-    files = names(host)
+# ---- writing -------------------------------------------------------------------------------------------------
+
+
+class ShardWriter:
+    """Appends partial lists to a host's two .npy files (their total rows known up front), then vouches for
+    them with the JSON (`finish`); nothing appears under its name incomplete."""
+
+    def __init__(self, out_dir: Path, host: str, rows: int, k: int, stack: contextlib.ExitStack):
+        self.out_dir, self.host, self.k = out_dir, host, k
+        files = names(host)
+        self._nb = stack.enter_context(npy.row_writer(out_dir / files["neighbors"], np.int64, (rows, k)))
+        self._sc = stack.enter_context(npy.row_writer(out_dir / files["scores"], np.float32, (rows, k)))
+        self.lists: list[dict] = []
+        self.rows = 0
+
+    def add(self, start: int, stop: int, columns, rows: Iterator[tuple[np.ndarray, np.ndarray]]) -> None:
+        """One list: its rows arrive as (neighbors, scores) slices, in order."""
+        offset = self.rows
+        for nb, sc in rows:
+            self._nb.write(nb)
+            self._sc.write(sc)
+            self.rows += len(nb)
+        if self.rows - offset != stop - start:
+            raise ValueError(f"list [{start}, {stop}): {self.rows - offset} rows written")
+        self.lists.append({"start": start, "stop": stop, "columns": sorted(int(c) for c in columns), "offset": offset})
+
+
+def write_meta(out_dir: Path, writer: ShardWriter, hosts: list[str], grid: dict, min_score, fingerprint: str,
+               job: str | None, resumed_steps: int, seconds: float, cpu_seconds: float) -> dict:
+    """The JSON that vouches for a host's two .npy files (written after they are complete)."""
+    files = names(writer.host)
     meta = {
-        "format": FORMAT, "version": VERSION, "host": host, "hosts": hosts, "start": start, "stop": stop, "k": k,
-        "min_score": min_score, "input_fingerprint": fingerprint, "job": job, "resumed_rows": resumed_rows,
+        "format": FORMAT, "version": VERSION, "host": writer.host, "hosts": hosts, "grid": grid, "k": writer.k,
+        "min_score": min_score, "input_fingerprint": fingerprint, "job": job, "lists": writer.lists,
+        "rows": writer.rows, "resumed_steps": resumed_steps,
         "files": {files[kind]: sha256_file(out_dir / files[kind]) for kind in ("neighbors", "scores")},
         "seconds": seconds, "cpu_seconds": cpu_seconds,
     }
     write_json(out_dir / files["meta"], meta)
     return meta
+
+
+# ---- reading -------------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -54,12 +92,8 @@ class Shard:
     headers: dict = field(default_factory=dict, compare=False)
 
     @property
-    def start(self) -> int:
-        return int(self.meta["start"])
-
-    @property
-    def stop(self) -> int:
-        return int(self.meta["stop"])
+    def host(self) -> str:
+        return self.meta["host"]
 
     def path(self, kind: str) -> Path:
         return self.meta_path.parent / names(self.meta["host"])[kind]
@@ -74,19 +108,19 @@ class Shard:
         return self.headers[kind]
 
     def rows(self, kind: str, lo: int, hi: int) -> np.ndarray:
-        """Rows [lo, hi) of this shard (relative to its start), read from disk: memory holds one batch."""
+        """Rows [lo, hi) of the shard's files, read from disk: memory holds one batch."""
         return npy.read_rows(self.path(kind), lo, hi, self.header(kind))
 
-    def batches(self, batch_rows: int, total_rows: int):
-        """(first row, neighbors, scores) in row order, `batch_rows` at a time; an index outside the matrix is an
-        error naming the shard."""
-        for lo in range(0, self.stop - self.start, batch_rows):
-            hi = min(lo + batch_rows, self.stop - self.start)
-            nb, sc = self.rows("neighbors", lo, hi), self.rows("scores", lo, hi)
-            if ((nb < -1) | (nb >= total_rows)).any():
-                raise StepError(f"{self.meta_path}: neighbour index out of range near row {self.start + lo}; "
-                                "rerun the Similarity step")
-            yield self.start + lo, nb, sc
+
+@dataclass(frozen=True)
+class ListRef:
+    """One partial list of one shard."""
+
+    shard: Shard
+    start: int
+    stop: int
+    columns: tuple[int, ...]
+    offset: int
 
 
 def unpack_shards(shards_dir: Path, scratch: Path) -> Path:
@@ -106,8 +140,39 @@ def unpack_shards(shards_dir: Path, scratch: Path) -> Path:
     return target
 
 
-def collect_shards(shards_dir: Path, rows: int, fingerprint: str) -> list[Shard]:
-    """Every shard checked; together they must cover [0, rows) exactly once, from one job's hosts."""
+@dataclass(frozen=True)
+class Shards:
+    """Every shard of one training job, checked, and their lists by row block."""
+
+    shards: list[Shard]
+    grid: dict
+    k: int
+    min_score: float | None
+    by_block: dict[int, list[ListRef]]
+
+    def batches(self, batch_rows: int, combine) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """(first row, neighbors, scores) of every row in order, each row's lists combined by
+        `combine(list of (neighbors, scores)) -> (neighbors, scores)`: memory holds one batch of every list."""
+        block, rows = self.grid["block"], self.grid["rows"]
+        for b in range(self.grid["blocks"]):
+            start, stop = b * block, min(rows, (b + 1) * block)
+            refs = self.by_block[b]
+            for lo in range(start, stop, batch_rows):
+                hi = min(stop, lo + batch_rows)
+                parts = []
+                for ref in refs:
+                    a, z = ref.offset + lo - start, ref.offset + hi - start
+                    nb, sc = ref.shard.rows("neighbors", a, z), ref.shard.rows("scores", a, z)
+                    if ((nb < -1) | (nb >= rows)).any():
+                        raise StepError(f"{ref.shard.meta_path}: neighbour index out of range near row {lo}; "
+                                        "rerun the Similarity step")
+                    parts.append((nb, sc))
+                nb, sc = combine(parts)
+                yield lo, nb, sc
+
+
+def collect_shards(shards_dir: Path, rows: int, fingerprint: str) -> Shards:
+    """Every shard checked; together their lists must cover every row's every column block exactly once."""
     metas = sorted(shards_dir.rglob("shard-*.json"))
     if not metas:
         raise StepError(f"{shards_dir}: no shard-<host>.json files; the Similarity step wrote no output "
@@ -117,13 +182,14 @@ def collect_shards(shards_dir: Path, rows: int, fingerprint: str) -> list[Shard]
     ks = {s.meta["k"] for s in shards}
     thresholds = {s.meta["min_score"] for s in shards}
     host_lists = {tuple(s.meta["hosts"]) for s in shards}
-    if len(ks) > 1 or len(thresholds) > 1 or len(host_lists) > 1:
-        raise StepError(f"{shards_dir}: shards disagree on k {sorted(ks)}, threshold or host list: they come from "
-                        "different training jobs; rerun the Similarity step into an empty output")
+    grids = {json.dumps(s.meta["grid"], sort_keys=True) for s in shards}
+    if len(ks) > 1 or len(thresholds) > 1 or len(host_lists) > 1 or len(grids) > 1:
+        raise StepError(f"{shards_dir}: shards disagree on k {sorted(ks)}, threshold, grid or host list: they come "
+                        "from different training jobs; rerun the Similarity step into an empty output")
     hosts = list(host_lists.pop())
     seen: dict[str, Shard] = {}
     for shard in shards:
-        host = shard.meta["host"]
+        host = shard.host
         if host not in hosts:
             raise StepError(f"{shard.meta_path}: host {host} is not one of the job's hosts ({', '.join(hosts)}); "
                             "it belongs to another job: remove it or rerun the Similarity step")
@@ -135,17 +201,37 @@ def collect_shards(shards_dir: Path, rows: int, fingerprint: str) -> list[Shard]
     if missing:
         raise StepError(f"{shards_dir}: no shard from host {', '.join(missing)} of {len(hosts)} hosts; "
                         "rerun the Similarity step (a host failed or its output was lost)")
-    ordered = sorted(shards, key=lambda s: (s.start, s.stop))
-    position = 0
-    for shard in ordered:
-        if shard.start != position:
-            what = "overlaps" if shard.start < position else "leaves a gap before"
-            raise StepError(f"{shard.meta_path}: rows [{shard.start}, {shard.stop}) {what} row {position}; "
-                            "each row must be covered exactly once: rerun the Similarity step")
-        position = shard.stop
-    if position != rows:
-        raise StepError(f"shards cover rows [0, {position}) but the matrix has {rows} rows; rerun the Similarity step")
-    return ordered
+    grid = json.loads(grids.pop())
+    if grid.get("rows") != rows:
+        raise StepError(f"{shards_dir}: shards cover a grid of {grid.get('rows')} rows but the matrix has {rows}; "
+                        "rerun the Similarity step")
+    return Shards(shards, grid, ks.pop(), thresholds.pop(), _coverage(shards, grid))
+
+
+def _coverage(shards: list[Shard], grid: dict) -> dict[int, list[ListRef]]:
+    """Each row block's lists; every column block covered exactly once, or an error naming the block."""
+    blocks, block, rows = grid["blocks"], grid["block"], grid["rows"]
+    by_block: dict[int, list[ListRef]] = {b: [] for b in range(blocks)}
+    for shard in shards:
+        for item in shard.meta["lists"]:
+            start, stop = int(item["start"]), int(item["stop"])
+            b = start // block
+            if start != b * block or stop != min(rows, (b + 1) * block) or not 0 <= b < blocks:
+                raise StepError(f"{shard.meta_path}: a list of rows [{start}, {stop}) is not a block of the grid; "
+                                "rerun the Similarity step")
+            by_block[b].append(ListRef(shard, start, stop, tuple(item["columns"]), int(item["offset"])))
+    everything = set(range(blocks))
+    for b, refs in by_block.items():
+        covered = [c for ref in refs for c in ref.columns]
+        twice = sorted({c for c in covered if covered.count(c) > 1})
+        missing = sorted(everything - set(covered))
+        if twice or missing:
+            start = b * block
+            what = "; ".join(filter(None, (f"column blocks {missing} missing" if missing else "",
+                                           f"column blocks {twice} covered twice" if twice else "")))
+            raise StepError(f"rows [{start}, {min(rows, start + block)}): {what} among the shards' lists; each "
+                            "pair of rows must be covered exactly once: rerun the Similarity step")
+    return by_block
 
 
 def _check_one_job(shards: list[Shard]) -> None:
@@ -165,7 +251,7 @@ def _check_shard(path: Path, fingerprint: str) -> Shard:
         if (meta.get("format"), meta.get("version")) != (FORMAT, VERSION):
             raise ValueError(f"not an {FORMAT} shard, version {VERSION}")
         shard = Shard(path, meta)
-        shard.start, shard.stop, meta["k"], meta["host"], meta["files"]  # noqa: B018 - presence check
+        meta["k"], meta["host"], meta["files"], meta["lists"], meta["grid"]["blocks"], meta["rows"]  # noqa: B018
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise StepError(f"{path}: unreadable shard metadata ({exc}); rerun the Similarity step")
     if meta.get("input_fingerprint") != fingerprint:
@@ -180,7 +266,7 @@ def _check_shard(path: Path, fingerprint: str) -> Shard:
                             "rerun the Similarity step")
     for kind in ("neighbors", "scores"):
         shape = shard.header(kind).shape
-        if shape != (shard.stop - shard.start, meta["k"]):
-            raise StepError(f"{shard.path(kind)}: shape {shape}, expected "
-                            f"({shard.stop - shard.start}, {meta['k']}); rerun the Similarity step")
+        if shape != (meta["rows"], meta["k"]):
+            raise StepError(f"{shard.path(kind)}: shape {shape}, expected ({meta['rows']}, {meta['k']}); "
+                            "rerun the Similarity step")
     return shard

@@ -1,13 +1,17 @@
-"""The similarity kernel: each query row's exact top-k cosine neighbours among the corpus rows.
+"""The similarity kernel: exact top-k cosine neighbours, every pair of rows computed once across the hosts.
 
-    corpus.py     the rows searched and the rows queried (QueryRows: a self-join range of the corpus)
-    blocking.py   top_k and its KernelConfig: memory-bounded blocks, workers, progressive yields, abandoning
-    selection.py  per-row buffers of approximate candidates from float32 product tiles
+    grid.py       which pairs each host computes: row blocks, circulant windows, an even share per host
+    blocking.py   a host's passes (Pass, KernelConfig): column steps, workers, partial lists, snapshots
+    selection.py  per-row heaps of approximate candidates from float32 product tiles
+    compiled.py   the selection's hot loop (numba)
     exact.py      canonical scores, the error bounds, the exact top-k of each row from its candidates
+    corpus.py     the rows searched
 """
-from .blocking import KernelConfig, Plan, default_threads, top_k
-from .corpus import Corpus, QueryRows
+from .blocking import (KernelConfig, Pass, PartialList, Paused, Plan, Snapshot, StepDone, all_pairs, default_threads,
+                       host_passes)
+from .corpus import Corpus
 from .exact import PAD_INDEX, canonical_scores, dot_error_bound
+from .grid import Grid
 
-__all__ = ["Corpus", "KernelConfig", "PAD_INDEX", "Plan", "QueryRows", "canonical_scores", "default_threads",
-           "dot_error_bound", "top_k"]
+__all__ = ["Corpus", "Grid", "KernelConfig", "PAD_INDEX", "Pass", "PartialList", "Paused", "Plan", "Snapshot",
+           "StepDone", "all_pairs", "canonical_scores", "default_threads", "dot_error_bound", "host_passes"]

@@ -1,10 +1,19 @@
-"""The kernel's driver: for the query rows, their exact top-k among all corpus rows, in memory-bounded blocks.
+"""The kernel's driver: a host's passes over the grid (grid.py), each giving exact partial top-k lists.
 
-Exactness and determinism come from a split between *selection* (steps/kernel/selection.py: float32 block
-products, fast BLAS, each row keeping a buffer of its best k + margin approximate candidates) and *exact scoring*
-(steps/kernel/exact.py: canonical scores of the buffered candidates, widening the rare rows whose buffer may
-miss a near-tie). The output is bit-identical whatever the block shapes, BLAS kernels, thread counts or host
-splits. Order within a row: score descending, ties by lower row index. Padding: index -1, score NaN.
+A pass takes a contiguous run of block rows P (a host's share, or part of it when their candidate buffers would
+not fit the memory budget) and their windows' tiles, column block by column block (a "step"). A tile (i, j)
+serves both directions, so:
+
+- the rows of P gather candidates over all their windows' columns (and the mirrors of P's own tiles): their
+  lists are final for the pass once every step is done ("own" lists);
+- the rows of a column block j outside P gather candidates among the rows of P whose window holds j: their
+  list is final once step j is done (a "mirror" list).
+
+Every list is exact for the columns it covers (selection.py picks candidates from float32 products, exact.py
+scores them canonically), and says which column blocks it covers: Merge combines the lists of a row into its
+top-k, and checks every column is covered exactly once. Between steps the pass can be snapshotted (its own
+rows' candidates and the next step) and resumed from that snapshot, with the same result, bit for bit.
+Order within a row: score descending, ties by lower row index. Padding: index -1, score NaN.
 """
 from __future__ import annotations
 
@@ -12,20 +21,23 @@ import contextlib
 import math
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
-from .corpus import Corpus, QueryRows
+from .corpus import Corpus
+from ..order import PAD_INDEX, combine
 from .exact import dot_error_bound, exact_top_k
+from .grid import Grid
 from .selection import PAD_LOW, Candidates
 
-# Bytes of working memory per element of a (query rows x corpus rows) score tile: the float32 scores, the
-# bool compare mask, and room for the survivors' indices (normally a small fraction of the tile).
-_TILE_BYTES_PER_ELEMENT = 16
+# Bytes of working memory per element of a (query rows x corpus rows) score tile: the float32 scores and the
+# compiled pass's flags.
+_TILE_BYTES_PER_ELEMENT = 8
 _MAX_TILE = 1536
+_STOP_POLL_SECONDS = 0.05  # how often a running step looks at its stop flag
 
 
 @dataclass(frozen=True)
@@ -35,26 +47,30 @@ class KernelConfig:
     budget_bytes: int = 256 << 20  # working memory for score tiles and candidate buffers
     threads: int = 0  # workers; 0: every core this process may use
 
+    @property
+    def width(self) -> int:
+        """Candidates buffered per row: k plus a margin, so rarely a row needs widening."""
+        return self.k + max(8, self.k // 16)
+
 
 @dataclass(frozen=True)
 class Plan:
     """Block sizes derived from a memory budget, never from the number of rows."""
 
     tile: int        # a score tile is (tile x tile): query rows x corpus rows
-    group_rows: int  # query rows whose selection buffers are held at once (pairs inside a group are computed once)
+    pass_rows: int   # own rows whose candidate buffers are held at once
     score_rows: int  # query rows rescored at once
 
     @classmethod
-    def from_budget(cls, budget_bytes: int, dim: int, width: int, total_rows: int, workers: int = 1) -> "Plan":
-        # Half the budget for the workers' score tiles, half for the group's buffers (float32 score + int64
-        # index). Tiles past ~1500 rows stop paying: the selection's pass over a tile then misses the cache.
+    def from_budget(cls, budget_bytes: int, dim: int, width: int, workers: int = 1) -> "Plan":
+        # Half the budget for the workers' score tiles, half for the buffers (a uint64 key per candidate).
+        # Tiles past ~1500 rows stop paying: the selection's pass over a tile then misses the cache.
         per_worker = budget_bytes // 2 // max(workers, 1) // _TILE_BYTES_PER_ELEMENT
         tile = int(min(_MAX_TILE, max(64, math.isqrt(per_worker))))
-        buffers = budget_bytes // 2 // (12 * max(width, 1))
-        group = int(max(tile, buffers // tile * tile))
+        pass_rows = int(max(1, budget_bytes // 2 // (8 * max(width, 1))))
         # Rescoring works on (rows, width, dim) float32 + float64 copies; small slices stay in cache.
         score = int(max(1, min(256, budget_bytes // max(24 * width * max(dim, 1), 1))))
-        return cls(tile=tile, group_rows=group, score_rows=score)
+        return cls(tile=tile, pass_rows=pass_rows, score_rows=score)
 
 
 def default_threads() -> int:
@@ -66,55 +82,287 @@ def default_threads() -> int:
 
 
 @dataclass(frozen=True)
-class _Search:
-    """What every block of one top_k call shares."""
+class PartialList:
+    """The exact top-k of rows [start, stop) among the corpus rows of column blocks `columns`."""
 
-    corpus: Corpus
-    zero: np.ndarray  # all-zero rows: no neighbours, nobody's neighbour
-    k: int
-    threshold: np.float32 | None
-    eps: float  # dot_error_bound(dim): how far a float32 product may be from the true one
-    admission_floor: np.float32  # selection never needs a pair below it: it cannot reach the threshold
-    width: int  # candidates buffered per row: k + margin
-    plan: "Plan"
-    work: "_Work"
-    workers: int
+    start: int
+    stop: int
+    columns: tuple[int, ...]
+    neighbors: np.ndarray  # int64 (rows, k), PAD_INDEX where fewer
+    scores: np.ndarray  # float32 (rows, k), NaN where fewer
 
 
-def top_k(corpus: Corpus, queries: QueryRows, config: KernelConfig,
-          zero: np.ndarray | None = None) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    """Top-k neighbours of the query rows among all corpus rows.
+@dataclass(frozen=True)
+class StepDone:
+    """Step `step` of the pass is done: a snapshot taken now (Pass.snapshot) resumes at step + 1."""
 
-    Yields (first_row, neighbors int64 (n, k), scores float32 (n, k)) per row tile, in row order, as soon as
-    the tile is final: a tile takes one window of products (see _group), so a caller can checkpoint every
-    few seconds whatever the share's size. The work runs on `config.threads` workers, each doing its own
-    products with BLAS held to one thread, so selection runs on every core too, not only the matrix products.
-    `zero` (the corpus's all-zero rows) may be passed in when known.
+    step: int
 
-    Closing the generator early (an exception in the caller, SIGTERM, Ctrl-C) abandons the queued work at
-    once: the workers finish the product in hand (milliseconds) and take nothing more.
-    """
-    k = config.k
-    if k < 1:
-        raise ValueError("k must be >= 1")
-    if corpus.rows >= PAD_LOW:
-        raise ValueError(f"{corpus.rows} rows: the selection keys hold row indices below {PAD_LOW}")
-    zero = corpus.zero_mask() if zero is None else zero
-    eps = dot_error_bound(corpus.dim)
-    margin = max(8, k // 16)
-    width = min(k + margin, max(corpus.rows - 1, 1))
-    workers = config.threads if config.threads > 0 else default_threads()
-    plan = Plan.from_budget(config.budget_bytes, corpus.dim, width, corpus.rows, workers)
-    threshold = None if config.threshold is None else np.float32(config.threshold)
-    floor = np.float32(-np.inf) if threshold is None else np.float32(threshold - eps)
-    search = _Search(corpus, zero, k, threshold, eps, floor, width, plan,
-                     _Work(ThreadPoolExecutor(workers), threading.Event()), workers)
-    try:
-        with _single_threaded_blas(workers > 1):
-            for g0 in range(queries.start, queries.stop, plan.group_rows):
-                yield from _group(search, g0, min(queries.stop, g0 + plan.group_rows))
-    finally:
-        search.work.abandon()
+
+@dataclass(frozen=True)
+class Paused:
+    """run(stop=...) saw the stop inside step `step` and returned: a snapshot taken now resumes inside it."""
+
+    step: int
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What resumes a pass: the next step and the own rows' candidate keys; inside a step (paused), also which of
+    its products are done (`done`, one flag per product in the step's order) and its mirror rows' keys."""
+
+    next_step: int
+    keys: np.ndarray  # uint64 (own rows, width)
+    done: np.ndarray | None = None  # bool (products of the step,), None between steps
+    mirror_keys: np.ndarray | None = None  # uint64 (rows of the step's column block, width), mirror steps only
+    tile: int = 0  # the product tiles `done` counts in (a mid-step snapshot resumes only with the same tiles)
+
+
+def host_passes(grid: Grid, index: int, hosts: int, config: KernelConfig, dim: int) -> list[range]:
+    """The passes of host `index` of `hosts`: its block rows, in runs whose buffers fit the budget."""
+    own = grid.host_blocks(index, hosts)
+    plan = Plan.from_budget(config.budget_bytes, dim, config.width, 1)
+    per_pass = max(1, plan.pass_rows // grid.block)
+    return [range(b, min(own.stop, b + per_pass)) for b in range(own.start, own.stop, per_pass)]
+
+
+class Pass:
+    """The tiles of block rows `blocks` (one pass), step by step; see the module docstring."""
+
+    def __init__(self, corpus: Corpus, grid: Grid, blocks: range, config: KernelConfig,
+                 zero: np.ndarray | None = None):
+        if config.k < 1:
+            raise ValueError("k must be >= 1")
+        if corpus.rows >= PAD_LOW:
+            raise ValueError(f"{corpus.rows} rows: the selection keys hold row indices below {PAD_LOW}")
+        self.corpus, self.grid, self.blocks, self.config = corpus, grid, blocks, config
+        self.zero = corpus.zero_mask() if zero is None else zero
+        self.workers = config.threads if config.threads > 0 else default_threads()
+        self.width = min(config.width, max(corpus.rows - 1, 1))
+        self.plan = Plan.from_budget(config.budget_bytes, corpus.dim, self.width, self.workers)
+        self.eps = dot_error_bound(corpus.dim)
+        self.threshold = None if config.threshold is None else np.float32(config.threshold)
+        self.admission_floor = np.float32(-np.inf) if self.threshold is None else np.float32(self.threshold - self.eps)
+        m = grid.blocks
+        own = set(blocks)
+        cols = {j for i in blocks for j in grid.window(i)}
+        self.steps = sorted(cols, key=lambda j: (j - blocks.start) % m)  # the column blocks, in order
+        self.sources = {j: [i for i in blocks if grid.in_window(i, j)] for j in self.steps}
+        # What each own block's list covers: its window, and the mirrors of its pairs with the pass's blocks.
+        self.own_columns = {i: sorted(set(grid.window(i)) | {i2 for i2 in blocks if grid.in_window(i2, i)})
+                            for i in blocks}
+        self.own = [self._candidates(first, stop) for b in blocks
+                    for first, stop in self._tiles(*grid.span(b))] if own else []
+        self.next_step = 0
+        self.k = config.k
+        self.work: _Work | None = None
+        self._pending = None  # the last step's mirror list being scored: (column block, jobs)
+        self._inside: tuple[np.ndarray, list[Candidates] | None] | None = None  # paused mid-step: (done, mirror)
+
+    def _tiles(self, start: int, stop: int) -> list[tuple[int, int]]:
+        t = self.plan.tile
+        return [(a, min(stop, a + t)) for a in range(start, stop, t)]
+
+    def _candidates(self, first: int, stop: int) -> Candidates:
+        query = np.ascontiguousarray(np.concatenate([b for _, b in self.corpus.blocks(first, stop, stop - first)]))
+        return Candidates(first, query, self.width, self.zero, self.admission_floor)
+
+    # ---- snapshots -------------------------------------------------------------------------------------------
+
+    def snapshot(self) -> Snapshot:
+        """Valid after a StepDone or a Paused (call `flush` first: the lists handed out so far belong with it)."""
+        keys = np.concatenate([c.keys for c in self.own]) if self.own else np.zeros((0, self.width), np.uint64)
+        if self._inside is None:
+            return Snapshot(self.next_step, keys)
+        done, mirror = self._inside
+        mirror_keys = None if mirror is None else np.concatenate([c.keys for c in mirror])
+        return Snapshot(self.next_step, keys, done.copy(), mirror_keys, self.plan.tile)
+
+    @property
+    def products_done(self) -> np.ndarray | None:
+        """Paused inside a step: which of its products are done (None between steps)."""
+        return None if self._inside is None else self._inside[0]
+
+    def restore(self, snapshot: Snapshot) -> None:
+        """Continue from a snapshot of this very pass (same grid, blocks, k and width; mid-step, same tiles)."""
+        rows = sum(len(c.keys) for c in self.own)
+        keys, step = snapshot.keys, snapshot.next_step
+        if keys.shape != (rows, self.width) or not 0 <= step <= len(self.steps):
+            raise ValueError(f"snapshot of shape {keys.shape} at step {step} does not fit this pass "
+                             f"({rows} rows x {self.width}, {len(self.steps)} steps)")
+        inside = None
+        if snapshot.done is not None:
+            if step == len(self.steps) or snapshot.tile != self.plan.tile:
+                raise ValueError(f"a snapshot inside step {step} with product tiles of {snapshot.tile} rows does "
+                                 f"not fit this pass (tiles of {self.plan.tile} rows, {len(self.steps)} steps)")
+            mirror = self._mirror_candidates(self.steps[step])
+            tasks = len(self._step_tasks(self.steps[step], mirror))
+            mirror_rows = 0 if mirror is None else sum(len(c.keys) for c in mirror)
+            got_rows = 0 if snapshot.mirror_keys is None else len(snapshot.mirror_keys)
+            if len(snapshot.done) != tasks or got_rows != mirror_rows:
+                raise ValueError(f"a snapshot inside step {step} with {len(snapshot.done)} products and "
+                                 f"{got_rows} mirror rows does not fit this pass ({tasks}, {mirror_rows})")
+            at = 0
+            for c in mirror or []:
+                c.restore_keys(snapshot.mirror_keys[at: at + len(c.keys)])
+                at += len(c.keys)
+            inside = (snapshot.done.astype(bool), mirror)
+        at = 0
+        for c in self.own:
+            c.restore_keys(keys[at: at + len(c.keys)])
+            at += len(c.keys)
+        self.next_step, self._inside = step, inside
+
+    # ---- running ---------------------------------------------------------------------------------------------
+
+    def run(self, stop: Callable[[], bool] | None = None) -> Iterator[StepDone | Paused | PartialList]:
+        """From the next step on: a StepDone after each step, each mirror list (its step's, or earlier), and
+        once every step is done, the own lists (one per own block). At a StepDone the pass can be snapshotted:
+        call `flush` first, for the mirror list of that step, which the snapshot's lists must include.
+        `stop` is polled while a step's products run; once it says so, the pass pauses: a Paused, and the end."""
+        self.work = _Work(ThreadPoolExecutor(self.workers), threading.Event())
+        self._pending = None
+        try:
+            with _single_threaded_blas(self.workers > 1):
+                yield from self._run(stop)
+        finally:
+            self.work.abandon()
+
+    def flush(self) -> list[PartialList]:
+        """The mirror list not handed out yet (the last step's), computed now."""
+        lists = self._mirror_list(self._pending) if self._pending is not None else []
+        self._pending = None
+        return lists
+
+    def _run(self, stop) -> Iterator[StepDone | Paused | PartialList]:
+        work = self.work
+        scratch = threading.local()  # one score tile per worker, reused: fresh ones cost page faults
+        locks: dict[int, threading.Lock] = {}
+        while self.next_step < len(self.steps):
+            step = self.next_step
+            j = self.steps[step]
+            done, mirror = self._inside or (None, self._mirror_candidates(j))
+            self._inside = None
+            tasks = self._step_tasks(j, mirror)
+            done = np.zeros(len(tasks), bool) if done is None else done
+            jobs = {t: work.submit(self._product, a, c, mirrored, scratch, locks)
+                    for t, (a, c, mirrored) in enumerate(tasks) if not done[t]}
+            yield from self.flush()  # the previous step's mirror list, scored while this step's products run
+            if not _finish(jobs, done, stop):
+                self._inside = (done, mirror)
+                yield Paused(step)
+                return
+            self.next_step = step + 1
+            if mirror is not None:
+                columns = [self.grid.span(i) for i in self.sources[j]]
+                self._pending = (j, [work.submit(self._exact, c, columns) for c in mirror])
+            yield StepDone(step)  # own heaps are consistent here: a snapshot may be taken
+        yield from self.flush()
+        finals = [(c, work.submit(self._exact, c, [self.grid.span(b) for b in self.own_columns[self._block(c)]]))
+                  for c in self.own]
+        for b in self.blocks:
+            parts = [job.result() for c, job in finals if self._block(c) == b]
+            start, stop = self.grid.span(b)
+            yield PartialList(start, stop, tuple(self.own_columns[b]), np.concatenate([p[0] for p in parts]),
+                              np.concatenate([p[1] for p in parts]))
+
+    def _mirror_candidates(self, j: int) -> list[Candidates] | None:
+        """Fresh candidates for the rows of column block j, when it is outside the pass (a mirror step)."""
+        return None if j in self.blocks else [self._candidates(a, b) for a, b in self._tiles(*self.grid.span(j))]
+
+    def _mirror_list(self, pending) -> list[PartialList]:
+        j, jobs = pending
+        parts = [job.result() for job in jobs]
+        start, stop = self.grid.span(j)
+        return [PartialList(start, stop, tuple(self.sources[j]), np.concatenate([p[0] for p in parts]),
+                            np.concatenate([p[1] for p in parts]))]
+
+    def list_rows(self) -> int:
+        """Rows of the lists still to come from this pass: the remaining steps' mirror lists and its own lists."""
+        rows = lambda b: self.grid.span(b)[1] - self.grid.span(b)[0]  # noqa: E731
+        return sum(rows(j) for j in self.steps[self.next_step:] if j not in self.blocks) + \
+            sum(rows(b) for b in self.blocks)
+
+    def _block(self, c: Candidates) -> int:
+        return c.first // self.grid.block
+
+    def _step_tasks(self, j: int, mirror: list[Candidates] | None):
+        """The step's (row candidates, column candidates, mirrored?) products, ordered so that workers side by
+        side hold different candidates' locks."""
+        columns = mirror if mirror is not None else [c for c in self.own if self._block(c) == j]
+        rows = [c for c in self.own if j in self.grid.window(self._block(c))]
+        tasks = []
+        for a_pos, a in enumerate(rows):
+            same_block = self._block(a) == j
+            for c_pos, c in enumerate(columns):
+                if same_block and c.first < a.first:
+                    continue  # inside block j each pair of tiles once: the one with a <= c
+                tasks.append(((c_pos - a_pos) % max(len(columns), 1), a_pos, a, c, not (same_block and c is a)))
+        tasks.sort(key=lambda t: (t[0], t[1]))
+        return [(a, c, mirrored) for _, _, a, c, mirrored in tasks]
+
+    def _product(self, rows: Candidates, cols: Candidates, mirrored: bool, scratch, locks) -> None:
+        t = self.plan.tile
+        if not hasattr(scratch, "scores"):
+            scratch.scores = np.empty(t * t, dtype=np.float32)
+        S = scratch.scores[: len(rows.query) * len(cols.query)].reshape(len(rows.query), len(cols.query))
+        np.matmul(rows.query, cols.query.T, out=S)
+        if not mirrored:
+            with _lock(locks, rows):
+                rows.admit(S, cols.first, self.zero)
+            return
+        first, second = sorted((rows, cols), key=lambda c: c.first)
+        with _lock(locks, first), _lock(locks, second):
+            rows.admit(S, cols.first, self.zero, mirror=cols)
+
+    def _exact(self, c: Candidates, columns: list[tuple[int, int]]):
+        return exact_top_k(self, c.first, c.query, c.best_s, c.best_i, columns)
+
+
+def _finish(jobs: dict, done: np.ndarray, stop: Callable[[], bool] | None) -> bool:
+    """Wait for a step's products, marking each in `done`; True once all are, False if `stop` said to pause
+    first (the queued ones dropped, the running ones finished and marked)."""
+    pending = set(jobs.values())
+    index = {job: t for t, job in jobs.items()}
+    while pending:
+        finished, pending = wait(pending, timeout=None if stop is None else _STOP_POLL_SECONDS,
+                                 return_when=FIRST_EXCEPTION)
+        for job in finished:
+            job.result()  # re-raises a worker's error here
+            done[index[job]] = True
+        if pending and stop is not None and stop():
+            for job in pending:
+                job.cancel()
+            wait(pending)
+            for job in pending:
+                if not job.cancelled():
+                    job.result()
+                    done[index[job]] = True
+            return bool(done.all())  # the last ones may have been running: then the step is complete
+    return True
+
+
+def _lock(locks: dict, c: Candidates) -> threading.Lock:
+    return locks.setdefault(id(c), threading.Lock())
+
+
+def all_pairs(corpus: Corpus, config: KernelConfig, hosts: int = 1,
+              block: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Every row's top-k, computed the way `hosts` similarity hosts compute it, combined as Merge combines it
+    (in memory: for tests and benchmarks). `block` overrides the grid's block rows."""
+    grid = Grid(corpus.rows, block) if block else Grid.for_rows(corpus.rows)
+    zero = corpus.zero_mask()
+    by_block: dict[int, list[PartialList]] = {}
+    for h in range(hosts):
+        for blocks in host_passes(grid, h, hosts, config, corpus.dim):
+            for event in Pass(corpus, grid, blocks, config, zero).run():
+                if isinstance(event, PartialList):
+                    by_block.setdefault(event.start // grid.block, []).append(event)
+    parts = [combine([(p.neighbors, p.scores) for p in by_block[b]], config.k) for b in range(grid.blocks)] \
+        if corpus.rows else []
+    if not parts:
+        return np.zeros((0, config.k), np.int64), np.zeros((0, config.k), np.float32)
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 @dataclass(frozen=True)
@@ -163,60 +411,5 @@ def _single_threaded_blas(wanted: bool):
         yield
 
 
-def _group(search: "_Search", g0: int, g1: int):
-    """Query rows [g0, g1) in row tiles, yielded in order as each becomes final: every pair inside the group once.
-
-    Tiles are taken in windows of `workers` tiles. A window's products are: each of its tiles a against the
-    group's tiles b >= a (the product of a < b serves both: S for a's rows, S.T for b's rows) and against every
-    column outside the group. Once they are done, the window's tiles have seen every column (their pairs with
-    earlier tiles came as mirrors from earlier windows), so they are scored and yielded while the next window
-    runs. A later window never touches an earlier window's tiles. Within a window the products are ordered
-    column by column, so workers side by side update different tiles (each tile has its own lock). The order of
-    updates does not change the result: a tile's buffer ends up holding its rows' best approximate candidates
-    whatever the order, and _score makes them exact.
-    """
-    corpus, zero, plan, work, workers = search.corpus, search.zero, search.plan, search.work, search.workers
-    t = plan.tile
-    tiles = [Candidates(first, block, search.width, zero, search.admission_floor) for first, block in
-             ((f, np.ascontiguousarray(b)) for f, b in corpus.blocks(g0, g1, t))]
-    locks = [threading.Lock() for _ in tiles]
-    scratch = threading.local()  # one score tile and mask per worker, reused: fresh ones cost page faults
-    outside = [(col0, block) for lo, hi in ((0, g0), (g1, corpus.rows)) for col0, block in corpus.blocks(lo, hi, t)]
-
-    def product(a: int, cols: np.ndarray, col0: int, b: int | None) -> None:
-        if not hasattr(scratch, "scores"):
-            scratch.scores, scratch.mask = np.empty(t * t, dtype=np.float32), np.empty(t * t, dtype=bool)
-        rows = tiles[a]
-        S = scratch.scores[: len(rows.query) * len(cols)].reshape(len(rows.query), len(cols))
-        np.matmul(rows.query, cols.T, out=S)
-        with locks[a]:
-            rows.update(S, col0, zero, scratch.mask, mirrored=False)
-        if b is not None:
-            with locks[b]:
-                tiles[b].update(S, rows.first, zero, scratch.mask, mirrored=True)
-
-    def finish(a: int):
-        tiles[a].flush()
-        r = tiles[a]
-        return exact_top_k(search, r.first, r.query, r.best_s, r.best_i)
-
-    def products(window: range) -> list:
-        jobs = []
-        for b in range(window.start, len(tiles)):  # the group's columns, from the window on
-            jobs += [work.submit(product, a, tiles[b].query, tiles[b].first, b if b != a else None)
-                     for a in window if a <= b]
-        for col0, block in outside:
-            jobs += [work.submit(product, a, block, col0, None) for a in window]
-        return jobs
-
-    windows = [range(w, min(w + max(workers, 1), len(tiles))) for w in range(0, len(tiles), max(workers, 1))]
-    running = products(windows[0]) if windows else []
-    for i, window in enumerate(windows):
-        for job in running:
-            job.result()  # re-raises a worker's error here
-        # Scoring is queued ahead of the next window's products: the tiles are yielded while those run.
-        scored = [work.submit(finish, a) for a in window]
-        running = products(windows[i + 1]) if i + 1 < len(windows) else []
-        for a, job in zip(window, scored):
-            yield (tiles[a].first, *job.result())
-            tiles[a] = None  # its buffers are no longer needed
+__all__ = ["PAD_INDEX", "KernelConfig", "Pass", "PartialList", "Paused", "Plan", "Snapshot", "StepDone", "all_pairs",
+           "default_threads", "host_passes"]

@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-PAD_INDEX = -1
+from ..order import PAD_INDEX, rank
 
 
 def rounding_bound(terms: int, unit_roundoff: float) -> float:
@@ -63,17 +63,20 @@ def canonical_scores(query: np.ndarray, candidates: np.ndarray) -> np.ndarray:
     return out
 
 
-def exact_top_k(search, first: int, query: np.ndarray, cand_s: np.ndarray, cand_i: np.ndarray):
-    """The exact top-k of query rows first, first+1, ... from their buffered approximate candidates: canonical
-    scores for the candidates that can still make it; rows whose buffer may miss a near-tie are widened.
+def exact_top_k(search, first: int, query: np.ndarray, cand_s: np.ndarray, cand_i: np.ndarray,
+                columns: list[tuple[int, int]]):
+    """The exact top-k of query rows first, first+1, ... among the corpus rows in `columns` (row ranges), from
+    their buffered approximate candidates (all from those columns): canonical scores for the candidates that can
+    still make it; rows whose buffer may miss a near-tie are widened.
 
     `search` holds corpus, zero mask, k, threshold, eps (dot_error_bound), plan and work (blocking._Search).
-    A float32 dot product is within eps of the true value, so every true top-k neighbour has an approximate
+    A float32 dot product is within eps of the canonical score, so every true top-k neighbour has an approximate
     score of at least a_k - 2*eps, where a_k is the k-th best approximate score (the near-tie bound). If a
     row's buffer holds everything down to that bound, the exact top-k is inside it; if not, the row is widened:
-    its candidates above the bound are gathered from a full pass and scored canonically.
+    its candidates above the bound are gathered from a pass over `columns` and scored canonically.
     """
     corpus, k, eps, plan = search.corpus, search.k, search.eps, search.plan
+    available = sum(stop - start for start, stop in columns)
     n, width = cand_s.shape
     order = np.argsort(-cand_s, axis=1, kind="stable")
     cand_s = np.take_along_axis(cand_s, order, axis=1)
@@ -82,7 +85,7 @@ def exact_top_k(search, first: int, query: np.ndarray, cand_s: np.ndarray, cand_
     last = cand_s[:, -1]
     near_tie_bound = kth - 2 * eps
     # Safe: the buffer is not full of finite scores, or everything left out is clearly below the k-th.
-    safe = ~np.isfinite(last) | (last < near_tie_bound) | (width >= corpus.rows - 1)
+    safe = ~np.isfinite(last) | (last < near_tie_bound) | (width >= available - 1)
     # Only candidates within 2*eps of the k-th can be in the top k (k others beat the rest): score just those.
     need = np.isfinite(cand_s) & (cand_s >= near_tie_bound[:, None])
     neighbors = np.full((n, k), PAD_INDEX, dtype=np.int64)
@@ -97,33 +100,16 @@ def exact_top_k(search, first: int, query: np.ndarray, cand_s: np.ndarray, cand_
         exact[~valid] = -np.inf
         neighbors[sel], scores[sel] = rank(exact, np.where(valid, idx, PAD_INDEX), k, search.threshold)
     for r in np.nonzero(~safe)[0]:
-        neighbors[r], scores[r] = _widened_row(search, first + r, query[r], near_tie_bound[r])
+        neighbors[r], scores[r] = _widened_row(search, first + r, query[r], near_tie_bound[r], columns)
     return neighbors, scores
 
 
-def rank(exact, idx, k, threshold):
-    """Per row: keep finite scores (>= threshold), order by score desc then index asc, pad to k."""
-    if threshold is not None:
-        exact = np.where(exact >= threshold, exact, -np.inf)
-    idx_key = np.where(np.isfinite(exact), idx, np.iinfo(np.int64).max)
-    order = np.lexsort((idx_key, -exact), axis=-1)[:, :k]
-    s = np.take_along_axis(exact, order, axis=1)
-    i = np.take_along_axis(idx, order, axis=1)
-    found = np.isfinite(s)
-    out_i = np.full((len(exact), k), PAD_INDEX, dtype=np.int64)
-    out_s = np.full((len(exact), k), np.nan, dtype=np.float32)
-    m = s.shape[1]
-    out_i[:, :m] = np.where(found, i, PAD_INDEX)
-    out_s[:, :m] = np.where(found, s, np.nan)
-    return out_i, out_s
-
-
-def _widened_row(search, row: int, q: np.ndarray, near_tie_bound: float):
+def _widened_row(search, row: int, q: np.ndarray, near_tie_bound: float, columns: list[tuple[int, int]]):
     """A row with many near-ties at its k-th score: gather every candidate above the bound, score them all."""
     corpus, zero, k, threshold, plan, work = (search.corpus, search.zero, search.k, search.threshold, search.plan,
                                               search.work)
     picked = []
-    for col0, block in corpus.blocks(0, corpus.rows, plan.tile * plan.tile // 64):
+    for col0, block in ((c0, b) for start, stop in columns for c0, b in corpus.blocks(start, stop, plan.tile ** 2 // 64)):
         work.check()
         s = block @ q
         s[zero[col0: col0 + len(block)]] = -np.inf
@@ -132,7 +118,7 @@ def _widened_row(search, row: int, q: np.ndarray, near_tie_bound: float):
         if threshold is not None:
             s[s < search.admission_floor] = -np.inf
         picked.append(col0 + np.nonzero(s >= near_tie_bound)[0])
-    idx = np.concatenate(picked)
+    idx = np.concatenate(picked) if picked else np.zeros(0, np.int64)
     best_i = np.full(k, PAD_INDEX, dtype=np.int64)
     best_s = np.full(k, np.nan, dtype=np.float32)
     # Score in slices so a row tied with millions of others still fits the budget.

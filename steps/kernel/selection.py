@@ -1,69 +1,55 @@
-"""Selection: each query row's buffer of its `width` best approximate candidates, updated from float32 product
-tiles. Candidates are kept as one sortable uint64 key each (score bits above row index), so merging survivors
-into the buffers is one partition of one array.
+"""Selection: each query row's heap of its `width` best approximate candidates, updated from float32 product
+tiles by one compiled pass (compiled.py). A candidate is one sortable uint64 key (score bits above row index).
 """
 from __future__ import annotations
 
 import numpy as np
 
+from . import compiled
+
 
 class Candidates:
-    """Selection state of one tile of query rows: the `width` best approximate scores seen so far per row.
+    """Selection state of one tile of query rows: the `width` best approximate candidates seen so far per row,
+    as min-heaps of keys (steps/kernel/compiled.py updates them).
 
-    `bar` is each row's admission bar: the worst buffered score once the buffer is full (a new candidate
-    below it cannot enter), and never below `admission_floor` (a pair below it cannot reach the threshold even
-    with rounding error). Zero rows get +inf: they have no neighbours.
+    `bar` is each row's admission bar: the worst kept score (a new candidate below it cannot enter), never
+    below `admission_floor` (a pair below it cannot reach the threshold even with rounding error). Zero rows get
+    +inf: they have no neighbours.
     """
 
     def __init__(self, first: int, query: np.ndarray, width: int, zero: np.ndarray, admission_floor: np.float32):
         n = len(query)
         self.first, self.query, self.width, self.admission_floor = first, query, width, admission_floor
-        # One uint64 key a candidate: its score's sortable bits above its row index, so merging is one
-        # partition of one array (no argpartition + gathers of two).
         self.keys = np.full((n, width), PAD_KEY, dtype=np.uint64)
-        self.bar = np.where(zero[first: first + n], np.float32(np.inf), admission_floor).astype(np.float32)
-        self.full = zero[first: first + n].copy()  # rows whose bar comes from a full buffer (or zero rows)
-        self.pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # survivors not merged yet
-        self.pending_count = 0
+        self.zero = np.ascontiguousarray(zero[first: first + n])
+        self.bar = np.where(self.zero, np.float32(np.inf), admission_floor).astype(np.float32)
 
-    def update(self, S: np.ndarray, col0: int, zero: np.ndarray, scratch: np.ndarray, mirrored: bool) -> None:
-        """Admit candidates from a C-contiguous product tile whose rows (or, if `mirrored`, columns) are ours.
-
-        The tile's other axis is corpus rows col0, col0+1, ...
-        """
-        n, m = (S.shape[1], S.shape[0]) if mirrored else S.shape
-        bar = self.bar
-        if not self.full.all():
-            bar = np.where(self.full, bar, np.maximum(bar, self._estimate(S, col0, zero, mirrored)))
-        # One compare over the tile in memory order, then only the few survivors are touched (no per-tile sort).
-        mask = scratch[: n * m].reshape(S.shape)
-        np.greater_equal(S, bar[None, :] if mirrored else bar[:, None], out=mask)
-        flat = np.flatnonzero(mask)
-        if mirrored:  # survivors come column-major: flush() sorts them by row
-            c, r = np.divmod(flat, n)
+    def admit(self, S: np.ndarray, col0: int, zero: np.ndarray, mirror: "Candidates | None" = None) -> None:
+        """Admit candidates from a C-contiguous product tile whose rows are ours and whose columns are corpus
+        rows col0, col0+1, ...; when `mirror` holds those columns' candidates (a pair of query tiles), the same
+        pass admits into theirs too."""
+        if not self.full():
+            np.maximum(self.bar, self._estimate(S, col0, zero), out=self.bar)
+        if mirror is not None and not mirror.full():
+            np.maximum(mirror.bar, mirror._estimate(np.ascontiguousarray(S.T), self.first, zero),
+                       out=mirror.bar)
+        col_zero = zero[col0: col0 + S.shape[1]]
+        if mirror is None:
+            compiled.admit(S, self.keys, self.bar, self.first, self.zero, _NO_KEYS, _NO_BAR, col0, col_zero,
+                           self.admission_floor, False)
         else:
-            r, c = np.divmod(flat, m)
-        s = S.reshape(-1)[flat]
-        col = col0 + c
-        ok = ~zero[col] & (col != self.first + r)
-        if not ok.all():
-            r, col, s = r[ok], col[ok], s[ok]
-        if len(r):
-            # Merging costs a pass over the rows' buffers: batch survivors until they are worth it. The bar
-            # lags meanwhile, which only admits a few more survivors.
-            self.pending.append((r, col, s))
-            self.pending_count += len(r)
-            if self.pending_count * 2 >= self.keys.size or not self.full.all():
-                self.flush()
+            compiled.admit(S, self.keys, self.bar, self.first, self.zero, mirror.keys, mirror.bar, col0,
+                           col_zero, self.admission_floor, True)
 
-    def flush(self) -> None:
-        """Merge the pending survivors into the buffers."""
-        if not self.pending:
-            return
-        r, col, s = (np.concatenate(part) for part in zip(*self.pending))
-        self.pending, self.pending_count = [], 0
-        order = np.argsort(r.astype(np.uint16), kind="stable")  # tiles have <= 4096 rows: a radix sort
-        self._merge(r[order], keys_of(s[order], col[order]))
+    def restore_keys(self, keys: np.ndarray) -> None:
+        """Take the heaps of a snapshot; the bars follow from their roots."""
+        self.keys[:] = keys
+        roots = key_scores(self.keys[:, 0])
+        self.bar = np.where(self.zero, np.float32(np.inf), np.maximum(roots, self.admission_floor)).astype(np.float32)
+
+    def full(self) -> bool:
+        """Every row's heap holds `width` real candidates (or the row is all-zero)."""
+        return bool((self.zero | (self.keys[:, 0] != PAD_KEY)).all())
 
     @property
     def best_s(self) -> np.ndarray:
@@ -73,41 +59,21 @@ class Candidates:
     def best_i(self) -> np.ndarray:
         return key_indices(self.keys)
 
-    def _estimate(self, S, col0, zero, mirrored):
-        """A safe early bar for rows whose buffer is not full yet, so the first tile does not admit everything.
+    def _estimate(self, S, col0, zero):
+        """A safe early bar for rows whose heap is not full yet, so the first tile does not admit everything.
 
         The maxima of g disjoint column groups are g distinct candidates, so the width-th largest of them is
         at most the row's true width-th best; groups holding the row itself or a zero column do not count.
         """
-        m = S.shape[0] if mirrored else S.shape[1]
+        m = S.shape[1]
         groups = min(m, 4 * self.width)
         size = m // groups
         spoiled = 1 + len(np.unique(np.flatnonzero(zero[col0: col0 + groups * size]) // size))
         rank = self.width + spoiled
         if rank > groups:
             return np.float32(-np.inf)
-        if mirrored:
-            maxima = S[: groups * size].reshape(groups, size, -1).max(axis=1).T
-        else:
-            maxima = S[:, : groups * size].reshape(len(S), groups, size).max(axis=2)
+        maxima = S[:, : groups * size].reshape(len(S), groups, size).max(axis=2)
         return np.partition(maxima, groups - rank, axis=1)[:, groups - rank]
-
-    def _merge(self, r, keys):
-        """Merge survivors (sorted by row) into the buffers: pad each row's survivors, keep the best `width`."""
-        starts = np.flatnonzero(np.r_[True, r[1:] != r[:-1]])
-        rows = r[starts]
-        counts = np.diff(np.r_[starts, len(r)])
-        extra = int(counts.max())
-        line = np.repeat(np.arange(len(rows)), counts)
-        pos = self.width + np.arange(len(r)) - np.repeat(starts, counts)
-        both = np.full((len(rows), self.width + extra), PAD_KEY, dtype=np.uint64)
-        both[:, : self.width] = self.keys[rows]
-        both[line, pos] = keys
-        best = np.partition(both, extra, axis=1)[:, extra:]
-        self.keys[rows] = best
-        worst = key_scores(best.min(axis=1))
-        self.full[rows] = np.isfinite(worst)
-        self.bar[rows] = np.maximum(worst, self.admission_floor)
 
 
 def keys_of(scores: np.ndarray, index: np.ndarray) -> np.ndarray:
@@ -130,3 +96,5 @@ def key_indices(keys: np.ndarray) -> np.ndarray:
 
 PAD_LOW = 0xFFFFFFFF  # the index part of an empty slot (row indices stay below it)
 PAD_KEY = keys_of(np.array([-np.inf], dtype=np.float32), np.array([PAD_LOW]))[0]
+_NO_KEYS = np.full((1, 1), PAD_KEY, dtype=np.uint64)  # the mirror arguments when there is no mirror
+_NO_BAR = np.full(1, np.inf, dtype=np.float32)

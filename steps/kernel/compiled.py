@@ -1,0 +1,121 @@
+"""The selection's hot loop, compiled with numba: one pass over a float32 product tile admits candidates into
+per-row heaps, for the tile's rows and (mirrored) for its columns at once.
+
+Each heap holds `width` uint64 keys (a score's sortable bits above a row index, see selection.py), a min-heap
+whose root is the worst kept candidate; empty slots hold PAD_KEY, below every real key, so a heap is always
+"full" and a candidate enters when its key beats the root. A row's bar (the root's score, never below the
+admission floor; +inf for an all-zero row) is compared first as a float, so the common case, a score that
+cannot enter, costs one comparison per direction. Compiled once and cached (NUMBA_CACHE_DIR; the image
+compiles it at build time), it releases the GIL: the kernel's workers run it side by side.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _sortable(bits):
+    """float32 bits -> uint32 whose unsigned order is the float order."""
+    if bits >> np.uint32(31):
+        return ~bits
+    return bits | np.uint32(0x80000000)
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _replace_root(heap, key):
+    """Replace a min-heap's root with `key` (larger than it) and restore the heap."""
+    w = heap.shape[0]
+    i = 0
+    while True:
+        left = 2 * i + 1
+        if left >= w:
+            break
+        child = left
+        right = left + 1
+        if right < w and heap[right] < heap[left]:
+            child = right
+        if heap[child] >= key:
+            break
+        heap[i] = heap[child]
+        i = child
+    heap[i] = key
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _bar(heap_root, floor, scratch_u32, scratch_f32):
+    """The score of a heap's root (its worst kept candidate), never below the admission floor."""
+    high = np.uint32(heap_root >> np.uint64(32))
+    if high >> np.uint32(31):
+        scratch_u32[0] = high & np.uint32(0x7FFFFFFF)
+    else:
+        scratch_u32[0] = ~high
+    s = scratch_f32[0]
+    return s if s > floor else floor
+
+
+@njit(nogil=True, cache=True)
+def admit(S, row_keys, row_bar, row0, row_zero, col_keys, col_bar, col0, col_zero, floor, mirrored):
+    """Admit the candidates of product tile S (rows row0.., columns col0.. of the corpus).
+
+    row_keys (n, w) / row_bar (n,): the heaps and bars of the tile's rows; col_keys (m, w) / col_bar (m,): of its
+    columns, updated only when `mirrored` (a pair of query tiles: S serves both). row_zero / col_zero: all-zero
+    rows, never admitted (their own bars are +inf). A row is never its own candidate.
+
+    Per tile row, a branch-free pass (vectorised) flags the scores that beat the row's bar or their column's;
+    rows without a flag are done, the others are walked 8 flags at a time.
+    """
+    n, m = S.shape
+    bits = S.view(np.uint32)
+    scratch_u32 = np.empty(1, np.uint32)
+    scratch_f32 = scratch_u32.view(np.float32)
+    groups = (m + 7) // 8
+    flags = np.zeros(groups * 8, np.uint8)
+    flag_words = flags.view(np.uint64)
+    for r in range(n):
+        row = S[r]
+        rb = row_bar[r]
+        hit = np.uint8(0)
+        if mirrored:
+            for c in range(m):
+                f = np.uint8((row[c] >= rb) | (row[c] >= col_bar[c]))
+                flags[c] = f
+                hit |= f
+        else:
+            for c in range(m):
+                f = np.uint8(row[c] >= rb)
+                flags[c] = f
+                hit |= f
+        if hit == 0:
+            continue
+        grow = row0 + r
+        for g in range(groups):
+            if flag_words[g] == 0:
+                continue
+            for c in range(g * 8, min(g * 8 + 8, m)):
+                if flags[c] == 0:
+                    continue
+                s = row[c]
+                gcol = col0 + c
+                if s >= rb and not col_zero[c] and gcol != grow:
+                    key = (np.uint64(_sortable(bits[r, c])) << np.uint64(32)) | np.uint64(gcol)
+                    if key > row_keys[r, 0]:
+                        _replace_root(row_keys[r], key)
+                        rb = _bar(row_keys[r, 0], floor, scratch_u32, scratch_f32)
+                if mirrored and s >= col_bar[c] and not row_zero[r] and gcol != grow:
+                    key = (np.uint64(_sortable(bits[r, c])) << np.uint64(32)) | np.uint64(grow)
+                    if key > col_keys[c, 0]:
+                        _replace_root(col_keys[c], key)
+                        col_bar[c] = _bar(col_keys[c, 0], floor, scratch_u32, scratch_f32)
+        row_bar[r] = rb
+
+
+def warm_up() -> None:
+    """Compile (or load from the cache) every signature the kernel calls, by running it on a small matrix."""
+    from .blocking import KernelConfig, all_pairs
+    from .corpus import Corpus
+
+    X = np.random.default_rng(0).standard_normal((64, 4)).astype(np.float32)
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    all_pairs(Corpus([X]), KernelConfig(3, None, 1 << 16, 2), hosts=2, block=16)  # own and mirrored tiles
+
