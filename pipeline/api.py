@@ -15,13 +15,14 @@ from pipeline.errors import UsageError
 Say = Callable[[str], None]
 
 
-def load(spec_path: str | Path):
-    """The spec and its compiled definition (JSON text)."""
+def load(spec_path: str | Path, cached: bool = True):
+    """The spec and its compiled definition (JSON text); `cached`: from the definition cache when it holds it
+    (pipeline/definition/cache.py); what is published is always compiled afresh."""
     from pipeline.compile import compile_definition
     from pipeline.spec import load_spec
 
     spec = load_spec(spec_path)
-    return spec, compile_definition(spec)
+    return spec, compile_definition(spec, cached)
 
 
 def load_spec(spec_path: str | Path):
@@ -119,7 +120,7 @@ def upsert(spec_path, region=None, profile=None, role_arn=None) -> tuple[str | N
     """(a note for stderr or None, the pipeline ARN, what changed)."""
     from pipeline import aws
 
-    spec, text = load(spec_path)
+    spec, text = load(spec_path, cached=False)
     aws.check_publishable(spec, role_arn or spec.role_arn)
     arn, summary = aws.upsert(connect(spec, region, profile, role_arn), spec, text)
     return aws.mutable_tag_note(spec.image), arn, summary
@@ -129,7 +130,7 @@ def diff(spec_path, region=None, profile=None, role_arn=None) -> tuple[str, list
     """(the pipeline's name, what upsert would change: one line each, none when nothing would)."""
     from pipeline import aws
 
-    spec, text = load(spec_path)
+    spec, text = load(spec_path, cached=False)
     return spec.name, aws.diff(connect(spec, region, profile, role_arn), spec, text)
 
 

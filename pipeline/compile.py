@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from pipeline.definition.cache import cached_definition
 from pipeline.definition.limits import check_definition
 from pipeline.errors import AllpairsError, CompileError
 from pipeline.sdk import SDK_CONFIG, offline_boto_session, quiet_sdk
@@ -31,8 +32,15 @@ STEP_NAMES = (PREPROCESS, SIMILARITY, MERGE, REGISTER)
 ARTIFACT_OUTPUT = ARTIFACT  # the Merge output holding the product of a run
 
 
-def compile_definition(spec: Spec) -> str:
-    """The pipeline definition JSON, exactly as `upsert` sends it. No network, deterministic."""
+def compile_definition(spec: Spec, cached: bool = True) -> str:
+    """The pipeline definition JSON, exactly as `upsert` sends it. No network, deterministic. `cached`: take it
+    from pipeline/definition/cache.py when this spec, SDK and compiler built it before."""
+    text = cached_definition(repr(spec), lambda: _compile(spec)) if cached else _compile(spec)
+    check_definition(text, spec.parameters, lambda name: _where_parameter(spec, name))
+    return text
+
+
+def _compile(spec: Spec) -> str:
     with quiet_sdk(spec.region):
         try:
             pipeline = build_pipeline(spec, boto_session=offline_boto_session(spec.region))
@@ -44,7 +52,6 @@ def compile_definition(spec: Spec) -> str:
             raise CompileError(
                 f"{spec.where('')}: cannot build the pipeline definition: {type(exc).__name__}: {reason}"
             ) from exc
-    check_definition(text, spec.parameters, lambda name: _where_parameter(spec, name))
     return text
 
 

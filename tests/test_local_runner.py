@@ -34,6 +34,8 @@ host = json.loads((root / 'input/config/resourceconfig.json').read_text())['curr
 k = json.loads((root / 'input/config/hyperparameters.json').read_text())['k']
 data = (root / 'input/data/train/result.txt').read_text()
 (root / 'checkpoints' / f'ckpt-{host}').write_text(host)
+(root / 'output').mkdir(exist_ok=True)
+(root / 'output/cores.json').write_text(json.dumps([sorted(os.sched_getaffinity(0)), os.environ['OMP_NUM_THREADS']]))
 if host == os.environ.get('SLOW_HOST'):
     time.sleep(60)
 if host == os.environ.get('FAIL_HOST'):
@@ -266,6 +268,23 @@ def test_run_links_one_channel_copy_into_every_host_and_gathers_their_models(tmp
     assert [s["status"] for s in record["steps"]] == ["Succeeded", "Succeeded"]
     assert record["parameters"]["InstanceCount"] == 3
     assert (execution.directory / "Prep" / "algo-1" / "config" / "processingjobconfig.json").is_file()
+
+
+@pytest.mark.parametrize("hosts", [1, 2, 3, 5])
+def test_each_simulated_host_runs_on_its_own_share_of_the_cores(tmp_path, data_file, hosts):
+    """As each SageMaker host has its own instance: disjoint even shares while there are enough cores, thread
+    pools sized to them."""
+    execution = run(make_definition(str(data_file), str(tmp_path / "out"), count=hosts), tmp_path)
+    cores = sorted(os.sched_getaffinity(0))
+    seen = [json.loads((execution.directory / f"Train/algo-{i}/output/cores.json").read_text())
+            for i in range(1, hosts + 1)]
+    assert all(threads == str(len(mine)) for mine, threads in seen)
+    shares = [set(mine) for mine, _ in seen]
+    if hosts <= len(cores):
+        assert sorted(c for share in shares for c in share) == cores  # disjoint, every core used
+        assert {len(share) for share in shares} <= {len(cores) // hosts, -(-len(cores) // hosts)}
+    else:
+        assert all(len(share) == 1 for share in shares) and set().union(*shares) == set(cores)
 
 
 def test_a_directory_input_is_staged_with_its_relative_layout(tmp_path):

@@ -42,6 +42,32 @@ class HostCommand:
     failure_file: str  # relative to root: where this job type's failure reason is read (steps.contract.FAILURE_FILES)
     fresh: tuple[Path, ...] = ()  # emptied before a restart: what a new instance would not have (model/, output/)
     timed: Timed | None = None  # a fault the runner delivers (ALLPAIRS_FAULTS at=...)
+    cpus: frozenset[int] | None = None  # the cores it runs on (core_shares); None: all of them
+
+
+# Thread pools that size themselves from the environment rather than from the CPU set.
+_THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+
+
+def core_shares(hosts: int) -> list[frozenset[int] | None]:
+    """Each of `hosts` simulated hosts' own cores, as each SageMaker host has its own instance: the cores this
+    process may use, split into even contiguous runs (hosts beyond the cores share them round-robin). Without
+    this, 4 hosts on 2 cores each start 2 workers and BLAS threads: CPU figures measure oversubscription."""
+    if not hasattr(os, "sched_setaffinity"):  # not Linux: the hosts share every core
+        return [None] * hosts
+    cores = sorted(os.sched_getaffinity(0))
+    if hosts >= len(cores):
+        return [frozenset({cores[i % len(cores)]}) for i in range(hosts)]
+    return [frozenset(cores[i * len(cores) // hosts: (i + 1) * len(cores) // hosts]) for i in range(hosts)]
+
+
+def pinned(env: Mapping[str, str], cpus: frozenset[int] | None) -> dict[str, str]:
+    """`env` with thread pools sized to `cpus` (a value the user set is kept)."""
+    env = dict(env)
+    if cpus is not None:
+        for name in _THREAD_ENV:
+            env.setdefault(name, str(len(cpus)))
+    return env
 
 
 @dataclass
@@ -174,6 +200,8 @@ def start(command: HostCommand, cwd: Path, echo: Echo | None) -> _Running:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         start_new_session=True,  # its own process group: stopping a host also stops what it spawned
+        # Its cores before it starts a thread (a mask set after exec would miss the threads started by then).
+        preexec_fn=None if command.cpus is None else lambda: os.sched_setaffinity(0, command.cpus),
     )
     run = _Running(command, process, log)
     sink = open(log, "ab")

@@ -15,7 +15,7 @@ from steps.contract import FAILURE_FILES, HOST_FAULT_ENV, OPT_ML, OPT_ML_ENV, PR
 
 from pipeline.definition.expressions import bug, expression_kind
 from .faults import Fault, host_faults
-from .hosts import Echo, HostCommand, HostResult, run_hosts
+from .hosts import Echo, HostCommand, HostResult, core_shares, pinned, run_hosts
 from pipeline.definition.graph import StepPlan, output_uri_property
 from .storage import (deliver_file, deliver_tree, download_prefix, files_under, is_s3, join_uri, local_path, stage_input,
                       upload_tree)
@@ -168,16 +168,16 @@ def run_training(plan: StepPlan, args: Mapping, ctx: JobContext) -> dict[str, ob
     faults = host_faults(ctx.faults, plan.name, hosts)
     argv = training_argv(args, where)
     commands = []
-    for host in hosts:
+    for host, cpus in zip(hosts, core_shares(len(hosts))):
         root = ctx.step_dir / host
         prepare_training_host(root, host, hosts, args, channels, shared_checkpoints, where)
-        env = host_env(ctx, args.get("Environment"), root)
+        env = pinned(host_env(ctx, args.get("Environment"), root), cpus)
         env[TRAINING_JOB_ENV] = ctx.job_name  # as SageMaker sets it: the shards record their job
         fault = faults.get(host)
         if fault and not fault.timed:
             env[HOST_FAULT_ENV] = fault.condition  # the host triggers it itself (steps/faults.py)
         commands.append(HostCommand(host, f"{plan.name} {host}", argv, env, root, FAILURE_FILES[TRAINING],
-                                    (root / "model", root / "output"), fault.timed if fault else None))
+                                    (root / "model", root / "output"), fault.timed if fault else None, cpus))
     try:
         run_hosts(commands, ctx.cwd, ctx.echo, {h: f.scope for h, f in faults.items() if f.scope},
                   collect=ctx.host_results)
