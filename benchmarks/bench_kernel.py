@@ -1,43 +1,57 @@
-"""All rows against all rows: our kernel vs faiss IndexFlatIP, scikit-learn brute force and the matmul limit.
+"""All rows against all rows: our kernel vs faiss IndexFlatIP (and scikit-learn) and the matmul floor.
 
-    python benchmarks/bench_kernel.py                    # N=50000, D=128, k=10 and 100, median of 3
-    python benchmarks/bench_kernel.py --quick            # ~5000 rows, a smoke run
-    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_kernel.py   # current numpy's own kernel
+    python benchmarks/bench_kernel.py                        # the table: N=50000 x D=64,128,384,768 and
+                                                             # N=100000, 200000 x D=128; k=10 and 100
+    python benchmarks/bench_kernel.py --sizes 50000x128      # one size
+    python benchmarks/bench_kernel.py --quick                # 5000 x 64, a smoke run
 
-Data: a seeded gaussian mixture, L2-normalized in float64 and stored as float32 (what Preprocess produces).
-Every peer's neighbours are checked against ours, tie-aware: where a neighbour differs, its exact score must
-equal ours at that rank to within float32 rounding. Seconds are medians over --repeat runs; ratios are
-within this run only (the machine is shared and noisy). faiss, scikit-learn and threadpoolctl are
-benchmark-only extras (`pip install -e .[bench]`).
+Fairness. Each method runs in its own process, so each gets its own BLAS set up for it alone: faiss-cpu bundles
+an old OpenBLAS that may take a virtual machine's CPU for an older one (here it took 12.8 s at k=10 with the
+kernel it picked, 4.0 s with OPENBLAS_CORETYPE=SkylakeX). Before timing, every method is probed with each
+OPENBLAS_CORETYPE this CPU can run (and with none), and runs with its fastest; the table prints the BLAS
+library, version and kernel each one ran. Threads: --threads for everyone (OpenMP, BLAS, our workers).
+
+Data: a seeded gaussian mixture, L2-normalized (what Preprocess produces). faiss's neighbours are checked
+against ours, tie-aware: where a neighbour differs, its exact score must equal ours at that rank to within
+float32 rounding. Seconds are medians over --repeat runs; ratios are within this run only (the machine is
+shared and noisy). GFLOP/s count 2*N^2*D (the whole product, as a method that ignores the symmetry computes it);
+"of floor" is the symmetric matmul floor (half of N x N x D in float32 products, nothing selected) over our
+seconds. faiss and scikit-learn are benchmark-only extras (`pip install -e .[bench]`).
 """
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from steps.kernel import Corpus, KernelConfig, QueryRows, default_threads, dot_error_bound, top_k  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from steps.kernel import Corpus, KernelConfig, all_pairs, default_threads, dot_error_bound  # noqa: E402
+
+TABLE = ["50000x64", "50000x128", "50000x384", "50000x768", "100000x128", "200000x128"]
+CORETYPES = ["", "Haswell", "SkylakeX", "Zen"]  # "" = the library's own choice
+FLAGS = {"Haswell": "avx2", "SkylakeX": "avx512f", "Zen": "avx2"}
 
 
-def mixture(rows: int, dim: int, clusters: int, seed: int) -> np.ndarray:
+def mixture(rows: int, dim: int, clusters: int = 100, seed: int = 0) -> np.ndarray:
     """Reproducible clustered unit vectors: cluster centres plus gaussian noise, normalized."""
     rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((clusters, dim))
-    X = centres[rng.integers(0, clusters, rows)] + 0.8 * rng.standard_normal((rows, dim))
+    centres = rng.standard_normal((clusters, dim)).astype(np.float32)
+    X = centres[rng.integers(0, clusters, rows)] + np.float32(0.8) * rng.standard_normal((rows, dim), np.float32)
     return (X / np.linalg.norm(X, axis=1, keepdims=True)).astype(np.float32)
 
 
-def ours(X, k, threads, budget):
-    parts = list(top_k(Corpus([X]), QueryRows(0, len(X)), KernelConfig(k, None, budget, threads)))
-    return np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts])
+# ---- the methods, each run in a worker process ---------------------------------------------------------------
 
 
 def drop_self(idx, scores, k):
@@ -50,7 +64,11 @@ def drop_self(idx, scores, k):
     return idx[keep].reshape(len(idx), k), scores[keep].reshape(len(idx), k)
 
 
-def faiss_knn(X, k, threads):
+def run_allpairs(X, k, threads):
+    return all_pairs(Corpus([X]), KernelConfig(k, None, 1024 << 20, threads))
+
+
+def run_faiss(X, k, threads):
     import faiss
 
     faiss.omp_set_num_threads(threads)
@@ -60,7 +78,7 @@ def faiss_knn(X, k, threads):
     return drop_self(idx, scores, k)
 
 
-def sklearn_knn(X, k, threads):
+def run_sklearn(X, k, threads):
     from sklearn.neighbors import NearestNeighbors
 
     nn = NearestNeighbors(n_neighbors=k + 1, algorithm="brute", metric="cosine", n_jobs=threads).fit(X)
@@ -68,13 +86,84 @@ def sklearn_knn(X, k, threads):
     return drop_self(idx, (1 - dist).astype(np.float32), k)
 
 
-def matmul_limit(X, block=4096):
+def run_matmul(X, k, threads, block=4096):
     """The flops alone: X @ X.T in row blocks into a reused buffer, nothing selected."""
     out = np.empty((min(block, len(X)), len(X)), dtype=np.float32)
     for lo in range(0, len(X), block):
         q = X[lo: lo + block]
         np.matmul(q, X.T, out=out[: len(q)])
     return None
+
+
+METHODS = {"allpairs": run_allpairs, "faiss": run_faiss, "sklearn": run_sklearn, "matmul": run_matmul}
+MODULES = {"faiss": "faiss", "sklearn": "sklearn"}
+
+
+def worker(a) -> None:
+    """One method on one size: prints a JSON line (seconds, BLAS kernel), saves its neighbours to --out."""
+    X = mixture(a.rows, a.dim)
+    fn = METHODS[a.method]
+    if a.method == "faiss":
+        import faiss  # noqa: F401  (loaded before threadpool_info, so its BLAS is listed)
+    if a.method == "allpairs":
+        from steps.kernel.compiled import warm_up
+        warm_up()  # numba's cache: compiled once per machine, not per run
+    times, result = [], None
+    for _ in range(a.repeat):
+        began = time.perf_counter()
+        result = fn(X, a.k, a.threads)
+        times.append(time.perf_counter() - began)
+    if result is not None and a.out:
+        np.save(a.out + ".idx.npy", result[0])
+        np.save(a.out + ".scores.npy", result[1])
+    print(json.dumps({"seconds": times, "blas": blas_kernels(a.method)}))
+
+
+def blas_kernels(method: str) -> str:
+    from threadpoolctl import threadpool_info
+
+    libs = [i for i in threadpool_info() if i["user_api"] == "blas"]
+    # The BLAS each one calls: faiss its bundled one, scikit-learn scipy's, we and matmul numpy's.
+    owner = {"faiss": "faiss", "sklearn": "scipy"}.get(method, "numpy")
+    libs = [i for i in libs if owner in i["filepath"]] or libs
+    return ", ".join(f"{i['internal_api']} {i.get('version')} {i.get('architecture', '?')}" for i in libs)
+
+
+# ---- the parent: probing, timing, comparing ------------------------------------------------------------------
+
+
+def call(method: str, rows: int, dim: int, k: int, threads: int, repeat: int, coretype: str, out: str = "") -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "OPENBLAS_NUM_THREADS": str(threads)}
+    env.pop("OPENBLAS_CORETYPE", None)
+    if coretype:
+        env["OPENBLAS_CORETYPE"] = coretype
+    argv = [sys.executable, __file__, "--worker", method, "--rows", str(rows), "--dim", str(dim), "--k", str(k),
+            "--threads", str(threads), "--repeat", str(repeat), "--out", out]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{method} failed (OPENBLAS_CORETYPE={coretype or 'unset'}):\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def runnable_coretypes() -> list[str]:
+    flags = set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    return [c for c in CORETYPES if not c or FLAGS[c] in flags]
+
+
+def best_coretype(method: str, threads: int, dim: int) -> tuple[str, str]:
+    """The OPENBLAS_CORETYPE under which `method` runs fastest here (probed on 20000 rows, k=10)."""
+    probes = {}
+    for coretype in runnable_coretypes():
+        probes[coretype] = min(call(method, 20000, dim, 10, threads, 3, coretype)["seconds"])
+    best = min(probes, key=probes.get)
+    return best, ", ".join(f"{c or 'unset'} {t:.2f}s" for c, t in probes.items())
 
 
 def agreement(X, ref, other, tol):
@@ -84,105 +173,86 @@ def agreement(X, ref, other, tol):
     if np.array_equal(idx, ref_i):
         return "identical"
     differ = np.flatnonzero((idx != ref_i).any(axis=1))
-    # Their neighbours' exact scores, best first, must match ours rank by rank.
-    theirs = np.sort(_pair_scores(X, differ, idx[differ]), axis=1)[:, ::-1]
-    gap = np.abs(theirs - ref_s[differ].astype(np.float64))
-    bad = differ[(gap > tol).any(axis=1)]
+    vecs = X[idx[differ]].astype(np.float64)
+    theirs = np.sort(np.einsum("rkd,rd->rk", vecs, X[differ].astype(np.float64)), axis=1)[:, ::-1]
+    bad = differ[(np.abs(theirs - ref_s[differ].astype(np.float64)) > tol).any(axis=1)]
     if len(bad):
         return f"MISMATCH in {len(bad)} rows (e.g. row {bad[0]})"
     return f"ties: {len(differ)} rows"
 
 
-def _pair_scores(X, rows, idx):
-    """float64 scores of each row with its listed neighbours."""
-    vecs = X[idx].astype(np.float64)
-    return np.einsum("rkd,rd->rk", vecs, X[rows].astype(np.float64))
-
-
-def timed(fn, repeat):
-    times, result = [], None
-    for _ in range(repeat):
-        began = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - began)
-    return statistics.median(times), result
-
-
-def environment(threads):
-    lines = [f"date {time.strftime('%Y-%m-%d %H:%M')}, {platform.machine()} "
-             f"{_cpu_model()}, {threads} threads (cores available: {default_threads()})",
-             f"python {platform.python_version()}, numpy {np.__version__}",
-             "env " + ", ".join(f"{v}={os.environ.get(v, '(unset)')}" for v in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE",
-                                                                             "OMP_NUM_THREADS"))]
+def environment(threads: int) -> list[str]:
+    model = platform.processor()
     try:
-        from threadpoolctl import threadpool_info
-        for info in threadpool_info():
-            lines.append(f"{info['user_api']}: {info['internal_api']} {info.get('version')} "
-                         f"{info.get('architecture', '')} threads={info['num_threads']} ({Path(info['filepath']).name})")
-    except ImportError:
-        lines.append("threadpoolctl not installed: BLAS kernel unknown")
-    return lines
-
-
-def _cpu_model():
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
+        model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("model name"))
+    except (OSError, StopIteration):
         pass
-    return platform.processor()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return [f"date {time.strftime('%Y-%m-%d %H:%M')}, {platform.machine()} {model}, {threads} threads "
+            f"(cores available: {default_threads()}), load average {load:.1f} at the start",
+            f"python {platform.python_version()}, numpy {np.__version__}"]
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rows", type=int, default=50000)
-    p.add_argument("--dim", type=int, default=128)
+    p.add_argument("--sizes", nargs="+", default=TABLE, help="ROWSxDIM ...")
     p.add_argument("--k", type=int, nargs="+", default=[10, 100])
-    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--repeat", type=int, default=0, help="0: 3 up to 50000 x 128's work, else 1")
     p.add_argument("--threads", type=int, default=0, help="0: every core")
-    p.add_argument("--budget-mb", type=int, default=1024, help="our kernel's memory budget (the step's default)")
-    p.add_argument("--clusters", type=int, default=100)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--skip", nargs="*", default=[], choices=["faiss", "sklearn", "matmul"])
-    p.add_argument("--quick", action="store_true", help="5000 rows, one repeat")
+    p.add_argument("--methods", nargs="+", default=["allpairs", "faiss", "matmul"], choices=list(METHODS))
+    p.add_argument("--quick", action="store_true", help="5000 x 64, k=10, one repeat")
+    p.add_argument("--worker", choices=list(METHODS), help=argparse.SUPPRESS)
+    p.add_argument("--rows", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--dim", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--out", default="", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    if a.worker:
+        a.method, a.k = a.worker, a.k[0]
+        return worker(a)
     if a.quick:
-        a.rows, a.repeat = 5000, 1
+        a.sizes, a.k, a.repeat = ["5000x64"], [10], 1
     threads = a.threads or default_threads()
-    for peer, module in (("faiss", "faiss"), ("sklearn", "sklearn")):
-        if peer not in a.skip and importlib.util.find_spec(module) is None:
-            print(f"{peer}: not installed, skipped (pip install -e '.[bench]' adds it)")
-            a.skip.append(peer)
-    X = mixture(a.rows, a.dim, a.clusters, a.seed)
-    flops = 2.0 * a.rows * a.rows * a.dim
-    tol = 4 * dot_error_bound(a.dim)
+    methods = [m for m in a.methods if m not in MODULES or importlib.util.find_spec(MODULES[m])]
+    for m in set(a.methods) - set(methods):
+        print(f"{m}: not installed, skipped (pip install -e '.[bench]' adds it)")
     print("\n".join(environment(threads)))
-    print(f"data: {a.rows} x {a.dim} gaussian mixture ({a.clusters} clusters, seed {a.seed}); "
-          f"median of {a.repeat}; our budget {a.budget_mb} MB\n")
-    header = f"{'method':<24} {'k':>4} {'seconds':>8} {'GFLOP/s':>8} {'faiss/this':>10} {'matmul/this':>11}  agreement"
-    print(header)
-    print("-" * len(header))
-    limit = None
-    if "matmul" not in a.skip:
-        limit, _ = timed(lambda: matmul_limit(X), a.repeat)
-    for k in a.k:
-        rows = []
-        t, ref = timed(lambda: ours(X, k, threads, a.budget_mb << 20), a.repeat)
-        rows.append(("allpairs top_k", t, "reference"))
-        if "faiss" not in a.skip:
-            t, got = timed(lambda: faiss_knn(X, k, threads), a.repeat)
-            rows.append(("faiss IndexFlatIP", t, agreement(X, ref, got, tol)))
-        if "sklearn" not in a.skip:
-            t, got = timed(lambda: sklearn_knn(X, k, threads), a.repeat)
-            rows.append(("sklearn brute cosine", t, agreement(X, ref, got, tol)))
-        if limit is not None:
-            rows.append(("numpy matmul (limit)", limit, "-"))
-        faiss_t = dict((r[0], r[1]) for r in rows).get("faiss IndexFlatIP")
-        for name, t, agree in rows:
-            vs_faiss = f"{faiss_t / t:10.2f}" if faiss_t else f"{'-':>10}"
-            vs_limit = f"{limit / t:11.2f}" if limit else f"{'-':>11}"
-            print(f"{name:<24} {k:>4} {t:8.2f} {flops / t / 1e9:8.1f} {vs_faiss} {vs_limit}  {agree}", flush=True)
+    coretypes = {}
+    for m in methods:
+        coretypes[m], probes = best_coretype(m, threads, 128)
+        print(f"{m}: OPENBLAS_CORETYPE={coretypes[m] or 'unset'} (probe on 20000 x 128, k=10: {probes})")
+    header = (f"{'method':<18} {'N':>7} {'D':>4} {'k':>4} {'seconds':>8} {'GFLOP/s':>8} {'faiss/this':>10} "
+              f"{'of floor':>8}  {'BLAS kernel':<28} agreement")
+    print("\n" + header + "\n" + "-" * len(header))
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in a.sizes:
+            rows, dim = map(int, size.lower().split("x"))
+            repeat = a.repeat or (3 if rows * rows * dim <= 50000 ** 2 * 128 else 1)
+            X = mixture(rows, dim)
+            flops, tol = 2.0 * rows * rows * dim, 4 * dot_error_bound(dim)
+            floor = None
+            if "matmul" in methods:
+                got = call("matmul", rows, dim, 1, threads, repeat, coretypes["matmul"])
+                floor = statistics.median(got["seconds"]) / 2  # the symmetric half
+                print(f"{'matmul (floor x2)':<18} {rows:>7} {dim:>4} {'-':>4} {2 * floor:8.2f} "
+                      f"{flops / (2 * floor) / 1e9:8.1f} {'-':>10} {'-':>8}  {got['blas']:<28} -", flush=True)
+            for k in a.k:
+                results = {}
+                for m in (m for m in methods if m != "matmul"):
+                    out = str(Path(tmp) / f"{m}-{size}-{k}")
+                    got = call(m, rows, dim, k, threads, repeat, coretypes[m], out)
+                    results[m] = (statistics.median(got["seconds"]), got["blas"],
+                                  (np.load(out + ".idx.npy"), np.load(out + ".scores.npy")))
+                reference = results.get("allpairs")
+                faiss_t = results["faiss"][0] if "faiss" in results else None
+                for m, (t, blas, result) in results.items():
+                    agree = "reference" if m == "allpairs" else (
+                        agreement(X, reference[2], result, tol) if reference else "-")
+                    vs_faiss = f"{faiss_t / t:10.2f}" if faiss_t else f"{'-':>10}"
+                    of_floor = f"{floor / t:8.2f}" if floor and m == "allpairs" else f"{'-':>8}"
+                    print(f"{m:<18} {rows:>7} {dim:>4} {k:>4} {t:8.2f} {flops / t / 1e9:8.1f} {vs_faiss} "
+                          f"{of_floor}  {blas:<28} {agree}", flush=True)
+    print(f"load average {os.getloadavg()[0]:.1f} at the end")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,11 @@
-"""Peak memory of one similarity host: its rows against a memory-mapped N x D matrix, with a set budget.
+"""Peak memory of one similarity host: its passes over a memory-mapped N x D matrix, with a set budget.
 
-    python benchmarks/bench_memory.py --rows 1000000 --hosts 8 --query-rows 16000 --k 100 --budget-mb 1024
+    python benchmarks/bench_memory.py --rows 1000000 --hosts 8 --steps 4 --k 100 --budget-mb 1024
 
-Writes the matrix (seeded gaussian mixture, unit rows, float32 .npy) to --path once, in chunks, then runs
-`top_k` over the first --query-rows rows of host 0's share (the whole share if 0), writing results to
-memory-mapped outputs as the step does. Prints seconds, the projection to the full share, and peak RSS
-(ru_maxrss, which counts the mapped matrix pages that were read).
+Writes the matrix (seeded gaussian mixture, unit rows, float32 .npy) to --path once, in chunks, then runs the
+first --steps steps of host 0's first pass (every step of every pass if 0), as the step does: the pass's own
+rows' heaps live for the pass, one column block's at a time. Prints seconds, the projection to the host's
+whole share, and peak RSS (ru_maxrss, which counts the mapped matrix pages that were read).
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import numpy as np
 from numpy.lib.format import open_memmap
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from steps.kernel import Corpus, KernelConfig, QueryRows, top_k  # noqa: E402
+from steps.kernel import Corpus, Grid, KernelConfig, Pass, PartialList, StepDone, host_passes  # noqa: E402
 
 
 def write_matrix(path: Path, rows: int, dim: int, seed: int, chunk: int = 100_000) -> None:
@@ -38,7 +38,7 @@ def main(argv=None):
     p.add_argument("--rows", type=int, default=1_000_000)
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--hosts", type=int, default=8)
-    p.add_argument("--query-rows", type=int, default=0, help="0: host 0's whole share")
+    p.add_argument("--steps", type=int, default=0, help="steps of host 0's passes to run; 0: all")
     p.add_argument("--k", type=int, default=100)
     p.add_argument("--budget-mb", type=int, default=1024)
     p.add_argument("--threads", type=int, default=0)
@@ -54,27 +54,34 @@ def main(argv=None):
         writer.start()
         writer.join()
     X = np.load(path, mmap_mode="r")
-    share = a.rows // a.hosts
-    stop = a.query_rows or share
+    corpus = Corpus([X])
+    config = KernelConfig(a.k, None, a.budget_mb << 20, a.threads)
+    grid = Grid.for_rows(a.rows)
+    passes = host_passes(grid, 0, a.hosts, config, a.dim)
+    all_steps = sum(len(grid.pass_layout(b).steps) for b in passes)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    out_dir = path.parent
-    nb = open_memmap(out_dir / "bench-neighbors.npy", mode="w+", dtype=np.int64, shape=(stop, a.k))
-    sc = open_memmap(out_dir / "bench-scores.npy", mode="w+", dtype=np.float32, shape=(stop, a.k))
     began = time.perf_counter()
-    for first, n_, s_ in top_k(Corpus([X]), QueryRows(0, stop), KernelConfig(a.k, None, a.budget_mb << 20, a.threads)):
-        nb[first: first + len(n_)] = n_
-        sc[first: first + len(s_)] = s_
+    done = list_rows = 0
+    for blocks in passes:
+        for event in Pass(corpus, grid, blocks, config).run():
+            if isinstance(event, StepDone):
+                done += 1
+                if done == a.steps:
+                    break
+            elif isinstance(event, PartialList):
+                list_rows += event.stop - event.start
+        if done == a.steps:
+            break
     seconds = time.perf_counter() - began
-    nb.flush(), sc.flush()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     matrix_mb = a.rows * a.dim * 4 / 2**20
-    output_mb = stop * a.k * 12 / 2**20
-    print(f"matrix {a.rows} x {a.dim} float32 ({matrix_mb:.0f} MB, memory-mapped), host share {share} rows, "
-          f"computed {stop} rows, k={a.k}, budget {a.budget_mb} MB")
-    print(f"seconds {seconds:.1f} (projected for the whole share: {seconds * share / stop:.0f} s)")
-    print(f"peak RSS {peak:.0f} MB (before the kernel: {base / 1024:.0f} MB); matrix + budget + output "
-          f"= {matrix_mb:.0f} + {a.budget_mb} + {output_mb:.0f} = {matrix_mb + a.budget_mb + output_mb:.0f} MB")
-
+    share = sum(grid.span(b)[1] - grid.span(b)[0] for p in passes for b in p)
+    print(f"matrix {a.rows} x {a.dim} float32 ({matrix_mb:.0f} MB, memory-mapped), grid of {grid.blocks} blocks of "
+          f"{grid.block} rows, host 0 of {a.hosts}: {share} rows in {len(passes)} pass(es) of {all_steps} steps; "
+          f"k={a.k}, budget {a.budget_mb} MB")
+    print(f"{done} steps in {seconds:.1f} s (projected for the whole share: {seconds * all_steps / max(done, 1):.0f} s)")
+    print(f"peak RSS {peak:.0f} MB (before the kernel: {base / 1024:.0f} MB); matrix + budget = "
+          f"{matrix_mb:.0f} + {a.budget_mb} = {matrix_mb + a.budget_mb:.0f} MB")
 
 if __name__ == "__main__":
     main()

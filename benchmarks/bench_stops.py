@@ -6,7 +6,7 @@ work lost to a kill -9, and that the resumed artifact is the uninterrupted one, 
 The similarity step runs as its container would (python -m steps.similarity, one host, a /opt/ml root of its
 own, ALLPAIRS_CHECKPOINT_SECONDS from --checkpoint-seconds), its output lines timestamped as they arrive:
 1. uninterrupted: the time of every checkpoint, the largest gap between consecutive ones (the goal: at most
-   checkpoint_seconds plus one block, a block being the longest time between two progress lines);
+   checkpoint_seconds plus one step, a step being the longest time between two progress lines);
 2. SIGTERM at --repeats random moments of that run: seconds until the host exits, rows it saved;
 3. kill -9 at --repeats random moments, then a restart on the same checkpoints: seconds and rows of work lost
    (computed but not yet in a checkpoint), and the merged artifact's sha256 against the uninterrupted run's.
@@ -34,9 +34,11 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 PROGRESS = re.compile(r"progress [\d.]+% rows (\d+)/(\d+)")
-CHECKPOINT = re.compile(r"checkpoint rows \[(\d+), (\d+)\) saved")
-RESUMED = re.compile(r"resumed rows \[(\d+), (\d+)\)")
-STOPPED = re.compile(r"(\d+) of (\d+) rows of this host are in checkpoints")
+# The host's lines (steps/formats/checkpoints.py progress_text): a pass's progress is counted in steps, each
+# worth its share of the host's rows.
+CHECKPOINT = re.compile(r"checkpoint: pass of block rows \[\d+, \d+\): (?:(\d+) of (\d+) steps done|done)")
+RESUMED = re.compile(r"resuming the pass of block rows \[\d+, \d+\) from checkpoints: (\d+) of (\d+) steps done")
+STOPPED = re.compile(r"stopped with (\d+) of (\d+) steps done(?:, and (\d+) of (\d+) products of the next)?")
 
 
 def step(module: str, root: Path, argv=(), env=None) -> None:
@@ -115,8 +117,14 @@ def artifact_sha(base: Path, normalized: Path, model: Path) -> str:
     return digest
 
 
+def rows_of(host: Host, match: re.Match) -> int:
+    """The host's rows a 'N of M steps done' stands for (a finished pass: all of them)."""
+    total = max(int(m[2]) for _, m in host.times(PROGRESS))
+    return total if match[1] is None else total * int(match[1]) // int(match[2])
+
+
 def block_seconds(host: Host) -> float:
-    """The longest time between two consecutive progress lines: one block of the kernel's work."""
+    """The longest time between two consecutive progress lines: one step of the kernel's work."""
     ts = [t for t, _ in host.times(PROGRESS)]
     return max((b - a for a, b in zip(ts, ts[1:])), default=0.0)
 
@@ -147,17 +155,20 @@ def main(argv=None):
         checkpoints.mkdir()
         host, root = start(base, normalized, checkpoints, interval)
         wall = host.wait()
-        saves = [t for t, _ in host.times(CHECKPOINT)]
+        saves = [t for t, m in host.times(CHECKPOINT) if m[1] is not None]  # by time (the final one apart)
+        final = [t for t, m in host.times(CHECKPOINT) if m[1] is None]
         work_began = host.times(PROGRESS)[0][0] - block_seconds(host) if host.times(PROGRESS) else 0.0
-        gaps = [b - a_ for a_, b in zip([work_began] + saves, saves)]
+        gaps = [b - a_ for a_, b in zip([work_began] + saves, saves)] or [0.0]
         block = block_seconds(host)
         reference = artifact_sha(base, normalized, root / "model")
-        print(f"\n{a.rows} x {a.dim}, 1 host, checkpoint_seconds {interval:g}: {wall:.1f} s wall, one block "
+        print(f"\n{a.rows} x {a.dim}, 1 host, checkpoint_seconds {interval:g}: {wall:.1f} s wall, one step "
               f"(longest time between progress lines) {block:.2f} s")
-        print("checkpoints at (s since start): " + ", ".join(f"{t:.1f}" for t in saves))
-        print(f"largest gap between consecutive checkpoints (the first from the first block's start): "
+        print("checkpoints at (s since start): " + ", ".join(f"{t:.1f}" for t in saves) +
+              f"; the pass's final one (its own rows' lists scored) at {final[-1]:.1f}")
+        print(f"largest gap between consecutive checkpoints (the first from the first step's start): "
               f"{max(gaps):.2f} s; goal <= {interval:g} + {block:.2f} = {interval + block:.2f} s: "
-              f"{'met' if max(gaps) <= interval + block else 'NOT met'}")
+              f"{'met' if max(gaps) <= interval + block else 'NOT met'}; then {final[-1] - (saves or [work_began])[-1]:.2f} s to the "
+              "final one")
         print(f"artifact sha256 (uninterrupted): {reference[:16]}")
 
         # 2. SIGTERM at random moments
@@ -167,7 +178,7 @@ def main(argv=None):
             host, sent, ended, _ = signal_at(base, normalized, interval, rng.uniform(0.5, wall - 0.5), signal.SIGTERM)
             exited = ended - sent
             stopped = host.times(STOPPED)
-            saved = int(stopped[-1][1][1]) if stopped else 0
+            saved = rows_of(host, stopped[-1][1]) if stopped else 0
             done = max((int(m[1]) for t, m in host.times(PROGRESS) if t <= sent), default=0)
             print(f"| {sent:.2f} | {exited:.2f} | {saved} | {done} |")
 
@@ -181,10 +192,10 @@ def main(argv=None):
             started = (progress[0][0] - block_seconds(host)) if progress else killed
             lost_seconds = killed - max(saved_at[-1] if saved_at else started, min(started, killed))
             done = max((int(m[1]) for t, m in progress if t <= killed), default=0)
-            saved = sum(int(m[2]) - int(m[1]) for t, m in host.times(CHECKPOINT) if t <= killed)
+            saved = max((rows_of(host, m) for t, m in host.times(CHECKPOINT) if t <= killed), default=0)
             again, root = start(base, normalized, ck, interval)
             again.wait()
-            resumed = sum(int(m[2]) - int(m[1]) for _, m in again.times(RESUMED))
+            resumed = sum(rows_of(again, m) for _, m in again.times(RESUMED))
             same = artifact_sha(base, normalized, root / "model") == reference
             print(f"| {killed:.2f} | {lost_seconds:.2f} | {max(done - saved, 0)} | {resumed} | {same} |")
         print(f"\nload average {os.getloadavg()[0]:.2f} (1 min) at the end")

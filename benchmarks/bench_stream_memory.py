@@ -4,14 +4,15 @@
     python benchmarks/bench_stream_memory.py --rows 200000 --k 10     # quicker
 
 Runs each step program as SageMaker would (its own process, /opt/ml re-rooted by ALLPAIRS_OPT_ML), on the real
-step code: Preprocess reads a float32 .npy of rows x dim; Merge reads 4 host shards of rows x k (random but
-valid neighbours, as the Similarity step writes them) and writes the whole artifact (parquet edge list,
-neighbors.npy, scores.npy). Reports each process's peak RSS (its VmHWM) next to the sizes that a
+step code: Preprocess reads a float32 .npy of rows x dim; Merge reads 4 host shards holding the partial lists
+4 Similarity hosts write (the real grid and coverage, random but valid neighbours), combines every row's lists
+and writes the whole artifact. Reports each process's peak RSS (its VmHWM) next to the sizes that a
 non-streaming step would have to hold. Everything goes under --workdir (default: a temporary folder, removed).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -26,7 +27,9 @@ from numpy.lib.format import open_memmap
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from steps.io import sha256_file, write_json  # noqa: E402
+from steps.contract import FAILURE_FILES, PROCESSING  # noqa: E402
+from steps.formats import shards  # noqa: E402
+from steps.kernel import Grid, KernelConfig, host_passes  # noqa: E402
 
 MB = 1 << 20
 
@@ -49,7 +52,7 @@ def run_step(module: str, root: Path, args: list[str], env: dict | None = None) 
     proc = subprocess.run([sys.executable, "-c", _LAUNCHER, str(status), module, *args], cwd=REPO,
                           env={**os.environ, "ALLPAIRS_OPT_ML": str(root), **(env or {})})
     if proc.returncode != 0:
-        raise SystemExit(f"{module} failed: {(root / 'output/failure').read_text()}")
+        raise SystemExit(f"{module} failed: {(root / FAILURE_FILES[PROCESSING]).read_text()}")
     peak_kb = next(int(line.split()[1]) for line in status.read_text().splitlines() if line.startswith("VmHWM:"))
     return time.perf_counter() - began, peak_kb / 1024
 
@@ -63,27 +66,29 @@ def write_input(path: Path, rows: int, dim: int) -> None:
     out.flush()
 
 
-def write_shards(model: Path, rows: int, k: int, fingerprint: str, hosts: int = 4) -> None:
-    """Shards as the Similarity hosts write them: sorted scores, distinct neighbours, then the vouching JSON."""
-    rng = np.random.default_rng(1)
+def write_shards(model: Path, rows: int, dim: int, k: int, fingerprint: str, hosts: int = 4) -> int:
+    """Shards with the lists the Similarity hosts write (the real grid, passes and coverage), filled with random
+    but valid neighbours (sorted scores, distinct rows): Merge does all its work on them. Returns their rows."""
+    grid = Grid.for_rows(rows)
     names = [f"algo-{i + 1}" for i in range(hosts)]
-    for i, host in enumerate(names):
-        start, stop = i * rows // hosts, (i + 1) * rows // hosts
-        nb = open_memmap(model / f"shard-{host}.neighbors.npy", mode="w+", dtype=np.int64, shape=(stop - start, k))
-        sc = open_memmap(model / f"shard-{host}.scores.npy", mode="w+", dtype=np.float32, shape=(stop - start, k))
-        for lo in range(0, stop - start, 50_000):
-            n = min(50_000, stop - start - lo)
-            nb[lo: lo + n] = (start + lo + np.arange(n)[:, None] + 1 + np.arange(k)) % rows
-            sc[lo: lo + n] = -np.sort(-rng.random((n, k), dtype=np.float32), axis=1)
-        nb.flush()
-        sc.flush()
-        del nb, sc
-        files = {f"shard-{host}.{kind}.npy": sha256_file(model / f"shard-{host}.{kind}.npy")
-                 for kind in ("neighbors", "scores")}
-        write_json(model / f"shard-{host}.json", {
-            "format": "allpairs.shard", "version": 1, "host": host, "hosts": names, "start": start, "stop": stop,
-            "k": k, "min_score": None, "input_fingerprint": fingerprint, "job": "bench-similarity",
-            "resumed_rows": 0, "files": files, "seconds": 0.0, "cpu_seconds": 0.0})
+    rng = np.random.default_rng(1)
+    total = 0
+    for h, host in enumerate(names):
+        lists = [(b, columns) for blocks in host_passes(grid, h, hosts, KernelConfig(k), dim)
+                 for layout in [grid.pass_layout(blocks)]
+                 for b, columns in [*layout.mirrors.items(), *layout.own.items()]]
+        length = sum(grid.span(b)[1] - grid.span(b)[0] for b, _ in lists)
+        with contextlib.ExitStack() as stack:
+            writer = shards.ShardWriter(model, host, length, k, stack)
+            for b, columns in lists:
+                start, stop = grid.span(b)
+                n = stop - start
+                nb = (start + np.arange(n)[:, None] + 1 + rng.integers(0, rows, 1) + np.arange(k)) % rows
+                sc = -np.sort(-rng.random((n, k), dtype=np.float32), axis=1)
+                writer.add(start, stop, columns, iter([(nb, sc)]))
+        shards.write_meta(model, writer, names, grid.describe(), None, fingerprint, "bench-similarity", 0, 0.0, 0.0)
+        total += length
+    return total
 
 
 def main() -> None:
@@ -112,7 +117,7 @@ def main() -> None:
         merge = work / "merge"
         model = work / "model"
         model.mkdir(exist_ok=True)
-        write_shards(model, args.rows, args.k, fingerprint)
+        list_rows = write_shards(model, args.rows, args.dim, args.k, fingerprint)
         (merge / "processing/input").mkdir(parents=True, exist_ok=True)
         for name, target in (("shards", model), ("normalized", normalized)):
             link = merge / "processing/input" / name
@@ -120,11 +125,11 @@ def main() -> None:
                 link.symlink_to(target)
         seconds, rss = run_step(
             "steps.merge", merge,
-            ["--execution-id", "bench", "--artifact-uri", str(merge), "--model-package-group", "bench"],
-            {"ALLPAIRS_LOCAL_REGISTRY": str(work / "registry.sqlite")})
+            ["--execution-id", "bench", "--artifact-uri", str(merge)])
         edges_mb = args.rows * args.k * 12 / MB
         print(f"{'Merge':<11} {seconds:>8.1f} {rss:>12.0f}   N x k results {edges_mb:.0f} MB "
-              f"({args.rows * args.k:,} edges); ids {args.rows * 8 / MB:.0f} MB")
+              f"({args.rows * args.k:,} edges); the 4 hosts' partial lists {list_rows * args.k * 12 / MB:.0f} MB "
+              f"({list_rows / args.rows:.1f} lists per row); ids {args.rows * 8 / MB:.0f} MB")
     finally:
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)

@@ -143,16 +143,11 @@ class Pass:
         self.eps = dot_error_bound(corpus.dim)
         self.threshold = None if config.threshold is None else np.float32(config.threshold)
         self.admission_floor = np.float32(-np.inf) if self.threshold is None else np.float32(self.threshold - self.eps)
-        m = grid.blocks
-        own = set(blocks)
-        cols = {j for i in blocks for j in grid.window(i)}
-        self.steps = sorted(cols, key=lambda j: (j - blocks.start) % m)  # the column blocks, in order
-        self.sources = {j: [i for i in blocks if grid.in_window(i, j)] for j in self.steps}
-        # What each own block's list covers: its window, and the mirrors of its pairs with the pass's blocks.
-        self.own_columns = {i: sorted(set(grid.window(i)) | {i2 for i2 in blocks if grid.in_window(i2, i)})
-                            for i in blocks}
-        self.own = [self._candidates(first, stop) for b in blocks
-                    for first, stop in self._tiles(*grid.span(b))] if own else []
+        layout = grid.pass_layout(blocks)
+        self.steps = list(layout.steps)  # the column blocks, in order
+        self.sources = layout.mirrors  # step block outside the pass -> the pass's block rows it mirrors
+        self.own_columns = layout.own  # own block row -> the column blocks its list covers
+        self.own = [self._candidates(first, stop) for b in blocks for first, stop in self._tiles(*grid.span(b))]
         self.next_step = 0
         self.k = config.k
         self.work: _Work | None = None

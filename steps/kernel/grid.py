@@ -56,5 +56,26 @@ class Grid:
         m = self.blocks
         return range(index * m // hosts, (index + 1) * m // hosts)
 
+    def pass_layout(self, blocks: range) -> "PassLayout":
+        """What a pass over block rows `blocks` computes and which partial lists it gives (blocking.py)."""
+        m = self.blocks
+        columns = {j for i in blocks for j in self.window(i)}
+        steps = sorted(columns, key=lambda j: (j - blocks.start) % m)
+        mirrors = {j: tuple(i for i in blocks if self.in_window(i, j)) for j in steps if j not in blocks}
+        own = {i: tuple(sorted(set(self.window(i)) | {i2 for i2 in blocks if self.in_window(i2, i)}))
+               for i in blocks}
+        return PassLayout(tuple(steps), mirrors, own)
+
     def describe(self) -> dict:
         return {"rows": self.rows, "block": self.block, "blocks": self.blocks}
+
+
+@dataclass(frozen=True)
+class PassLayout:
+    """A pass's column blocks in the order it takes them (its steps); for each step's block outside the pass,
+    the pass's block rows whose windows hold it (its mirror list covers those); for each own block row, the
+    column blocks its list covers (its window and the mirrors of the pass's other tiles with it)."""
+
+    steps: tuple[int, ...]
+    mirrors: dict[int, tuple[int, ...]]
+    own: dict[int, tuple[int, ...]]
