@@ -22,7 +22,7 @@ from .contract import (ARTIFACT, ARTIFACT_FILES, NORMALIZED, PROCESSING, SCRATCH
                        processing_input_path, processing_output_path)
 from .errors import StepArgumentParser, StepError, run_step
 from .formats import artifact, shards
-from .formats.normalized import load_normalized, read_ids
+from .formats.normalized import load_normalized, read_id_columns
 
 
 def parse_parameters(items: Sequence[str]) -> dict[str, str]:
@@ -43,10 +43,15 @@ def merge(shards_dir: Path, normalized_dir: Path, out: Path, scratch: Path, args
     k = int(found[0].meta["k"])
     size = artifact.batch_rows(k)
     batches = (batch for shard in found for batch in shard.batches(size, normalized.rows))  # in row order
-    counts = artifact.write_files(batches, read_ids(normalized), normalized.rows, k, out)
+    rows = read_id_columns(normalized)
+    counts = artifact.write_files(batches, rows.column("id").combine_chunks(), normalized.rows, k, out,
+                                  input_rows=rows.column("input_row").combine_chunks())
     pre = normalized.manifest
+    top_k = int(found[0].meta.get("top_k", k))  # TopK as asked; k is less when no row could have that many
     manifest = {
-        "rows": normalized.rows, "dim": normalized.dim, "k": k, "threshold": found[0].meta["min_score"],
+        "rows": normalized.rows, "dim": normalized.dim, "k": k, "top_k": top_k,
+        "notes": [] if k == top_k else [artifact.clamp_note(top_k, k, normalized.rows, pre.get("zero_rows", 0))],
+        "threshold": found[0].meta["min_score"],
         "padding": {"index": -1, "score": "NaN"}, "rank": "1 = most similar",
         "ids": {"source": pre["ids"].get("source"), "type": pre["ids"].get("type")},
         "counts": {"zero_rows": pre.get("zero_rows", 0), "dropped_rows": pre.get("dropped_rows", 0), **counts},

@@ -19,7 +19,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -115,8 +115,9 @@ def compute_shard(normalized_dir: Path, host: Host, settings: Settings, out_dir:
     check_instance_count(len(host.hosts), data.rows)
     start, stop = host.share(data.rows)
     names = shards.names(host.name)
-    k = settings.top_k
     log = host_log(host)
+    top_k, settings = settings.top_k, fit_top_k(settings, data.max_neighbors, log)
+    k = settings.top_k
     expected = {"format": checkpoints.FORMAT, "version": checkpoints.VERSION, "fingerprint": data.fingerprint,
                 "k": k, "min_score": settings.min_score}
     key = checkpoints.checkpoint_key(data.fingerprint, k, settings.min_score)
@@ -136,7 +137,18 @@ def compute_shard(normalized_dir: Path, host: Host, settings: Settings, out_dir:
         del neighbors, scores, writer
     return shards.write_meta(out_dir, host.name, host.hosts, start, stop, k, settings.min_score, data.fingerprint,
                              os.environ.get(TRAINING_JOB_ENV), resumed, round(time.time() - began, 3),
-                             round(time.process_time() - cpu_began, 3))  # CPU: every thread of this process
+                             round(time.process_time() - cpu_began, 3), top_k)  # CPU: every thread of this process
+
+
+def fit_top_k(settings: Settings, max_neighbors: int, log) -> Settings:
+    """TopK beyond what any row can have would only add columns of padding (3000 rows with TopK=5000: 528 MB of
+    it): k becomes that most. The rows are known here, not when the pipeline starts, and every host computes the
+    same value from the same manifest, so the shards agree; Merge notes it in the artifact's manifest."""
+    if settings.top_k <= max_neighbors:
+        return settings
+    log(f"TopK={settings.top_k} is more than any row can have ({max_neighbors}): computing {max_neighbors} "
+        "neighbours per row")
+    return replace(settings, top_k=max_neighbors)
 
 
 def fill_shard(corpus, pieces, settings: Settings, neighbors, scores, base: int, writer, log) -> int:

@@ -34,11 +34,14 @@ def names(host: str) -> dict[str, str]:
 
 
 def write_meta(out_dir: Path, host: str, hosts: list[str], start: int, stop: int, k: int, min_score,
-               fingerprint: str, job: str | None, resumed_rows: int, seconds: float, cpu_seconds: float) -> dict:
-    """The JSON that vouches for a host's two .npy files (written after them)."""
+               fingerprint: str, job: str | None, resumed_rows: int, seconds: float, cpu_seconds: float,
+               top_k: int | None = None) -> dict:
+    """The JSON that vouches for a host's two .npy files (written after them). `k` is their width; `top_k` the
+    TopK asked, when more than any row can have (k was then lowered to that)."""
     files = names(host)
     meta = {
         "format": FORMAT, "version": VERSION, "host": host, "hosts": hosts, "start": start, "stop": stop, "k": k,
+        "top_k": k if top_k is None else top_k,
         "min_score": min_score, "input_fingerprint": fingerprint, "job": job, "resumed_rows": resumed_rows,
         "files": {files[kind]: sha256_file(out_dir / files[kind]) for kind in ("neighbors", "scores")},
         "seconds": seconds, "cpu_seconds": cpu_seconds,
