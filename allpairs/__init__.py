@@ -13,8 +13,9 @@ The format and its index space: steps/formats/artifact.py (the README's artifact
 from __future__ import annotations
 
 from steps.contract import ARTIFACT_FORMAT
-from steps.formats.artifact import Artifact, ArtifactError, Counts, FileEntry, Manifest, NotFound
+from steps.formats.artifact import Artifact, ArtifactError, Counts, FileEntry, InvalidRequest, Manifest, NotFound
 
 from .locations import open  # noqa: A004 - allpairs.open, as gzip.open and tarfile.open
 
-__all__ = ["ARTIFACT_FORMAT", "Artifact", "ArtifactError", "Counts", "FileEntry", "Manifest", "NotFound", "open"]
+__all__ = ["ARTIFACT_FORMAT", "Artifact", "ArtifactError", "Counts", "FileEntry", "InvalidRequest", "Manifest",
+           "NotFound", "open"]

@@ -15,7 +15,8 @@ DEFAULT_REGISTRY = Path(".allpairs") / "registry.sqlite"  # pipeline.yaml's loca
 SAGEMAKER_MODEL_PACKAGE = re.compile(r"arn:aws[a-z\-]*:sagemaker:[a-z0-9\-]+:\d{12}:model-package/[^/]+/\d+")
 
 
-def open(location: str | os.PathLike, *, registry: str | os.PathLike | None = None, session=None) -> Artifact:  # noqa: A001
+def open(location: str | os.PathLike, *, registry: str | os.PathLike | None = None,  # noqa: A001
+         session=None) -> Artifact:
     """Open an artifact for reading.
 
     `location`: the artifact folder (a path, `file://...` or `s3://bucket/prefix/<execution id>/artifact`; the

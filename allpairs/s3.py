@@ -56,7 +56,8 @@ class Boto3S3(pafs.FileSystemHandler):
             try:
                 head = self.client.head_object(Bucket=bucket, Key=key)
                 self.counted(0)
-                return pafs.FileInfo(path, pafs.FileType.File, size=head["ContentLength"], mtime=head.get("LastModified"))
+                return pafs.FileInfo(path, pafs.FileType.File, size=head["ContentLength"],
+                                     mtime=head.get("LastModified"))
             except ClientError as exc:
                 if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchKey", "NotFound"):
                     raise _os_error(path, exc) from None

@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -49,8 +49,11 @@ from ..io import atomic_path, sha256_file, write_json
 FORMAT, VERSION = ARTIFACT_FORMAT
 BATCH_EDGES = 1 << 20  # edges handled at once (about 60 MB of arrays): memory follows this, not N or N*k
 DATA_FILES = ARTIFACT_DATA_FILES
-EDGES_PER_ROW_GROUP = 1 << 16  # neighbors.parquet: a row group holds the edges of EDGES_PER_ROW_GROUP // k rows
-ROWS_PER_ROW_GROUP = 1 << 16  # rows.parquet and id_index.parquet
+# Row groups are what a lookup reads: 16384 edges (about 200 KB) and 16384 ids keep one lookup in a 1M-row,
+# k=10 artifact at a few ms; 4x larger groups cost 2-3x per lookup, 2x smaller ones a larger footer to open
+# (benchmarks/bench_lookup.py). Query engines scan them fine, if not at their best (they prefer 128 MB groups).
+EDGES_PER_ROW_GROUP = 1 << 14  # neighbors.parquet: a row group holds the edges of EDGES_PER_ROW_GROUP // k rows
+ROWS_PER_ROW_GROUP = 1 << 14  # rows.parquet and id_index.parquet
 # Pinned, so the bytes never follow a library default: zstd (read by pandas, Spark, Athena, DuckDB), format 2.6,
 # min/max statistics on every column (what lookups and query engines prune with).
 PARQUET_WRITER: dict[str, Any] = {
@@ -231,6 +234,10 @@ class NotFound(ArtifactError, LookupError):
     """What was asked for is not there: no artifact at a location, an id the artifact does not hold."""
 
 
+class InvalidRequest(ArtifactError, ValueError):
+    """A question the artifact cannot answer as asked: an id of the wrong type, k beyond what it holds."""
+
+
 @dataclass(frozen=True)
 class Counts:
     zero_rows: int  # all-zero rows: no neighbours, in no one's list
@@ -396,15 +403,15 @@ class Artifact:
         return pa.string() if self.manifest.id_type == "string" else pa.int64()
 
     def _typed_ids(self, ids, unique: bool = True) -> list:
-        values = [ids] if isinstance(ids, (str, bytes)) or np.ndim(ids) == 0 else list(ids)
+        values = list(ids) if isinstance(ids, Iterable) and not isinstance(ids, (str, bytes)) else [ids]
         string = self.manifest.id_type == "string"
         for value in values:
             if string and not isinstance(value, str):
-                raise ArtifactError(f"id {value!r}: the ids of {self.location} are strings ({self.manifest.id_source}); "
-                                    f"pass {str(value)!r}")
+                raise InvalidRequest(f"id {value!r}: the ids of {self.location} are strings "
+                                     f"({self.manifest.id_source}); pass {str(value)!r}")
             if not string and (isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer))):
-                raise ArtifactError(f"id {value!r}: the ids of {self.location} are integers "
-                                    f"({self.manifest.id_source}); pass an int")
+                raise InvalidRequest(f"id {value!r}: the ids of {self.location} are integers "
+                                     f"({self.manifest.id_source}); pass an int")
         values = [value if string else int(value) for value in values]
         return list(dict.fromkeys(values)) if unique else values
 
@@ -412,7 +419,7 @@ class Artifact:
         if k is None:
             return self.manifest.k
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= self.manifest.k:
-            raise ArtifactError(f"k={k!r}: {self.location} holds {self.manifest.k} neighbours per row; ask for 1 to "
+            raise InvalidRequest(f"k={k!r}: {self.location} holds {self.manifest.k} neighbours per row; ask for 1 to "
                                 f"{self.manifest.k}")
         return int(k)
 
