@@ -6,7 +6,7 @@
 Runs each step program as SageMaker would (its own process, /opt/ml re-rooted by ALLPAIRS_OPT_ML), on the real
 step code: Preprocess reads a float32 .npy of rows x dim; Merge reads 4 host shards of rows x k (random but
 valid neighbours, as the Similarity step writes them) and writes the whole artifact (parquet edge list,
-neighbors.npy, scores.npy). Reports each process's peak RSS (its VmHWM) next to the sizes that a
+neighbors.npy, scores.npy, rows.parquet, id_index.parquet). Reports each process's peak RSS (its VmHWM) next to the sizes that a
 non-streaming step would have to hold. Everything goes under --workdir (default: a temporary folder, removed).
 """
 from __future__ import annotations
@@ -49,7 +49,8 @@ def run_step(module: str, root: Path, args: list[str], env: dict | None = None) 
     proc = subprocess.run([sys.executable, "-c", _LAUNCHER, str(status), module, *args], cwd=REPO,
                           env={**os.environ, "ALLPAIRS_OPT_ML": str(root), **(env or {})})
     if proc.returncode != 0:
-        raise SystemExit(f"{module} failed: {(root / 'output/failure').read_text()}")
+        reason = next((f.read_text() for f in (root / "output/message", root / "output/failure") if f.exists()), "")
+        raise SystemExit(f"{module} failed: {reason}")
     peak_kb = next(int(line.split()[1]) for line in status.read_text().splitlines() if line.startswith("VmHWM:"))
     return time.perf_counter() - began, peak_kb / 1024
 
@@ -120,8 +121,7 @@ def main() -> None:
                 link.symlink_to(target)
         seconds, rss = run_step(
             "steps.merge", merge,
-            ["--execution-id", "bench", "--artifact-uri", str(merge), "--model-package-group", "bench"],
-            {"ALLPAIRS_LOCAL_REGISTRY": str(work / "registry.sqlite")})
+            ["--execution-id", "bench", "--artifact-uri", str(merge)])
         edges_mb = args.rows * args.k * 12 / MB
         print(f"{'Merge':<11} {seconds:>8.1f} {rss:>12.0f}   N x k results {edges_mb:.0f} MB "
               f"({args.rows * args.k:,} edges); ids {args.rows * 8 / MB:.0f} MB")

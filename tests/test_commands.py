@@ -272,6 +272,7 @@ def test_clean_removes_only_what_it_lists(tmp_path, capsys, monkeypatch):
         assert {p.name for p in executions.iterdir()} == {old_running, failed}  # failed: not old
         assert {p.name for p in out.iterdir()} == {old_running}
         assert (out / old_running / "artifact/manifest.json").exists()
+        assert data.exists() and bad.exists()  # the inputs the executions linked to are the user's: never followed
 
     failed_size = du(executions / failed)
     code, listing, _ = cli(capsys, "clean", "--unregistered", "--force", "--workdir", str(work))

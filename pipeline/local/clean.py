@@ -83,9 +83,13 @@ def remove(candidate: Candidate, workdir: Path) -> bool:
     with _lock(directory) as held:
         if not held:
             return False
-        for path in candidate.paths[1:]:  # its outputs first: the record (paths[0]) says where they are
-            shutil.rmtree(path, ignore_errors=True)
-        shutil.rmtree(directory, ignore_errors=True)
+        try:
+            for path in candidate.paths[1:]:  # its outputs first: the record (paths[0]) says where they are
+                shutil.rmtree(path)
+            shutil.rmtree(directory)
+        except OSError as exc:
+            raise LocalRunError(f"{exc.filename or directory}: cannot remove it ({exc.strerror or exc}); fix its "
+                                "permissions and run clean again (what is left is listed again)") from None
     return True
 
 
