@@ -6,7 +6,8 @@
 Runs each step program as SageMaker would (its own process, /opt/ml re-rooted by ALLPAIRS_OPT_ML), on the real
 step code: Preprocess reads a float32 .npy of rows x dim; Merge reads 4 host shards holding the partial lists
 4 Similarity hosts write (the real grid and coverage, random but valid neighbours), combines every row's lists
-and writes the whole artifact. Reports each process's peak RSS (its VmHWM) next to the sizes that a
+and writes the whole artifact (parquet edge list, neighbors.npy, scores.npy, rows.parquet,
+id_index.parquet). Reports each process's peak RSS (its VmHWM) next to the sizes that a
 non-streaming step would have to hold. Everything goes under --workdir (default: a temporary folder, removed).
 """
 from __future__ import annotations

@@ -6,11 +6,12 @@ operations never import the local runner.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Callable, Sequence
 
-from pipeline.errors import UsageError
+from pipeline.errors import ArtifactReadError, UsageError
 
 Say = Callable[[str], None]
 
@@ -100,11 +101,169 @@ def run_summary(execution) -> list[str]:
 
 def registry_entries(spec_path: str | Path, workdir: str | Path | None, group: str | None) -> tuple[Path, list[dict]]:
     """The local registry's path and its entries (none when it does not exist yet)."""
-    from pipeline.local import REGISTRY_FILE
     from steps.formats.registry import list_local
 
-    path = Path(workdir or load_spec(spec_path).local.workdir) / REGISTRY_FILE
+    path = local_registry(spec_path, workdir)
     return path, list_local(path, group) if path.exists() else []
+
+
+def local_registry(spec_path: str | Path, workdir: str | Path | None) -> Path:
+    from pipeline.local import REGISTRY_FILE
+
+    return Path(workdir or load_spec(spec_path).local.workdir) / REGISTRY_FILE
+
+
+def clean(spec_path: str | Path, workdir: str | Path | None, older_than: str | None, unregistered: bool,
+          registered_too: bool, force: bool) -> tuple[list, list[str]]:
+    """The local executions the criteria select (pipeline/local/clean.py) and, with `force`, the ids removed
+    (those not kept, and not started since they were listed)."""
+    from pipeline.local import clean as cleaning
+
+    root = Path(workdir or load_spec(spec_path).local.workdir)
+    age = cleaning.parse_age(older_than) if older_than is not None else None
+    planned = cleaning.plan(root, age, unregistered, registered_too)
+    removed = [c.id for c in planned if force and not c.kept and cleaning.remove(c, root)]
+    return planned, removed
+
+
+# ---- artifacts and the registry (local, or the SageMaker Model Registry with cloud=True) -----------------------
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError, version as installed
+
+    from steps.contract import ARTIFACT_FORMAT
+
+    try:
+        number = installed("allpairs")
+    except PackageNotFoundError:
+        number = "(not installed: bash scripts/setup.sh)"
+    return f"allpairs {number} (artifact format {ARTIFACT_FORMAT[0]} version {ARTIFACT_FORMAT[1]})"
+
+
+@contextlib.contextmanager
+def artifact_errors():
+    """The reader's errors as the CLI's: nothing there or a wrong question exits 2, an unreadable artifact 1."""
+    from steps.formats.artifact import ArtifactError, InvalidRequest, NotFound
+
+    try:
+        yield
+    except (NotFound, InvalidRequest) as exc:
+        raise UsageError(str(exc)) from None
+    except ArtifactError as exc:
+        raise ArtifactReadError(str(exc)) from None
+
+
+def open_artifact(location: str, spec_path: str | Path = "pipeline.yaml", workdir: str | Path | None = None,
+                  profile: str | None = None):
+    """allpairs.open(location) where a local registry entry is looked up in the spec's run directory (the
+    registry `python -m pipeline run` registers into); `profile` names the AWS profile for s3:// and ARNs."""
+    import allpairs
+    from steps.formats.registry import LOCAL_ARN_PREFIX
+
+    registry = local_registry(spec_path, workdir) if location.startswith(LOCAL_ARN_PREFIX) else None
+    with artifact_errors():
+        return allpairs.open(location, registry=registry, session=_session(profile))
+
+
+def neighbors(location: str, ids: Sequence[str], k: int | None = None, spec_path: str | Path = "pipeline.yaml",
+              workdir: str | Path | None = None, profile: str | None = None):
+    """The neighbours of ids given as text (the command line), as a pandas DataFrame (allpairs' Artifact.neighbors)."""
+    artifact = open_artifact(location, spec_path, workdir, profile)
+    if artifact.manifest.id_type != "string":
+        try:
+            ids = [int(value) for value in ids]
+        except ValueError:
+            raise UsageError(f"id {next(v for v in ids if not v.lstrip('-').isdigit())!r}: the ids of {location} are "
+                             f"integers ({artifact.manifest.id_source})") from None
+    with artifact_errors(), artifact:
+        return artifact.neighbors(list(ids), k=k)
+
+
+def _session(profile: str | None):
+    if not profile:
+        return None  # boto3's default chain (AWS_PROFILE, environment, ~/.aws, SSO, instance role)
+    import boto3
+    import botocore.exceptions
+
+    try:
+        return boto3.Session(profile_name=profile)
+    except botocore.exceptions.ProfileNotFound:
+        raise UsageError(f"--profile {profile}: not found; pick one from ~/.aws/config") from None
+
+
+def registry_list(spec_path, group: str | None, workdir=None, cloud: bool = False, region=None,
+                  profile=None) -> tuple[str, list[dict]]:
+    """(where the entries are, the entries): the local registry, or a Model Registry group (default: the spec's
+    ModelPackageGroup) with cloud=True."""
+    if not cloud:
+        path, entries = registry_entries(spec_path, workdir, group)
+        return str(path), entries
+    from pipeline import aws
+
+    spec = load_spec(spec_path)
+    group = group or spec.parameters["ModelPackageGroup"]
+    target = aws.connect(spec, region=region, profile=profile, need_role=False)
+    return f"SageMaker Model Registry {target.region}, group {group}", aws.model_packages(target, group)
+
+
+def registry_show(spec_path, entry: str, group: str | None = None, workdir=None, cloud: bool = False, region=None,
+                  profile=None) -> dict:
+    """One entry: an ARN, <group>/<version>, or a version of `group` (default: the spec's ModelPackageGroup)."""
+    return _registry_entry(spec_path, entry, group, workdir, cloud, region, profile)[0]
+
+
+def registry_set_status(spec_path, entry: str, status: str, group: str | None = None, workdir=None,
+                        cloud: bool = False, region=None, profile=None) -> tuple[dict, dict]:
+    """Approve or reject an entry: (the entry before, the entry after)."""
+    from steps.contract import APPROVAL_STATUSES
+
+    if status not in APPROVAL_STATUSES:
+        raise UsageError(f"approval status {status!r}: must be one of {', '.join(APPROVAL_STATUSES)}")
+    before, where = _registry_entry(spec_path, entry, group, workdir, cloud, region, profile)
+    if cloud:
+        from pipeline import aws
+
+        return before, aws.set_approval(where, before["model_package_arn"], status)
+    from steps.formats.registry import set_local_status
+
+    return before, set_local_status(where, before["model_package_arn"], status)
+
+
+def _registry_entry(spec_path, entry, group, workdir, cloud, region, profile):
+    """(the entry, where it lives: the local registry's path or the AWS target)."""
+    name, _, version = entry.rpartition("/") if "/" in entry and ":" not in entry else ("", "", entry)
+    if cloud:
+        from pipeline import aws
+
+        spec = load_spec(spec_path)
+        target = aws.connect(spec, region=region, profile=profile, need_role=False)
+        if aws.MODEL_PACKAGE_ARN.fullmatch(entry):
+            return aws.model_package(target, entry), target
+        if not version.isdigit():
+            raise UsageError(f"{entry}: not a model package; pass its ARN (arn:aws:sagemaker:<region>:<account>:"
+                             "model-package/<group>/<version>), <group>/<version> or a version number")
+        group = name or group or spec.parameters["ModelPackageGroup"]
+        found = [e for e in aws.model_packages(target, group) if str(e["version"]) == version]
+        if not found:
+            raise UsageError(f"{entry}: no version {version} in the model package group {group} ({target.region}); "
+                             "list them with `python -m pipeline registry list --cloud`")
+        return aws.model_package(target, found[0]["model_package_arn"]), target
+    from steps.formats.registry import LOCAL_ARN_PREFIX, find_local, local_arn
+
+    path = local_registry(spec_path, workdir)
+    if entry.startswith(LOCAL_ARN_PREFIX):
+        arn = entry
+    elif version.isdigit():
+        arn = local_arn(name or group or load_spec(spec_path).parameters["ModelPackageGroup"], int(version))
+    else:
+        raise UsageError(f"{entry}: not a registry entry; pass its ARN (local:model-package/<group>/<version>), "
+                         "<group>/<version> or a version number")
+    found = find_local(path, arn)
+    if found is None:
+        raise UsageError(f"{entry}: no such entry in the local registry {path} ({arn}); list them with "
+                         "`python -m pipeline registry list`")
+    return found, path
 
 
 # ---- cloud ---------------------------------------------------------------------------------------------------

@@ -43,9 +43,11 @@ class Target:
         return self.session.client(service, region_name=self.region)
 
 
-def connect(spec: Spec, region: str | None = None, profile: str | None = None, role_arn: str | None = None) -> Target:
+def connect(spec: Spec, region: str | None = None, profile: str | None = None, role_arn: str | None = None,
+            need_role: bool = True) -> Target:
     """Region: --region, else AWS_REGION / AWS_DEFAULT_REGION, else the spec. Credentials: --profile, else the
-    usual chain (AWS_PROFILE, environment, ~/.aws, SSO, instance role). AWS_ENDPOINT_URL is honoured by boto3."""
+    usual chain (AWS_PROFILE, environment, ~/.aws, SSO, instance role). AWS_ENDPOINT_URL is honoured by boto3.
+    The Model Registry commands act as the user, not as the pipeline: they need no role (`need_role=False`)."""
     import boto3
     import botocore.exceptions
 
@@ -53,8 +55,8 @@ def connect(spec: Spec, region: str | None = None, profile: str | None = None, r
     region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or spec.region
     if not region:
         raise AwsError(f"{spec.where('region')}: no AWS region: set region in the spec, pass --region or set AWS_REGION")
-    role = role_arn or spec.role_arn
-    if not role:
+    role = role_arn or spec.role_arn or ""
+    if not role and need_role:
         raise AwsError(f"{spec.where('role_arn')}: no IAM role for the pipeline: set role_arn in the spec or pass --role-arn")
     try:
         session = boto3.Session(profile_name=profile, region_name=region)
@@ -410,3 +412,64 @@ def wait(target: Target, arn: str, say: Say, poll: float = 5.0, max_poll: float 
             raise AwsError(f"{arn}: still {state} after {timeout:g} s; follow it with `python -m pipeline status`")
         sleep(interval)
         interval = min(max_poll, interval * 1.5)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Model Registry: the artifact versions Register recorded (python -m pipeline registry --cloud, neighbors ARN)
+
+MODEL_PACKAGE_ARN = re.compile(r"arn:aws[a-z\-]*:sagemaker:(?P<region>[a-z0-9\-]+):\d{12}:model-package/"
+                               r"(?P<group>[^/]+)/(?P<version>\d+)")
+
+
+def registry_entry(described: dict) -> dict:
+    """A model package as the local registry lists its entries (the same keys, so both print alike)."""
+    created = described.get("CreationTime")
+    return {
+        "model_package_group": described.get("ModelPackageGroupName"),
+        "version": described.get("ModelPackageVersion"),
+        "model_package_arn": described["ModelPackageArn"],
+        "approval_status": described.get("ModelApprovalStatus"),
+        "description": described.get("ModelPackageDescription", ""),
+        "metadata": described.get("CustomerMetadataProperties", {}),
+        "created_at": created.strftime("%Y-%m-%dT%H:%M:%SZ") if hasattr(created, "strftime") else created,
+    }
+
+
+def model_packages(target: Target, group: str) -> list[dict]:
+    """The versions of a model package group, oldest first (ListModelPackages gives no metadata: `show` does)."""
+    sm = target.client("sagemaker")
+    found, token = [], None
+    while True:
+        page = call(f"SageMaker list_model_packages {group}", sm.list_model_packages, ModelPackageGroupName=group,
+                    SortBy="CreationTime", SortOrder="Ascending", **({"NextToken": token} if token else {}))
+        found += [registry_entry(s) for s in page.get("ModelPackageSummaryList", [])]
+        token = page.get("NextToken")
+        if not token:
+            return found
+
+
+def model_package(target: Target, arn: str) -> dict:
+    sm = target.client("sagemaker")
+    return registry_entry(call(f"SageMaker describe_model_package {arn}", sm.describe_model_package,
+                               ModelPackageName=arn))
+
+
+def set_approval(target: Target, arn: str, approval_status: str) -> dict:
+    """Approve or reject a version (what deployment automation watches); returns the entry as it is now."""
+    sm = target.client("sagemaker")
+    call(f"SageMaker update_model_package {arn}", sm.update_model_package, ModelPackageArn=arn,
+         ModelApprovalStatus=approval_status)
+    return model_package(target, arn)
+
+
+def model_package_by_arn(arn: str, session: Any = None) -> dict:
+    """A model package named by its ARN alone (its region is in it): how `allpairs.open(arn)` finds the artifact."""
+    import boto3
+
+    match = MODEL_PACKAGE_ARN.fullmatch(arn)
+    if not match:
+        raise UsageError(f"{arn}: not a model package ARN (arn:aws:sagemaker:<region>:<account>:model-package/"
+                         "<group>/<version>)")
+    quiet()
+    session = session or boto3.Session()
+    return model_package(Target(session, match.group("region"), ""), arn)

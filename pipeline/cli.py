@@ -12,7 +12,7 @@ import traceback
 from typing import Sequence
 
 from pipeline import api
-from pipeline.errors import AllpairsError
+from pipeline.errors import AllpairsError, UsageError
 
 _print_lock = threading.Lock()
 
@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--spec", default="pipeline.yaml", help="the spec file (default: pipeline.yaml)")
     common.add_argument("--verbose", action="store_true", help="show tracebacks, and every host's output when running")
     parser = argparse.ArgumentParser(prog="python -m pipeline", description="allpairs: top-k cosine neighbours of every row")
+    parser.add_argument("--version", action="version", version=api.version())
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 
     validate = commands.add_parser("validate", parents=[common], help="check the spec and compile it (no AWS calls)")
@@ -58,11 +59,39 @@ def build_parser() -> argparse.ArgumentParser:
                      help="finish a Stopped or Failed execution: finished steps are kept, Similarity resumes from its checkpoints")
     run.set_defaults(handler=cmd_run)
 
-    registry = commands.add_parser("registry", parents=[common], help="list the local registry's artifact versions")
-    registry.add_argument("action", nargs="?", choices=["list"], default="list")
-    registry.add_argument("--group", help="only this model package group")
+    registry = commands.add_parser("registry", parents=[common],
+                                   help="the registered artifact versions: list, show, approve, reject")
+    registry.add_argument("action", nargs="?", choices=["list", "show", "approve", "reject"], default="list")
+    registry.add_argument("entry", nargs="?", help="show/approve/reject: an ARN, GROUP/VERSION, or VERSION of --group")
+    registry.add_argument("--group", help="model package group (list: only this one; default for VERSION: the "
+                                          "spec's ModelPackageGroup)")
     registry.add_argument("--workdir", help="run directory (default: the spec's local.workdir)")
+    registry.add_argument("--cloud", action="store_true", help="the SageMaker Model Registry, not the local one")
+    registry.add_argument("--region", help="with --cloud: AWS region (default: AWS_REGION, then the spec's region)")
+    registry.add_argument("--profile", help="with --cloud: AWS profile (default: the usual credential chain)")
     registry.set_defaults(handler=cmd_registry)
+
+    neighbors = commands.add_parser("neighbors", parents=[common], help="the neighbours of ids, from an artifact")
+    neighbors.add_argument("artifact", metavar="ARTIFACT_OR_REGISTRY_ENTRY",
+                           help="an artifact folder (path or s3://), or a registry entry's ARN")
+    neighbors.add_argument("ids", metavar="ID", nargs="+", help="the row ids (as the artifact's ids column holds them)")
+    neighbors.add_argument("--k", type=int, help="at most this many per id (default: all the artifact holds)")
+    neighbors.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    neighbors.add_argument("--workdir", help="run directory of local registry entries (default: the spec's "
+                                             "local.workdir)")
+    neighbors.add_argument("--profile", help="AWS profile for s3:// and model package ARNs")
+    neighbors.set_defaults(handler=cmd_neighbors)
+
+    clean = commands.add_parser("clean", parents=[common], help="remove old or unregistered local executions (a dry "
+                                                                "run unless --force)")
+    clean.add_argument("--older-than", metavar="AGE", help="executions that ended more than AGE ago: 30d, 12h, 90m")
+    clean.add_argument("--unregistered", action="store_true", help="executions no local registry entry points to")
+    clean.add_argument("--registered-too", action="store_true",
+                       help="with --older-than: also those a registry entry points to (their entries then point "
+                            "at nothing)")
+    clean.add_argument("--force", action="store_true", help="remove them (without it: only list what would go)")
+    clean.add_argument("--workdir", help="run directory (default: the spec's local.workdir)")
+    clean.set_defaults(handler=cmd_clean)
 
     # Cloud commands (pipeline/aws.py; docs/aws.md). Region/profile override the spec and the environment.
     cloud = argparse.ArgumentParser(add_help=False, parents=[common])
@@ -112,11 +141,77 @@ def cmd_run(args) -> int:
 
 
 def cmd_registry(args) -> int:
-    path, entries = api.registry_entries(args.spec, args.workdir, args.group)
-    if not path.exists():
-        print(f"no local registry at {path} yet: `python -m pipeline run` creates it", file=sys.stderr)
-    for entry in entries:
-        print(json.dumps(entry, sort_keys=True))
+    where = {"workdir": args.workdir, "cloud": args.cloud, "region": args.region, "profile": args.profile}
+    if args.action == "list":
+        if args.entry:
+            raise UsageError(f"registry list takes no entry ({args.entry!r}); to see one: registry show {args.entry}")
+        source, entries = api.registry_list(args.spec, args.group, **where)
+        if not entries:
+            print(f"no entries in {source}" + ("" if args.cloud else ": `python -m pipeline run` registers one"),
+                  file=sys.stderr)
+        for entry in entries:
+            print(json.dumps(entry, sort_keys=True))
+        return 0
+    if not args.entry:
+        raise UsageError(f"registry {args.action} needs an entry: its ARN, GROUP/VERSION or VERSION "
+                         "(`python -m pipeline registry list` shows them)")
+    if args.action == "show":
+        print(json.dumps(api.registry_show(args.spec, args.entry, args.group, **where), indent=2, sort_keys=True))
+        return 0
+    status = "Approved" if args.action == "approve" else "Rejected"
+    before, after = api.registry_set_status(args.spec, args.entry, status, args.group, **where)
+    print(f"{after['model_package_arn']}: {after['approval_status']} (was {before['approval_status']})")
+    return 0
+
+
+def cmd_neighbors(args) -> int:
+    frame = api.neighbors(args.artifact, args.ids, args.k, args.spec, args.workdir, args.profile)
+    print(format_table(frame, args.format), end="")
+    return 0
+
+
+def format_table(frame, fmt: str) -> str:
+    """Scores as the shortest text that reads back to the same float32; ids as they are."""
+    import numpy as np
+
+    records = [{**row, "score": float(str(np.float32(row["score"])))} for row in frame.to_dict("records")]
+    if fmt == "json":
+        return json.dumps([{k: v.item() if hasattr(v, "item") else v for k, v in r.items()} for r in records]) + "\n"
+    columns = list(frame.columns)
+    if fmt == "csv":
+        import csv
+        import io
+
+        out = io.StringIO()
+        writer = csv.DictWriter(out, columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(records)
+        return out.getvalue()
+    cells = [columns] + [[str(r[c]) for c in columns] for r in records]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    return "".join("  ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+                   .rstrip() + "\n" for row in cells)
+
+
+def cmd_clean(args) -> int:
+    planned, removed = api.clean(args.spec, args.workdir, args.older_than, args.unregistered, args.registered_too,
+                                 args.force)
+    going = [c for c in planned if not c.kept]
+    for c in planned:
+        if c.kept:
+            print(f"kept {c.id} ({c.status}): {c.kept}")
+            continue
+        done = c.id in removed
+        verb = "removed" if done else "would remove" if not args.force else "skipped (started since)"
+        print(f"{verb} {c.id} ({c.status}, {c.reason}): {c.bytes / 1e6:.1f} MB")
+        for path in c.paths:
+            print(f"  {path}")
+    size = sum(c.bytes for c in going if not args.force or c.id in removed) / 1e6
+    if args.force:
+        print(f"removed {len(removed)} execution{'s' if len(removed) != 1 else ''}, {size:.1f} MB")
+    else:
+        print(f"would remove {len(going)} execution{'s' if len(going) != 1 else ''}, {size:.1f} MB; "
+              "run again with --force to remove them" if going else "nothing to remove")
     return 0
 
 
@@ -143,9 +238,10 @@ def cmd_upsert(args) -> int:
 
 
 def cmd_diff(args) -> int:
+    """Exit 1 when the deployed pipeline differs, 0 when not (as `git diff --exit-code`), so CI can gate on it."""
     name, lines = api.diff(args.spec, **cloud(args))
     print("\n".join(lines) if lines else f"no differences: the deployed {name} is this spec's definition")
-    return 0
+    return 1 if lines else 0
 
 
 def cmd_start(args) -> int:

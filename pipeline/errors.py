@@ -29,6 +29,10 @@ class LocalRunError(AllpairsError):
     """A local execution failed (message names the step, host and reason)."""
 
 
+class ArtifactReadError(AllpairsError):
+    """An artifact cannot be read (message names the file and the fix)."""
+
+
 class AwsError(AllpairsError):
     """A call to AWS failed (message names the cause and the fix)."""
 

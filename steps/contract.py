@@ -99,12 +99,14 @@ MANIFEST = "manifest.json"
 IDS_FILE = "ids.parquet"
 REGISTRATION_FILE = "registration.json"
 NEIGHBORS_PARQUET, NEIGHBORS_NPY, SCORES_NPY = "neighbors.parquet", "neighbors.npy", "scores.npy"
-ARTIFACT_FILES = (NEIGHBORS_PARQUET, NEIGHBORS_NPY, SCORES_NPY, MANIFEST)  # moved into place in this order
+ROWS_PARQUET, ID_INDEX_PARQUET = "rows.parquet", "id_index.parquet"  # the artifact's rows; its ids, sorted
+ARTIFACT_DATA_FILES = (NEIGHBORS_PARQUET, NEIGHBORS_NPY, SCORES_NPY, ROWS_PARQUET, ID_INDEX_PARQUET)
+ARTIFACT_FILES = (*ARTIFACT_DATA_FILES, MANIFEST)  # moved into place in this order: the manifest last
 
-NORMALIZED_FORMAT = ("allpairs.normalized", 1)
-SHARD_FORMAT = ("allpairs.shard", 2)
-CHECKPOINT_FORMAT = ("allpairs.checkpoint", 2)
-ARTIFACT_FORMAT = ("allpairs.artifact", 1)
+NORMALIZED_FORMAT = ("allpairs.normalized", 2)  # 2: ids.parquet carries each row's input_row
+SHARD_FORMAT = ("allpairs.shard", 2)  # 2: partial lists, each covering some column blocks of the grid
+CHECKPOINT_FORMAT = ("allpairs.checkpoint", 2)  # 2: per pass of the grid, its lists and its state
+ARTIFACT_FORMAT = ("allpairs.artifact", 2)  # 2: self-contained (rows.parquet, id_index.parquet), fixed parquet layout
 
 # One progress line shape, parsed by the local runner (ALLPAIRS_FAULTS at=P%) and by the training step's metrics:
 #   algo-1: progress 37.5% rows 4608/12288 rows/s 2210 GFLOP/s 28.3 eta 3 s

@@ -5,7 +5,7 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Iterator
 
@@ -14,11 +14,13 @@ import numpy as np
 
 @contextlib.contextmanager
 def atomic_path(dest: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `dest`; rename it onto `dest` only if the block succeeds."""
+    """Yield a temporary path beside `dest`; rename it onto `dest` only if the block succeeds.
+
+    The file's mode follows the umask, as open() would make it (0666 & ~umask): mkstemp's 0600 would leave
+    a team folder or a shared mount unable to read what a step wrote."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    os.close(fd)
+    tmp = _create_new(dest)
     try:
         yield Path(tmp)
         _fsync(tmp)
@@ -26,6 +28,17 @@ def atomic_path(dest: Path) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _create_new(dest: Path) -> str:
+    """Create an empty, not yet existing file beside `dest` (O_EXCL: never another writer's), mode 0666 & ~umask."""
+    while True:
+        tmp = str(dest.parent / f".{dest.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
 
 
 def _fsync(path: str) -> None:

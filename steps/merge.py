@@ -22,7 +22,7 @@ from .contract import (ARTIFACT, ARTIFACT_FILES, NORMALIZED, PROCESSING, SCRATCH
                        processing_input_path, processing_output_path)
 from .errors import StepArgumentParser, StepError, run_step
 from .formats import artifact, shards
-from .formats.normalized import load_normalized, read_ids
+from .formats.normalized import load_normalized, read_id_columns
 from .order import combine
 
 
@@ -45,10 +45,15 @@ def merge(shards_dir: Path, normalized_dir: Path, out: Path, scratch: Path, args
     # Each row's partial lists combined (exact: steps/order.py), in row order, a bounded batch at a time.
     lists_per_row = max(len(refs) for refs in found.by_block.values()) if found.by_block else 1
     batches = found.batches(artifact.batch_rows(k * lists_per_row), lambda parts: combine(parts, k))
-    counts = artifact.write_files(batches, read_ids(normalized), normalized.rows, k, out)
+    rows = read_id_columns(normalized)
+    counts = artifact.write_files(batches, rows.column("id").combine_chunks(), normalized.rows, k, out,
+                                  input_rows=rows.column("input_row").combine_chunks())
     pre = normalized.manifest
+    top_k = found.top_k  # TopK as asked; k is less when no row could have that many
     manifest = {
-        "rows": normalized.rows, "dim": normalized.dim, "k": k, "threshold": found.min_score,
+        "rows": normalized.rows, "dim": normalized.dim, "k": k, "top_k": top_k,
+        "notes": [] if k == top_k else [artifact.clamp_note(top_k, k, normalized.rows, pre.get("zero_rows", 0))],
+        "threshold": found.min_score,
         "padding": {"index": -1, "score": "NaN"}, "rank": "1 = most similar",
         "ids": {"source": pre["ids"].get("source"), "type": pre["ids"].get("type")},
         "counts": {"zero_rows": pre.get("zero_rows", 0), "dropped_rows": pre.get("dropped_rows", 0), **counts},

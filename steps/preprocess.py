@@ -180,6 +180,7 @@ def _write_normalized(plan: MatrixPlan, staging: Path, input_uri: str, non_finit
     counts = Counts(rows_per_file={f.key: 0 for f in plan.files})
     integers = np.dtype(plan.source_dtype).kind in "iub"
     batch_rows = batch_rows_for(plan.dim, chunk_rows)
+    input_row = 0  # the position in the whole input (files in key order) of the batch's first row
     try:
         for batch in iter_matrix(plan, batch_rows):
             counts.rows_per_file[batch.key] += len(batch.values)
@@ -190,7 +191,8 @@ def _write_normalized(plan: MatrixPlan, staging: Path, input_uri: str, non_finit
                 duplicates.add(batch.ids[kept])
             normalized, zero = normalize_rows(batch.values[kept])
             counts.zero_rows += int(zero.sum())
-            out.add(normalized, batch.ids[kept])
+            out.add(normalized, batch.ids[kept], input_row + np.flatnonzero(kept))
+            input_row += len(batch.values)
     finally:
         out.close()
     if duplicates:

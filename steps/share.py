@@ -99,8 +99,9 @@ class _StopFlag:
 
 
 def compute(corpus: Corpus, fingerprint: str, host: Host, config: KernelConfig, out_dir: Path,
-            checkpoint_dir: Path | None, log: Log) -> dict:
-    """Plan, compute and write this host's shard; returns its metadata."""
+            checkpoint_dir: Path | None, log: Log, top_k: int | None = None) -> dict:
+    """Plan, compute and write this host's shard; returns its metadata. `top_k`: the TopK asked, when config.k
+    was lowered to what the rows can have."""
     began, cpu_began = time.time(), time.process_time()
     grid = Grid.for_rows(corpus.rows, int(os.environ.get(BLOCK_ROWS_ENV) or 0) or None)
     zero = corpus.zero_mask()
@@ -143,7 +144,7 @@ def compute(corpus: Corpus, fingerprint: str, host: Host, config: KernelConfig, 
                 _run_pass(passes[id(w)], w, store, writer, interval, progress, stop, log)
     return shards.write_meta(out_dir, writer, host.hosts, grid.describe(), config.threshold, fingerprint,
                              os.environ.get(TRAINING_JOB_ENV), resumed, round(time.time() - began, 3),
-                             round(time.process_time() - cpu_began, 3))
+                             round(time.process_time() - cpu_began, 3), top_k)
 
 
 def _resume(p: Pass, w: Work, log: Log) -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -105,8 +105,21 @@ def compute_shard(normalized_dir: Path, host: Host, settings: Settings, out_dir:
     check_fits(normalized_dir, host, settings, available_memory() if available is None else available)
     data = load_normalized(normalized_dir)
     check_instance_count(len(host.hosts), data.rows)
+    log = host_log(host)
+    top_k, settings = settings.top_k, fit_top_k(settings, data.max_neighbors, log)
     return share.compute(Corpus(data.chunks), data.fingerprint, host, settings.kernel(), out_dir, checkpoint_dir,
-                         host_log(host))
+                         log, top_k)
+
+
+def fit_top_k(settings: Settings, max_neighbors: int, log) -> Settings:
+    """TopK beyond what any row can have would only add columns of padding (3000 rows with TopK=5000: 528 MB of
+    it): k becomes that most. The rows are known here, not when the pipeline starts, and every host computes the
+    same value from the same manifest, so the shards agree; Merge notes it in the artifact's manifest."""
+    if settings.top_k <= max_neighbors:
+        return settings
+    log(f"TopK={settings.top_k} is more than any row can have ({max_neighbors}): computing {max_neighbors} "
+        "neighbours per row")
+    return replace(settings, top_k=max_neighbors)
 
 
 def host_log(host: Host):

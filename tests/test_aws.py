@@ -256,6 +256,20 @@ def test_diff_before_and_after_upsert(moto, compiled_real, tmp_path):
     ]
 
 
+def test_diff_exits_1_on_a_difference_and_0_on_none_as_git_diff_exit_code(moto, tmp_path, capsys):
+    path = write_spec(tmp_path)
+    assert main(["diff", "--spec", str(path)]) == 1  # nothing deployed: an error, and never "no difference"
+    assert capsys.readouterr().err == ("error: pipeline allpairs-similarity not found in us-east-1; publish it first: "
+                                       "python -m pipeline upsert (or pass --region where it lives)\n")
+    assert main(["upsert", "--spec", str(path)]) == 0
+    capsys.readouterr()
+    assert main(["diff", "--spec", str(path)]) == 0
+    assert capsys.readouterr().out == "no differences: the deployed allpairs-similarity is this spec's definition\n"
+    edited = write_spec(tmp_path, **{"  TopK: 10 ": "  TopK: 20 "})
+    assert main(["diff", "--spec", str(edited)]) == 1
+    assert capsys.readouterr().out == "~ parameter TopK: default 10 -> 20\n"
+
+
 def test_diff_shows_images_counts_and_added_settings():
     from pipeline.definition.diff import changed_summary, definition_diff
 

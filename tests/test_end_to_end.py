@@ -11,6 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.cli import main
+from steps.contract import ARTIFACT_DATA_FILES, ARTIFACT_FILES
+from steps.formats.artifact import RUN_KEYS
 from tests.brute import brute_force, normalize
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,6 +36,14 @@ def load(artifact):
 
 def sha256(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def fingerprint(artifact):
+    """Every data file's sha256, and the manifest's bytes without the facts of the run (RUN_KEYS)."""
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    result = {key: value for key, value in manifest.items() if key not in RUN_KEYS}
+    return {**{name: sha256(artifact / name) for name in ARTIFACT_DATA_FILES},
+            "manifest.json": json.dumps(result, sort_keys=True)}
 
 
 def spec_with_budget(tmp_path, mb):
@@ -76,24 +86,32 @@ def test_cli_run_matches_brute_force_and_is_identical_for_any_host_count(tmp_pat
     manifest = json.loads((artifact / "manifest.json").read_text())
     assert manifest["counts"]["zero_rows"] == 1
     assert [h["host"] for h in manifest["hosts"]] == ["algo-1", "algo-2", "algo-3"]
-    reference = sha256(artifact / "neighbors.npy"), sha256(artifact / "scores.npy")
+    assert sorted(p.name for p in artifact.iterdir()) == sorted([*ARTIFACT_FILES, "registration.json"])
+    reference = fingerprint(artifact)
     for i, count in enumerate([1, 2, 5]):
         other = run(tmp_path / f"n{count}", path, f"InstanceCount={count}", "TopK=10")
-        assert (sha256(other / "neighbors.npy"), sha256(other / "scores.npy")) == reference, count
-    for mb in (16, 64):
+        assert fingerprint(other) == reference, count
+    for mb in (16, 64):  # 16 MB: blocks of a few rows; 64 MB: the whole matrix in one block
         other = run(tmp_path / f"b{mb}", path, "InstanceCount=2", "TopK=10", spec=spec_with_budget(tmp_path, mb))
-        assert (sha256(other / "neighbors.npy"), sha256(other / "scores.npy")) == reference, mb
+        assert fingerprint(other) == reference, mb
 
 
 def test_threshold_and_k_at_least_rows(tmp_path, matrix):
+    """TopK=500 on 400 rows (one all-zero): a row has at most 398 neighbours, so k is 398, noted in the manifest;
+    the columns dropped would have held padding only."""
     path, X = matrix
     artifact = run(tmp_path, path, "InstanceCount=2", "TopK=500", "MinScore=0.8")
     neighbors, scores = load(artifact)
     bn, bs = brute_force(normalize(X), 500, 0.8)
-    assert np.array_equal(neighbors, bn) and np.array_equal(scores, bs, equal_nan=True)
+    assert neighbors.shape == (400, 398) and (bn[:, 398:] == -1).all()
+    assert np.array_equal(neighbors, bn[:, :398]) and np.array_equal(scores, bs[:, :398], equal_nan=True)
     assert (scores[np.isfinite(scores)] >= np.float32(0.8)).all()
     edges = pq.read_table(artifact / "neighbors.parquet").to_pandas()
     assert len(edges) == int((bn >= 0).sum())
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    assert (manifest["k"], manifest["top_k"]) == (398, 500)
+    assert manifest["notes"] == ["TopK=500 is more than any row can have: of 400 rows, 1 all-zero, a row has at most "
+                                 "398 neighbours; k is 398, not 500 (columns of padding only are not written)"]
 
 
 def test_one_row_matrix(tmp_path):
@@ -101,7 +119,7 @@ def test_one_row_matrix(tmp_path):
     np.save(path, np.ones((1, 5)))
     artifact = run(tmp_path, path, "InstanceCount=1", "TopK=3")
     neighbors, scores = load(artifact)
-    assert neighbors.tolist() == [[-1, -1, -1]] and np.isnan(scores).all()
+    assert neighbors.tolist() == [[-1]] and np.isnan(scores).all()  # no neighbour possible: one column kept
     assert pq.read_table(artifact / "neighbors.parquet").num_rows == 0
 
 

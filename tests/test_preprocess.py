@@ -99,7 +99,7 @@ def test_npy_rows_are_l2_normalized_with_row_number_ids(root):
     assert manifest["ids"] == {"file": "ids.parquet", "source": "row number", "type": "int64",
                                "sha256": sha256_file(out_dir(root) / "ids.parquet")}
     assert (manifest["format"], manifest["version"], manifest["rows"], manifest["dim"], manifest["dtype"]) == \
-        ("allpairs.normalized", 1, 40, 5, "float32")
+        ("allpairs.normalized", 2, 40, 5, "float32")
     assert manifest["input"]["format"] == "npy" and manifest["input"]["uri"] == URI
     assert manifest["input"]["source_dtype"] == "float32"
     assert manifest["input"]["files"] == [{"key": "x.npy", "bytes": (matrix_dir(root) / "x.npy").stat().st_size,

@@ -1,7 +1,9 @@
 """The Preprocess output (the `normalized` folder): written by Preprocess, read by Similarity and Merge.
 
     chunks/chunk-000000.npy ...   float32, C-contiguous, L2-normalized rows (all-zero rows stay all-zero)
-    ids.parquet                   one column `id` (string or int64), one row per matrix row, in row order
+    ids.parquet                   `id` (string or int64) and `input_row` (int64: the row's 0-based position in
+                                  the input, all files in key order, counted before dropped rows), one row per
+                                  matrix row, in row order
     manifest.json                 written last; describes the rest (docs/container-contract.md, section 1)
 
 Writing is all-or-nothing: everything goes to a staging folder, moved into place only once the whole input has
@@ -31,8 +33,8 @@ FORMAT, VERSION = NORMALIZED_FORMAT
 
 @dataclass
 class NormalizedWriter:
-    """Collects normalized rows into fixed-size float32 chunks (each written atomically) and their ids into
-    ids.parquet (one row group per batch), under `directory` (a staging folder)."""
+    """Collects normalized rows into fixed-size float32 chunks (each written atomically) and their ids and input
+    positions into ids.parquet (one row group per batch), under `directory` (a staging folder)."""
 
     directory: Path
     chunk_rows: int
@@ -45,11 +47,15 @@ class NormalizedWriter:
         self._buffer = np.empty((self.chunk_rows, self.dim), dtype=np.float32)
         self._filled = 0
         self._ids_type = pa.int64() if self.id_type == "int64" else pa.string()
-        self._ids = pq.ParquetWriter(self.directory / IDS_FILE, pa.schema([("id", self._ids_type)]))
+        self._schema = pa.schema([("id", self._ids_type), ("input_row", pa.int64())])
+        self._ids = pq.ParquetWriter(self.directory / IDS_FILE, self._schema)
 
-    def add(self, rows: np.ndarray, ids: np.ndarray) -> None:
+    def add(self, rows: np.ndarray, ids: np.ndarray, input_rows: np.ndarray) -> None:
+        """Append rows, their ids and their positions in the input (which differ from their positions here once
+        rows were dropped)."""
         if len(ids):
-            self._ids.write_table(pa.table({"id": pa.array(ids, type=self._ids_type)}))
+            self._ids.write_table(pa.table({"id": pa.array(ids, type=self._ids_type),
+                                            "input_row": pa.array(input_rows, type=pa.int64())}, schema=self._schema))
         taken = 0
         while taken < len(rows):
             n = min(len(rows) - taken, self.chunk_rows - self._filled)
@@ -124,6 +130,12 @@ class Normalized:
     def fingerprint(self) -> str:
         return self.manifest["fingerprint"]
 
+    @property
+    def max_neighbors(self) -> int:
+        """The most neighbours any row can have: every other row with a direction (a row is never its own
+        neighbour, an all-zero row nobody's). At least 1: an artifact keeps one column even if all are padding."""
+        return max(1, self.rows - int(self.manifest.get("zero_rows", 0)) - 1)
+
     def ids_path(self) -> Path:
         return self.root / self.manifest["ids"]["file"]
 
@@ -170,11 +182,19 @@ def load_normalized(root: Path, verify: bool = True) -> Normalized:
 
 def read_ids(normalized: Normalized) -> pa.Array:
     """The row ids, checked against the manifest."""
+    return read_id_columns(normalized).column("id").combine_chunks()
+
+
+def read_id_columns(normalized: Normalized) -> pa.Table:
+    """`id` and `input_row` of every row, in row order, checked against the manifest."""
     path = normalized.ids_path()
     digest = normalized.manifest["ids"].get("sha256")
     if digest and sha256_file(path) != digest:
         raise StepError(f"{path}: checksum differs from the Preprocess manifest; rerun the Preprocess step")
-    ids = pq.read_table(path, columns=["id"]).column("id").combine_chunks()
-    if len(ids) != normalized.rows:
-        raise StepError(f"{path}: {len(ids)} ids for {normalized.rows} rows; rerun the Preprocess step")
-    return ids
+    try:
+        table = pq.read_table(path, columns=["id", "input_row"])
+    except (KeyError, ValueError, pa.ArrowException) as exc:
+        raise StepError(f"{path}: not an ids file of {FORMAT} version {VERSION} ({exc}); rerun the Preprocess step")
+    if table.num_rows != normalized.rows:
+        raise StepError(f"{path}: {table.num_rows} ids for {normalized.rows} rows; rerun the Preprocess step")
+    return table

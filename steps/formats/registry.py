@@ -54,7 +54,7 @@ def register_local(path: Path, group, approval_status, description, metadata, to
             (last,) = con.execute("SELECT COALESCE(MAX(version), 0) FROM model_packages WHERE group_name = ?",
                                   (group,)).fetchone()
             version = last + 1
-            arn = f"local:model-package/{group}/{version}"
+            arn = local_arn(group, version)
             created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             con.execute(f"INSERT INTO model_packages ({_COLUMNS}, client_token) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                         (group, version, arn, approval_status, description, json.dumps(metadata, sort_keys=True),
@@ -67,6 +67,15 @@ def register_local(path: Path, group, approval_status, description, metadata, to
         con.close()
     return {"registry": "local", "location": str(path), "model_package_group": group, "version": version,
             "model_package_arn": arn, "approval_status": approval_status, "created_at": created}
+
+
+LOCAL_ARN_PREFIX = "local:model-package/"  # local:model-package/<group>/<version>, as Register names them
+_KEYS = ("model_package_group", "version", "model_package_arn", "approval_status", "description", "metadata",
+         "created_at")
+
+
+def local_arn(group: str, version: int) -> str:
+    return f"{LOCAL_ARN_PREFIX}{group}/{version}"
 
 
 def list_local(path: Path, group: str | None = None) -> list[dict]:
@@ -82,6 +91,34 @@ def list_local(path: Path, group: str | None = None) -> list[dict]:
         rows = con.execute(query + " ORDER BY group_name, version", args).fetchall()
     finally:
         con.close()
-    keys = ("model_package_group", "version", "model_package_arn", "approval_status", "description", "metadata",
-            "created_at")
-    return [dict(zip(keys, row[:5] + (json.loads(row[5]),) + row[6:])) for row in rows]
+    return [_entry(row) for row in rows]
+
+
+def find_local(path: Path, arn: str) -> dict | None:
+    """The entry of this ARN (local:model-package/<group>/<version>), or None."""
+    if not Path(path).exists():
+        return None
+    con = connect_local(Path(path))
+    try:
+        row = con.execute(f"SELECT {_COLUMNS} FROM model_packages WHERE arn = ?", (arn,)).fetchone()
+    finally:
+        con.close()
+    return _entry(row) if row else None
+
+
+def set_local_status(path: Path, arn: str, approval_status: str) -> dict | None:
+    """Set an entry's approval status (approve, reject); returns the entry as it is now, None if there is none."""
+    if not Path(path).exists():
+        return None
+    con = connect_local(Path(path))
+    try:
+        con.execute("UPDATE model_packages SET approval_status = ? WHERE arn = ?", (approval_status, arn))
+    except sqlite3.Error as exc:
+        raise StepError(f"local registry {path}: {exc}; check the path is a writable SQLite file") from exc
+    finally:
+        con.close()
+    return find_local(path, arn)
+
+
+def _entry(row: tuple) -> dict:
+    return dict(zip(_KEYS, row[:5] + (json.loads(row[5]),) + row[6:]))

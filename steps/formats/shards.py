@@ -2,9 +2,10 @@
 
     shard-<host>.neighbors.npy   int64 (L, k): the rows of the host's partial lists, one after the other
     shard-<host>.scores.npy      float32 (L, k): their canonical scores, NaN where padded
-    shard-<host>.json            written last: format, host, hosts, the grid, k, min_score, the input
-                                 fingerprint, the training job, each list (its rows [start, stop), the column
-                                 blocks it covers, its offset in the files), each file's sha256, timings
+    shard-<host>.json            written last: format, host, hosts, the grid, k (and top_k, the TopK asked),
+                                 min_score, the input fingerprint, the training job, each list (its rows
+                                 [start, stop), the column blocks it covers, its offset in the files), each
+                                 file's sha256, timings
 
 A partial list holds the exact top-k of its rows among the corpus rows of its column blocks
 (steps/kernel/blocking.py). A row's lists come from several hosts (and from checkpoints of earlier attempts):
@@ -68,11 +69,14 @@ class ShardWriter:
 
 
 def write_meta(out_dir: Path, writer: ShardWriter, hosts: list[str], grid: dict, min_score, fingerprint: str,
-               job: str | None, resumed_steps: int, seconds: float, cpu_seconds: float) -> dict:
-    """The JSON that vouches for a host's two .npy files (written after they are complete)."""
+               job: str | None, resumed_steps: int, seconds: float, cpu_seconds: float,
+               top_k: int | None = None) -> dict:
+    """The JSON that vouches for a host's two .npy files (written after they are complete). `k` is their width;
+    `top_k` the TopK asked, when more than any row can have (k was then lowered to that)."""
     files = names(writer.host)
     meta = {
         "format": FORMAT, "version": VERSION, "host": writer.host, "hosts": hosts, "grid": grid, "k": writer.k,
+        "top_k": writer.k if top_k is None else top_k,
         "min_score": min_score, "input_fingerprint": fingerprint, "job": job, "lists": writer.lists,
         "rows": writer.rows, "resumed_steps": resumed_steps,
         "files": {files[kind]: sha256_file(out_dir / files[kind]) for kind in ("neighbors", "scores")},
@@ -146,7 +150,8 @@ class Shards:
 
     shards: list[Shard]
     grid: dict
-    k: int
+    k: int  # the lists' width
+    top_k: int  # the TopK asked (more than k when no row could have that many)
     min_score: float | None
     by_block: dict[int, list[ListRef]]
 
@@ -179,13 +184,13 @@ def collect_shards(shards_dir: Path, rows: int, fingerprint: str) -> Shards:
                         "(check its logs)")
     shards = [_check_shard(path, fingerprint) for path in metas]
     _check_one_job(shards)
-    ks = {s.meta["k"] for s in shards}
+    ks = {(s.meta["k"], s.meta.get("top_k", s.meta["k"])) for s in shards}
     thresholds = {s.meta["min_score"] for s in shards}
     host_lists = {tuple(s.meta["hosts"]) for s in shards}
     grids = {json.dumps(s.meta["grid"], sort_keys=True) for s in shards}
     if len(ks) > 1 or len(thresholds) > 1 or len(host_lists) > 1 or len(grids) > 1:
-        raise StepError(f"{shards_dir}: shards disagree on k {sorted(ks)}, threshold, grid or host list: they come "
-                        "from different training jobs; rerun the Similarity step into an empty output")
+        raise StepError(f"{shards_dir}: shards disagree on k {sorted(k for k, _ in ks)}, threshold, grid or host "
+                        "list: they come from different training jobs; rerun the Similarity step into an empty output")
     hosts = list(host_lists.pop())
     seen: dict[str, Shard] = {}
     for shard in shards:
@@ -205,7 +210,8 @@ def collect_shards(shards_dir: Path, rows: int, fingerprint: str) -> Shards:
     if grid.get("rows") != rows:
         raise StepError(f"{shards_dir}: shards cover a grid of {grid.get('rows')} rows but the matrix has {rows}; "
                         "rerun the Similarity step")
-    return Shards(shards, grid, ks.pop(), thresholds.pop(), _coverage(shards, grid))
+    k, top_k = ks.pop()
+    return Shards(shards, grid, k, top_k, thresholds.pop(), _coverage(shards, grid))
 
 
 def _coverage(shards: list[Shard], grid: dict) -> dict[int, list[ListRef]]:
