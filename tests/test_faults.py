@@ -104,15 +104,17 @@ def test_whole_step_killed_during_a_checkpoint_write_restarts_and_discards_the_t
     assert [hosts[h].get("restarts") for h in ("algo-1", "algo-2", "algo-3")] == [1, 1, 1]
     log = log_of(record, "algo-1").splitlines()
     killed = next(i for i, line in enumerate(log) if line.startswith("algo-1: fault injected: killed while writing "
-                                                                      "checkpoint 2 (state-"))
-    assert log[killed + 2].startswith("algo-1: discarding partial checkpoint write .state-")
+                                                                      "checkpoint 2 (rows-"))
+    assert log[killed + 2].startswith("algo-1: discarding partial checkpoint write .rows-000000000000-000000000200.")
     assert log[killed + 2].endswith(" (its writer was killed)")
     assert log[killed + 3] == "algo-1: resuming the pass of block rows [0, 4) from checkpoints: 1 of 10 steps done"
     checkpoints = next(artifact.parent.glob("checkpoints"))
     assert not [p for p in checkpoints.iterdir() if p.name.startswith(".")]
-    # One state per pass (the older ones removed), each saying its pass is done.
-    states = {p.name.split("-")[2]: json.loads(p.read_bytes().split(b"\n")[1]) for p in checkpoints.glob("state-*")}
-    assert sorted(states) == ["b0", "b4", "b8"] and all(header["done"] for header in states.values())
+    # One state per pass (named by its rows, replaced in place), each saying its pass is done.
+    states = {p.name.split(".")[0]: json.loads(p.read_bytes().split(b"\n")[1]) for p in checkpoints.glob("rows-*")}
+    assert sorted(states) == ["rows-000000000000-000000000200", "rows-000000000200-000000000400",
+                              "rows-000000000400-000000000600"]
+    assert all(header["done"] for header in states.values())
 
 
 # ---- stops at arbitrary moments, delivered from outside as SageMaker delivers them ------------------------------
@@ -300,7 +302,7 @@ def test_ctrl_c_stops_the_hosts_publishes_nothing_and_the_execution_resumes_to_t
     hung = Path(hosts["algo-2"]["log"]).read_text().splitlines()
     assert hung[-1] == ("similarity: stopped by SIGTERM; stalled after checkpoint 1 (pass of block rows [4, 8): 1 of "
                         "9 steps done) by an injected fault")
-    assert list(out.glob(f"{execution_id}/checkpoints/state-*-b4-8-000000.ckpt"))  # the work done so far is kept
+    assert list(out.glob(f"{execution_id}/checkpoints/rows-000000000200-000000000400.*.ckpt"))  # work so far kept
 
     monkeypatch.delenv("ALLPAIRS_FAULTS", raising=False)
     capsys.readouterr()

@@ -113,7 +113,9 @@ def test_killed_host_resumes_from_its_last_checkpoint_bit_identical(tmp_path, no
     assert out.splitlines()[-1] == ("algo-1: fault injected: killed after checkpoint 2 (pass of block rows "
                                     "[0, 8): 2 of 8 steps done); sending SIGKILL to this host")
     # One host owns every block: no mirror lists, only its state (the older one is gone).
-    assert len(names(ck, "state-")) == 1 and names(ck, "lists-") == []
+    # One host owns every block: no mirror lists, only the state of its pass over rows [0, 1200), kept in place.
+    assert names(ck, "rows-") == [f"rows-{0:012d}-{ROWS:012d}.{names(ck, 'rows-')[0].split('.')[1]}.ckpt"]
+    assert names(ck, "lists-") == []
     assert not (tmp_path / "h/model/shard-algo-1.json").exists()
     code, out = run_host(tmp_path / "h", normalized, ck)
     assert code == 0, out
@@ -128,7 +130,8 @@ def test_kill_during_a_checkpoint_write_leaves_a_torn_temp_file_that_is_discarde
     code, out = run_host(tmp_path / "h", normalized, ck, fault="during-checkpoint=2")
     assert code == -9, out
     (torn,) = [n for n in names(ck) if n.endswith(".tmp")]
-    assert torn.startswith(".state-") and "-b0-8-000001.ckpt." in torn
+    assert torn.startswith(f".rows-{0:012d}-{ROWS:012d}.") and torn.endswith(".tmp")
+    assert len(names(ck, "rows-")) == 1  # the state before it, intact
     code, out = run_host(tmp_path / "h", normalized, ck)
     assert code == 0, out
     lines = out.splitlines()
@@ -145,7 +148,7 @@ def test_a_torn_or_altered_checkpoint_is_detected_discarded_and_recomputed(tmp_p
     two = ["algo-1", "algo-2"]  # two hosts: algo-1's pass writes mirror lists too
     code, out = run_host(tmp_path / "h", normalized, ck, name="algo-1", hosts=two, fault="after-checkpoints=6")
     assert code == -9, out
-    (state,) = names(ck, "state-")
+    (state,) = names(ck, "rows-")
     if damage == "truncated state":
         victim = ck / state
         data = victim.read_bytes()
@@ -160,8 +163,7 @@ def test_a_torn_or_altered_checkpoint_is_detected_discarded_and_recomputed(tmp_p
     code, out = run_host(tmp_path / "h", normalized, ck, name="algo-1", hosts=two)
     assert code == 0, out
     (discarded,) = [line for line in out.splitlines() if line.startswith(f"algo-1: discarding checkpoint {state}: ")]
-    assert reason in discarded and discarded.endswith("(torn, altered or incomplete); that pass resumes from an "
-                                                      "earlier checkpoint or starts again")
+    assert reason in discarded and discarded.endswith("(torn, altered or incomplete); that pass starts again")
     assert "resuming" not in out  # the only state is gone: the pass starts again
     fresh = tmp_path / "fresh"
     fresh.mkdir()
@@ -173,7 +175,7 @@ def test_checkpoints_of_other_parameters_are_ignored_and_said_so(tmp_path, norma
     ck = tmp_path / "ck"
     ck.mkdir()
     assert run_host(tmp_path / "other", normalized, ck, k=4)[0] == 0  # same data, other k
-    other_key = names(ck, "state-")[0].split("-")[1]
+    other_key = names(ck, "rows-")[0].split(".")[1]
     code, out = run_host(tmp_path / "h", normalized, ck)
     assert code == 0, out
     fingerprint = json.loads((normalized / "manifest.json").read_text())["fingerprint"]

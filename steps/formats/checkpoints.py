@@ -10,10 +10,17 @@ Decisions (the container contract, section 2, points here):
   ALLPAIRS_CHECKPOINT_SECONDS seconds (default 120; 0 = after every step), at its end, and when the host is
   stopped (SIGTERM: spot's warning, StopTrainingJob):
     lists-<key>-b<b0>-<b1>-<seq>.ckpt   the partial lists finished since the pass's previous checkpoint
-    state-<key>-b<b0>-<b1>-<seq>.ckpt   the pass's next step, its own rows' candidate heaps (or "done"), and
-                                        the names of every lists file of the pass it vouches for
+    rows-<r0>-<r1>.<key>.ckpt           the state of the pass over rows [r0, r1) (12 digits each; replaced
+                                        in place at each checkpoint): its next step, its own rows' candidate
+                                        heaps (or "done"), and
+                                        the names of every lists file of the pass it vouches for; paused
+                                        inside a step (a stop), also which of the step's products are done
+                                        (the header's `inside`: their count and tile size) and the step's
+                                        mirror heaps
   `key` = the first 16 hex digits of sha256(format, version, the normalized input's fingerprint, k, min_score,
-  the grid, the heap width). The host, the InstanceCount and the block size of the score tiles are NOT in it.
+  the grid, the heap width). The host, the InstanceCount and the block size of the score tiles are NOT in it
+  (a state paused inside a step resumes only with its own tile size, which the same instance type gives; with
+  another, that pass starts again).
 - Reuse. A restart with the same InstanceCount has the same passes: each resumes from its latest state (the
   lists it vouches are kept, later ones are dropped), bit for bit as if never stopped. A restart with another
   InstanceCount has other passes: every pass that had finished (a state "done") is reused whole, its block
@@ -21,10 +28,11 @@ Decisions (the container contract, section 2, points here):
 - Trust nothing. Each file starts with a header (format, the full fingerprint, k, min_score, grid, width,
   byte counts, sha256 of the payload); a file whose header does not match this run is ignored and logged,
   never mixed in; a torn or altered one is discarded, logged and deleted. Files are written with
-  steps.io.atomic_path (temp file + rename): a killed writer leaves a hidden `.state-....tmp` or
-  `.lists-....tmp`, deleted by the host whose pass it names (the passes of one job are disjoint).
-- Volume. Lists are written once each; a state is rewritten at each checkpoint (the older ones are removed
-  once the new one is in place): at most the pass's heaps, which the memory budget bounds.
+  steps.io.atomic_path (temp file + rename): a killed writer leaves a hidden `.rows-....tmp` or
+  `.lists-....tmp` (and the state before it intact), deleted by the host whose pass it names (the passes of
+  one job are disjoint).
+- Volume. Lists are written once each; a pass's state is rewritten at each checkpoint: at most the pass's
+  heaps, which the memory budget bounds.
 
 Fault injection (local runner only, steps/faults.py) hooks into the state writes: killed right after the Nth
 checkpoint, or halfway through writing it.
@@ -48,8 +56,9 @@ from ..io import atomic_path, sha256_text
 
 FORMAT, VERSION = CHECKPOINT_FORMAT
 MAGIC = b"ALLPAIRS-CHECKPOINT 2\n"
-_NAME = re.compile(r"(lists|state)-([0-9a-f]{16})-b(\d+)-(\d+)-(\d{6})\.ckpt")
-_TEMP = re.compile(r"\.(lists|state)-[0-9a-f]{16}-b(\d+)-(\d+)-\d{6}\.ckpt\..*\.tmp")
+_LISTS = re.compile(r"lists-([0-9a-f]{16})-b(\d+)-(\d+)-(\d{6})\.ckpt")
+_STATE = re.compile(r"rows-(\d{12})-(\d{12})\.([0-9a-f]{16})\.ckpt")
+_TEMP = re.compile(r"\.(?:lists-[0-9a-f]{16}-b(\d+)-(\d+)-\d{6}|rows-(\d{12})-(\d{12})\.[0-9a-f]{16})\.ckpt\..*\.tmp")
 _SLICE_ROWS = 65536  # rows handled per slice: bounds memory whatever the file's size
 
 Log = Callable[[str], None]
@@ -60,8 +69,18 @@ def checkpoint_key(fingerprint: str, k: int, min_score: float | None, grid: dict
                        str(width))[:16]
 
 
-def file_name(kind: str, key: str, blocks: range, seq: int) -> str:
-    return f"{kind}-{key}-b{blocks.start}-{blocks.stop}-{seq:06d}.ckpt"
+def lists_name(key: str, blocks: range, seq: int) -> str:
+    return f"lists-{key}-b{blocks.start}-{blocks.stop}-{seq:06d}.ckpt"
+
+
+def state_name(key: str, grid: dict, blocks: range) -> str:
+    """Named by the pass's rows, so the file says which rows' work it holds."""
+    r0, r1 = blocks.start * grid["block"], min(grid["rows"], blocks.stop * grid["block"])
+    return f"rows-{r0:012d}-{r1:012d}.{key}.ckpt"
+
+
+def _pass_of_rows(grid: dict, r0: int, r1: int) -> tuple[int, int]:
+    return r0 // grid["block"], -(-r1 // grid["block"])
 
 
 def progress_text(next_step: int, steps: int, done: np.ndarray | None = None) -> str:
@@ -181,41 +200,44 @@ class Store:
             return records
         mine = {(p.start, p.stop) for p in own_passes}
         foreign, states = set(), []
+        grid = self.expected["grid"]
         for path in sorted(self.directory.iterdir()):
             temp = _TEMP.fullmatch(path.name)
-            if temp and (int(temp[2]), int(temp[3])) in mine:
-                self.log(f"discarding partial checkpoint write {path.name} (its writer was killed)")
-                path.unlink(missing_ok=True)
+            if temp:
+                blocks = (int(temp[1]), int(temp[2])) if temp[1] else _pass_of_rows(grid, int(temp[3]), int(temp[4]))
+                if blocks in mine:
+                    self.log(f"discarding partial checkpoint write {path.name} (its writer was killed)")
+                    path.unlink(missing_ok=True)
                 continue
-            name = _NAME.fullmatch(path.name)
-            if not name or not path.is_file():
+            lists, state = _LISTS.fullmatch(path.name), _STATE.fullmatch(path.name)
+            key = lists[1] if lists else state[3] if state else None
+            if key is None or not path.is_file():
                 continue
-            if name[2] != self.key:
-                foreign.add(name[2])
-            elif name[1] == "state":
-                states.append((int(name[3]), int(name[4]), int(name[5]), path))
+            if key != self.key:
+                foreign.add(key)
+            elif state:
+                states.append((_pass_of_rows(grid, int(state[1]), int(state[2])), path))
         if foreign:
             self.log(f"ignoring checkpoint files in {self.directory} computed from other input or parameters "
                      f"(key {', '.join(sorted(foreign))}; this run's is {self.key}): they are not mixed in")
-        for b0, b1, seq, path in sorted(states, key=lambda s: -s[2]):  # newest first: the first valid one wins
-            if (b0, b1) in records:
-                continue
-            record = self._record(range(b0, b1), seq, path)
+        for (b0, b1), path in states:
+            record = self._record(range(b0, b1), path)
             if record is not None:
                 records[(b0, b1)] = record
         return records
 
-    def _record(self, blocks: range, seq: int, path: Path) -> PassRecord | None:
+    def _record(self, blocks: range, path: Path) -> PassRecord | None:
         try:
             header, offset = _read_header(path, {**self.expected, "kind": "state", "pass": [blocks.start, blocks.stop]})
             lists = [item for name in header["lists_files"] for item in self._lists(self.directory / name)]
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            self.log(f"discarding checkpoint {path.name}: {exc} (torn, altered or incomplete); that pass resumes "
-                     "from an earlier checkpoint or starts again")
+            self.log(f"discarding checkpoint {path.name}: {exc} (torn, altered or incomplete); that pass starts "
+                     "again")
             path.unlink(missing_ok=True)
             return None
-        return PassRecord(blocks, seq, int(header["next_step"]), int(header["steps"]), bool(header["done"]), lists,
-                          path, offset, int(header["rows"]), int(header["width"]), header.get("inside"))
+        return PassRecord(blocks, int(header["seq"]), int(header["next_step"]), int(header["steps"]),
+                          bool(header["done"]), lists, path, offset, int(header["rows"]), int(header["width"]),
+                          header.get("inside"))
 
     def _lists(self, path: Path) -> list[StoredList]:
         header, offset = _read_header(path, {**self.expected, "kind": "lists"})
@@ -234,7 +256,7 @@ class Store:
 
     def write_lists(self, blocks: range, seq: int, lists: list) -> str:
         """A lists file with `lists` (PartialList-like: start, stop, columns, neighbors, scores)."""
-        name = file_name("lists", self.key, blocks, seq)
+        name = lists_name(self.key, blocks, seq)
         rows = sum(p.stop - p.start for p in lists)
         k = self.expected["k"]
         parts = [np.ascontiguousarray(p.neighbors, "<i8").tobytes() for p in lists] + \
@@ -245,9 +267,9 @@ class Store:
         return name
 
     def write_state(self, blocks: range, seq: int, steps: int, snapshot, lists_files: list[str]) -> str:
-        """The pass's state: its snapshot (a steps/kernel/blocking.py Snapshot), or None once it is done; then
-        older states go."""
-        name = file_name("state", self.key, blocks, seq)
+        """The pass's state (replacing its previous one): its snapshot (a steps/kernel/blocking.py Snapshot),
+        or None once it is done."""
+        name = state_name(self.key, self.expected["grid"], blocks)
         width = self.expected["width"]
         parts, inside = [], None
         if snapshot is not None:
@@ -263,9 +285,6 @@ class Store:
         tearing = self.fault is not None
         self._write(name, header, parts or [b""], tear_at=self.states_written + 1 if tearing else None)
         self.states_written += 1
-        for path in self.directory.glob(f"state-{self.key}-b{blocks.start}-{blocks.stop}-*.ckpt"):
-            if path.name != name:
-                path.unlink(missing_ok=True)
         where = "done" if snapshot is None else progress_text(snapshot.next_step, steps, snapshot.done)
         what = f"pass of block rows [{blocks.start}, {blocks.stop}): {where}"
         self.log(f"checkpoint: {what}")
