@@ -1,4 +1,6 @@
 """The blocked kernel equals brute force, for every block size, chunking and host split."""
+import os
+
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -209,3 +211,23 @@ def test_a_pass_paused_at_arbitrary_moments_inside_its_steps_resumes_bit_for_bit
         inside += snapshot.done is not None and 0 < snapshot.done.sum() < len(snapshot.done)
     assert lists(got) == reference
     assert pauses >= 3 and inside >= 1  # the pauses did land inside steps, partway through their products
+
+
+def test_the_compiled_selection_is_built_once_and_loaded_by_every_later_host(tmp_path):
+    """As in the image: `python -m steps.kernel` at build time fills NUMBA_CACHE_DIR for the haswell feature
+    set; a later process running the kernel for real (mirrored tiles, a threshold) compiles nothing."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache"), "NUMBA_CPU_NAME": "haswell"}
+    build = subprocess.run([sys.executable, "-m", "steps.kernel"], env=env, capture_output=True, text=True,
+                           check=True).stdout
+    assert ": 1 signature(s) compiled, 0 loaded" in build
+    host = ("import numpy as np; from steps.kernel import Corpus, KernelConfig, all_pairs; "
+            "from steps.kernel.compiled import admit; "
+            "X = np.random.default_rng(0).standard_normal((3000, 16)).astype(np.float32); "
+            "X /= np.linalg.norm(X, axis=1, keepdims=True); "
+            "all_pairs(Corpus([X]), KernelConfig(7, 0.1, 1 << 20, 2), hosts=3, block=700); "
+            "print(sum(admit.stats.cache_misses.values()), sum(admit.stats.cache_hits.values()))")
+    out = subprocess.run([sys.executable, "-c", host], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["0", "1"]

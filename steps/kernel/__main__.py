@@ -6,5 +6,6 @@ from .compiled import admit, warm_up
 
 began = time.perf_counter()
 warm_up()
-print(f"numba kernel ready in {time.perf_counter() - began:.1f} s ({len(admit.signatures)} signature(s) compiled "
-      f"or loaded from the cache)")
+stats = admit.stats
+print(f"numba kernel ready in {time.perf_counter() - began:.1f} s: {sum(stats.cache_misses.values())} signature(s) "
+      f"compiled, {sum(stats.cache_hits.values())} loaded, cache {stats.cache_path}")
