@@ -78,7 +78,9 @@ def run(spec_path: str | Path, params: Sequence[str], workdir: str | Path | None
 def resume(execution_id: str, spec_path: str | Path, workdir: str | Path | None, echo: Say | None,
            progress: Say | None):
     """Finish a Stopped or Failed execution: the record holds all it needs; the spec only supplies the workdir."""
-    from pipeline.local import resume_local
+    from pipeline.local import check_execution_id, resume_local
+
+    check_execution_id(execution_id)  # before the spec is read: the id is refused whatever the spec
 
     return resume_local(execution_id, workdir=workdir or load_spec(spec_path).local.workdir, echo=echo,
                         progress=progress)
@@ -187,6 +189,6 @@ def image_push(spec_path, repository: str, tag: str | None, say: Say, region=Non
 
 
 def refuse_resume_with_params(execution_id: str, params: Sequence[str]) -> None:
-    if execution_id and params:
+    if execution_id is not None and params:
         raise UsageError(f"--resume {execution_id} takes the parameters the execution started with; drop --param "
                          "(or start a new run without --resume)")

@@ -12,7 +12,7 @@ import traceback
 from typing import Sequence
 
 from pipeline import api
-from pipeline.errors import AllpairsError
+from pipeline.errors import AllpairsError, Stopped
 
 _print_lock = threading.Lock()
 
@@ -27,6 +27,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.handler(args) or 0
     except AllpairsError as exc:
         return fail(str(exc), exc.exit_code, args.verbose)
+    except Stopped as exc:  # Ctrl-C, SIGTERM or SIGHUP during a run
+        return fail(exc.reason, exc.exit_code, args.verbose)
     except KeyboardInterrupt:
         return fail("interrupted", 130, args.verbose)
 
@@ -103,7 +105,7 @@ def cmd_definition(args) -> int:
 def cmd_run(args) -> int:
     api.refuse_resume_with_params(args.resume, args.param)
     echo = say if args.verbose else None
-    if args.resume:
+    if args.resume is not None:  # `--resume ''` is refused by the resume, not taken for a new run
         execution = api.resume(args.resume, args.spec, args.workdir, echo, say)
     else:
         execution = api.run(args.spec, args.param, args.workdir, echo, say)

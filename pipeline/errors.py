@@ -1,4 +1,5 @@
 """One exception type per phase. The CLI maps them to exit codes: 2 for spec/usage, 1 for run failures."""
+import signal
 
 
 class AllpairsError(Exception):
@@ -36,3 +37,19 @@ class AwsError(AllpairsError):
 class DefinitionError(AllpairsError):
     """The definition holds something the local runner (or validate) cannot interpret: a bug in compile.py or in
     pipeline/definition, never the user's."""
+
+
+class Stopped(KeyboardInterrupt):
+    """A local run stopped by a signal (pipeline/local/interrupts.py): Ctrl-C (SIGINT), SIGTERM or SIGHUP."""
+
+    def __init__(self, signum: int, why: str):
+        super().__init__(why)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum  # what a shell reports for a process ended by that signal: 130 for Ctrl-C
+
+    @property
+    def reason(self) -> str:
+        return "interrupted" if self.signum == signal.SIGINT else f"stopped by {signal.Signals(self.signum).name}"

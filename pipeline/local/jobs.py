@@ -16,6 +16,7 @@ from steps.contract import FAILURE_FILES, HOST_FAULT_ENV, OPT_ML, OPT_ML_ENV, PR
 from pipeline.definition.expressions import bug, expression_kind
 from .faults import Fault, host_faults
 from .hosts import Echo, HostCommand, HostResult, run_hosts
+from .lock import ExecutionLock
 from pipeline.definition.graph import StepPlan, output_uri_property
 from .storage import (deliver_file, deliver_tree, download_prefix, files_under, is_s3, join_uri, local_path, stage_input,
                       upload_tree)
@@ -33,6 +34,8 @@ class JobContext:
     echo: Echo | None = None
     host_results: list[HostResult] = field(default_factory=list)  # filled in as the hosts end
     faults: list[Fault] = field(default_factory=list)  # ALLPAIRS_FAULTS (pipeline/local/faults.py)
+    lock: ExecutionLock | None = None  # the execution's lock: every host inherits it (pipeline/local/lock.py)
+    published: list[str] = field(default_factory=list)  # the URIs this job's outputs were published at
 
 
 def job_name(pipeline_name: str, plan: StepPlan, suffix: str) -> str:
@@ -119,13 +122,14 @@ def run_processing(plan: StepPlan, args: Mapping, ctx: JobContext) -> dict[str, 
         raise bug(f"{where}, Arguments.AppSpecification", "no ContainerEntrypoint, and locally there is no image to fall back on")
     command = HostCommand("algo-1", f"{plan.name} algo-1", argv, host_env(ctx, args.get("Environment"), root), root,
                           FAILURE_FILES[PROCESSING])
-    run_hosts([command], ctx.cwd, ctx.echo, collect=ctx.host_results)
+    run_hosts([command], ctx.cwd, ctx.echo, collect=ctx.host_results, lock=ctx.lock)
     raise_if_failed(plan.name, ctx.host_results)
     check_exit_message(plan.name, root)
     properties: dict[str, object] = {"ProcessingJobName": ctx.job_name}
     for i, output in enumerate(outputs):
         name, uri = output["OutputName"], output["S3Output"]["S3Uri"]
         deliver_tree(host_path(root, output["S3Output"]["LocalPath"], ""), uri, f"{where}, output {name}")
+        ctx.published.append(uri)
         properties[output_uri_property(name)] = uri
         properties[output_uri_property(i)] = uri
     return properties
@@ -180,13 +184,14 @@ def run_training(plan: StepPlan, args: Mapping, ctx: JobContext) -> dict[str, ob
                                     (root / "model", root / "output"), fault.timed if fault else None))
     try:
         run_hosts(commands, ctx.cwd, ctx.echo, {h: f.scope for h, f in faults.items() if f.scope},
-                  collect=ctx.host_results)
+                  collect=ctx.host_results, lock=ctx.lock)
     finally:
         if checkpoint_uri:  # SageMaker syncs checkpoints even for a failed or stopped job: a resume reads them
             upload_tree(shared_checkpoints, checkpoint_uri, f"{where}, checkpoints")
     raise_if_failed(plan.name, ctx.host_results)
     output = args.get("OutputDataConfig") or {}
     artifacts = publish_model({h: ctx.step_dir / h / "model" for h in hosts}, output, ctx, where)
+    ctx.published.append(artifacts)
     return {
         "TrainingJobName": ctx.job_name,
         "ModelArtifacts.S3ModelArtifacts": artifacts,
