@@ -86,6 +86,10 @@ TOP_K, MIN_SCORE, MEMORY_BUDGET_MB, THREADS = "top_k", "min_score", "memory_budg
 HYPERPARAMETERS = (TOP_K, MIN_SCORE, MEMORY_BUDGET_MB, THREADS)
 NO_THRESHOLD = -1.0  # min_score at or below it keeps every pair
 
+# Merge receives every pipeline parameter as --parameter Name=value (for the record) and checks the shards
+# against these two: shards of another execution's TopK or MinScore are never merged.
+TOP_K_PARAMETER, MIN_SCORE_PARAMETER = "TopK", "MinScore"
+
 # ---- Preprocess's arguments and the registry -------------------------------------------------------------------
 
 NON_FINITE_POLICIES = ("error", "drop")  # NaN/inf values: fail naming them (the default), or drop those rows

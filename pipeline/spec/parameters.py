@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from steps.contract import APPROVAL_STATUSES
+from steps.contract import APPROVAL_STATUSES, MIN_SCORE_PARAMETER, TOP_K_PARAMETER
 
 from .checks import INSTANCE_TYPE, Check, Invalid, choice, has_scheme, integer, location, number, pattern, s3_uri, show
 
@@ -40,9 +40,9 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter("InstanceCount", "Integer", 1, integer(1, 1000), integer(1, 1000), "similarity hosts",
               "the number of similarity hosts"),
     Parameter("InstanceType", "String", REQUIRED, INSTANCE_TYPE, INSTANCE_TYPE, "their instance type"),
-    Parameter("TopK", "Integer", 10, integer(1, 100000), integer(1, 100000), "neighbours per row",
+    Parameter(TOP_K_PARAMETER, "Integer", 10, integer(1, 100000), integer(1, 100000), "neighbours per row",
               "the number of neighbours kept per row"),
-    Parameter("MinScore", "Float", -1.0, number(-1, 1), number(-1, 1),
+    Parameter(MIN_SCORE_PARAMETER, "Float", -1.0, number(-1, 1), number(-1, 1),
               "keep pairs with score >= MinScore (inclusive); `-1.0`, the default, keeps everything",
               "cosine scores lie in [-1, 1]; -1 keeps every pair"),
     Parameter("ModelPackageGroup", "String", None, _MODEL_PACKAGE_GROUP, _MODEL_PACKAGE_GROUP,
