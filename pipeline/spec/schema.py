@@ -27,6 +27,7 @@ from .checks import (ISO_DURATION, INSTANCE_TYPE, JOB_NAME_PREFIX, KMS_KEY, MAX_
 from .model import (CacheSettings, InputSettings, LocalSettings, PreprocessSettings, ProcessingSettings, RetrySettings,
                     SecuritySettings, SimilaritySettings, Spec, display)
 from .parameters import PARAMETER_NAMES, PARAMETERS, REQUIRED
+from .yaml12 import LocatedProblem, SpecLoader
 
 
 
@@ -121,7 +122,7 @@ BY_NAME_LOCAL = {p.name: p.local for p in PARAMETERS}
 
 
 class _Walker:
-    def __init__(self, path: Path, loader: yaml.SafeLoader):
+    def __init__(self, path: Path, loader: SpecLoader):
         self.file = display(path)
         self.loader = loader
         self.lines: dict[str, int] = {}
@@ -130,15 +131,18 @@ class _Walker:
         where = f"{self.file}:{node.start_mark.line + 1}"
         return SpecError(f"{where}: {ypath}: {what}" if ypath else f"{where}: {what}")
 
-    def scalar(self, node: yaml.Node) -> Any:
+    def scalar(self, node: yaml.Node, ypath: str = "") -> Any:
         if isinstance(node, yaml.MappingNode):
             return {}
         if isinstance(node, yaml.SequenceNode):
             return []
-        return self.loader.construct_object(node, deep=True)
+        try:
+            return self.loader.construct_object(node, deep=True)
+        except LocatedProblem as problem:  # YAML 1.1 would read it otherwise, or a number too long (yaml12.py)
+            raise self.fail(node, ypath, problem.problem) from None
 
     def check(self, node: yaml.Node, ypath: str, check: Check) -> Any:
-        value = self.scalar(node)
+        value = self.scalar(node, ypath)
         try:
             return check(value)
         except Invalid as bad:
@@ -151,7 +155,7 @@ class _Walker:
             raise self.fail(node, ypath, f"must be a mapping with keys {', '.join(allowed)}, got {show(self.scalar(node))}")
         out: dict[str, yaml.Node] = {}
         for key_node, value_node in node.value:
-            key = self.scalar(key_node)
+            key = self.scalar(key_node, ypath)
             kpath = f"{ypath}.{key}" if ypath else str(key)
             if not isinstance(key, str):
                 raise self.fail(key_node, kpath, f"keys must be strings, got {show(key)}")
@@ -224,8 +228,9 @@ class _Walker:
             raise self.fail(node, ypath, f"{len(node.value)} tags; AWS allows at most {MAX_TAGS}")
         out: dict[str, str] = {}
         for key_node, value_node in node.value:
-            key, value = self.scalar(key_node), self.scalar(value_node)
+            key = self.scalar(key_node, ypath)
             kpath = f"{ypath}.{key}"
+            value = self.scalar(value_node, kpath)
             if not isinstance(key, str) or not TAG_TEXT.fullmatch(key) or not 1 <= len(key) <= MAX_TAG_KEY:
                 raise self.fail(key_node, kpath, f"a tag key must be 1-{MAX_TAG_KEY} letters, digits, spaces or "
                                                  f"_.:/=+-@, got {show(key)}")
@@ -280,7 +285,7 @@ def load_spec(path: str | Path) -> Spec:
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError(f"{file}: cannot read the spec: {exc}") from None
 
-    loader = yaml.SafeLoader(text)
+    loader = SpecLoader(text)
     try:
         try:
             root = loader.get_single_node()
