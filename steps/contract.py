@@ -93,7 +93,8 @@ TOP_K_PARAMETER, MIN_SCORE_PARAMETER = "TopK", "MinScore"
 # ---- Preprocess's arguments and the registry -------------------------------------------------------------------
 
 NON_FINITE_POLICIES = ("error", "drop")  # NaN/inf values: fail naming them (the default), or drop those rows
-DEFAULT_CHUNK_ROWS = 65536  # rows per normalized chunk file
+DEFAULT_CHUNK_ROWS = 65536  # rows per normalized chunk file (at most: wide rows make smaller chunks)
+DEFAULT_PREPROCESS_BUDGET_MB = 512  # Preprocess's buffers (an input batch and its copies, one chunk), sized in bytes
 APPROVAL_STATUSES = ("PendingManualApproval", "Approved", "Rejected")  # the first is the default
 
 # ---- files and their formats -------------------------------------------------------------------------------------

@@ -24,7 +24,8 @@ class ProcessingSettings:
 
 @dataclass(frozen=True)
 class PreprocessSettings(ProcessingSettings):
-    chunk_rows: int
+    chunk_rows: int  # at most; wide rows make smaller chunks
+    memory_budget_mb: int = 512  # the batch and chunk buffers, sized in bytes from the row width
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,8 @@ from typing import Any
 import yaml
 
 from pipeline.errors import SpecError
-from steps.contract import DEFAULT_CHECKPOINT_SECONDS, DEFAULT_CHUNK_ROWS, NON_FINITE_POLICIES
+from steps.contract import (DEFAULT_CHECKPOINT_SECONDS, DEFAULT_CHUNK_ROWS, DEFAULT_PREPROCESS_BUDGET_MB,
+                            NON_FINITE_POLICIES)
 
 from .checks import (ISO_DURATION, INSTANCE_TYPE, JOB_NAME_PREFIX, KMS_KEY, MAX_PROCESSING_RUNTIME, MAX_RETRY_ATTEMPTS,
                      MAX_SECURITY_GROUPS, MAX_SUBNETS, MAX_TAG_KEY, MAX_TAG_VALUE, MAX_TAGS, MAX_TRAINING_RUNTIME,
@@ -69,6 +70,7 @@ SCHEMA: dict[str, Any] = {
             "volume_gb": (integer(1, MAX_VOLUME_GB), 30),
             "max_runtime_seconds": (integer(60, MAX_PROCESSING_RUNTIME), 3600),
             "chunk_rows": (integer(1), DEFAULT_CHUNK_ROWS),
+            "memory_budget_mb": (integer(16, 786432), DEFAULT_PREPROCESS_BUDGET_MB),
         }
     ),
     "similarity": _section(
