@@ -117,6 +117,19 @@ def _run_uri(params: dict[str, Any], leaf: str) -> Any:
     return Join(on="/", values=[params["OutputPrefix"], ExecutionVariables.PIPELINE_EXECUTION_ID, leaf])
 
 
+def _option(name: str, value: Any) -> Any:
+    """`--name=value`, one container argument: a value that starts with '-' (a parameter, an id column named
+    `-x`) stays the option's value instead of being parsed as another option by the step's argparse."""
+    from sagemaker.core.workflow.functions import Join
+
+    if isinstance(value, str):
+        return f"--{name}={value}"
+    parts = [value]
+    if isinstance(value, Join):  # one flat Join, not a Join inside a Join: each value a plain one
+        parts = [part for i, v in enumerate(value.values) for part in ([value.on, v] if i else [v]) if part != ""]
+    return Join(on="", values=[f"--{name}=", *parts])
+
+
 def _s3_input(name: str, uri: Any, local_path: str) -> Any:
     from sagemaker.core.shapes import ProcessingInput, ProcessingS3Input
 
@@ -200,12 +213,13 @@ def _preprocess_step(spec: Spec, session: Any, params: dict[str, Any]) -> Any:
     from sagemaker.mlops.workflow.steps import CacheConfig, ProcessingStep
 
     arguments: list[Any] = [
-        "--input-uri", params["InputData"],
-        "--non-finite", spec.input.non_finite,
-        "--chunk-rows", str(spec.preprocess.chunk_rows),
+        _option("input-uri", params["InputData"]),
+        _option("non-finite", spec.input.non_finite),
+        _option("chunk-rows", str(spec.preprocess.chunk_rows)),
+        _option("memory-budget-mb", str(spec.preprocess.memory_budget_mb)),
     ]  # fmt: skip
     if spec.input.id_column is not None:
-        arguments += ["--id-column", spec.input.id_column]
+        arguments += [_option("id-column", spec.input.id_column)]
     processor = _processor(spec, session, spec.preprocess, "preprocess", needs_network=False)
     # Caching: the key is the InputData URI and the arguments, not the bytes behind the URI, so a hit is
     # only correct if the user vouches that a URI's content never changes (docs/aws.md, "Step caching").
@@ -302,11 +316,11 @@ def _merge_step(spec: Spec, session: Any, params: dict[str, Any], preprocess: An
     from sagemaker.mlops.workflow.steps import ProcessingStep
 
     arguments: list[Any] = [
-        "--execution-id", ExecutionVariables.PIPELINE_EXECUTION_ID,
-        "--artifact-uri", _run_uri(params, "artifact"),
+        _option("execution-id", ExecutionVariables.PIPELINE_EXECUTION_ID),
+        _option("artifact-uri", _run_uri(params, "artifact")),
     ]  # fmt: skip
     for name, param in params.items():  # the execution's parameters, recorded in the artifact's manifest
-        arguments += ["--parameter", Join(on="", values=[f"{name}=", param])]
+        arguments += [Join(on="", values=[f"--parameter={name}=", param])]
     # Merge needs no network: SageMaker moves its data in and out (registering is the next step's job).
     processor = _processor(spec, session, spec.merge, "merge", needs_network=False)
     return ProcessingStep(
@@ -333,10 +347,10 @@ def _register_step(spec: Spec, session: Any, params: dict[str, Any], merge: Any)
 
     artifact = merge.properties.ProcessingOutputConfig.Outputs[ARTIFACT].S3Output.S3Uri
     arguments: list[Any] = [
-        "--execution-id", ExecutionVariables.PIPELINE_EXECUTION_ID,
-        "--artifact-uri", _run_uri(params, "artifact"),
-        "--model-package-group", params["ModelPackageGroup"],
-        "--approval-status", params["ApprovalStatus"],
+        _option("execution-id", ExecutionVariables.PIPELINE_EXECUTION_ID),
+        _option("artifact-uri", _run_uri(params, "artifact")),
+        _option("model-package-group", params["ModelPackageGroup"]),
+        _option("approval-status", params["ApprovalStatus"]),
     ]  # fmt: skip
     # Register calls the SageMaker Model Registry: never isolated.
     processor = _processor(spec, session, spec.merge, "register", needs_network=True)
