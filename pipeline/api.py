@@ -101,11 +101,16 @@ def run_summary(execution) -> list[str]:
 
 def registry_entries(spec_path: str | Path, workdir: str | Path | None, group: str | None) -> tuple[Path, list[dict]]:
     """The local registry's path and its entries (none when it does not exist yet)."""
+    from pipeline.errors import LocalRunError
     from pipeline.local import REGISTRY_FILE
+    from steps.errors import StepError
     from steps.formats.registry import list_local
 
     path = Path(workdir or load_spec(spec_path).local.workdir) / REGISTRY_FILE
-    return path, list_local(path, group) if path.exists() else []
+    try:
+        return path, list_local(path, group) if path.exists() else []
+    except StepError as exc:  # the format's own message: which file, what, how to fix
+        raise LocalRunError(str(exc)) from exc
 
 
 # ---- cloud ---------------------------------------------------------------------------------------------------

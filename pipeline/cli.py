@@ -12,7 +12,7 @@ import traceback
 from typing import Sequence
 
 from pipeline import api
-from pipeline.errors import AllpairsError, Stopped
+from pipeline.errors import AllpairsError, Stopped, os_problem
 
 _print_lock = threading.Lock()
 
@@ -27,6 +27,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.handler(args) or 0
     except AllpairsError as exc:
         return fail(str(exc), exc.exit_code, args.verbose)
+    except OSError as exc:  # a file the command itself reads or writes: said in one line, like the others
+        return fail(os_problem(exc), 1, args.verbose)
     except Stopped as exc:  # Ctrl-C, SIGTERM or SIGHUP during a run
         return fail(exc.reason, exc.exit_code, args.verbose)
     except KeyboardInterrupt:

@@ -102,7 +102,7 @@ def test_merge_refuses_shards_computed_with_another_top_k_or_min_score(monkeypat
 
 def test_merge_takes_shards_of_this_execution_s_parameters(monkeypatch, tmp_path, normalized):
     model = run_hosts(monkeypatch, tmp_path, normalized, 2, k=5, min_score=0.1)
-    code, root, out = run_merge(monkeypatch, tmp_path, normalized, model, "ok")  # passes --parameter TopK=5
+    code, root, out = run_merge(monkeypatch, tmp_path, normalized, model, "ok", top_k=5, min_score="0.1")
     assert code == 0, (root / "output/message").read_text()
 
 

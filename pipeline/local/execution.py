@@ -20,13 +20,14 @@ import json
 import os
 import re
 import secrets
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
-from pipeline.errors import AllpairsError, DefinitionError, LocalRunError, UsageError
+from pipeline.errors import AllpairsError, DefinitionError, LocalRunError, UsageError, os_problem
 from steps.io import write_json
 from steps.contract import LOCAL_REGISTRY_ENV, REGISTRATION_FILE
 
@@ -146,7 +147,10 @@ def run_local(
     parameters = list(parameters)
     values = resolve_parameters(definition, parameters)
     injected = injected_faults(faults, plans)
-    execution = start_execution(definition, plans, values, Path(workdir), pipeline_name, region)
+    try:
+        execution = start_execution(definition, plans, values, Path(workdir), pipeline_name, region)
+    except OSError as exc:  # a file where the folder should be, read-only, a name too long, a full disk
+        raise UsageError(f"run directory {workdir}: {os_problem(exc)}") from exc
     return run_execution(execution, plans, echo, progress, injected)
 
 
@@ -200,6 +204,14 @@ def load_execution(workdir: Path, execution_id: str) -> tuple[Execution, dict]:
 
 def run_execution(execution: Execution, plans: list[StepPlan], echo: Progress | None,
                   progress: Progress | None, faults: list[Fault], resuming: bool = False) -> Execution:
+    try:
+        return _run_execution(execution, plans, echo, progress, faults, resuming)
+    except OSError as exc:  # the runner's own files (record, lock, staging, publishing): a full disk, a permission
+        raise LocalRunError(f"execution {execution.id}: {os_problem(exc)} (record: {execution.record_path})") from exc
+
+
+def _run_execution(execution: Execution, plans: list[StepPlan], echo: Progress | None,
+                   progress: Progress | None, faults: list[Fault], resuming: bool) -> Execution:
     say = progress or (lambda line: None)
     with execution_lock(execution) as lock, graceful_sigint() as stop:
         say(f"execution {execution.id}: {execution.directory}" + (" (resumed)" if resuming else ""))
@@ -286,10 +298,14 @@ def start_execution(definition: Mapping, plans: list[StepPlan], values: dict, wo
             continue
     else:
         raise LocalRunError(f"{workdir / 'executions'}: could not create a new execution directory; check it")
-    write_json(directory / "definition.json", definition)  # the exact program this execution ran
     steps = {p.name: StepRecord(p.name, p.type) for p in plans}
     execution = Execution(execution_id, pipeline_name, directory, workdir, values, utc_text(now), steps, region=region)
-    execution.save()
+    try:
+        write_json(directory / "definition.json", definition)  # the exact program this execution ran
+        execution.save()
+    except BaseException:  # a full disk: no execution directory without its record
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
     return execution
 
 
@@ -319,9 +335,10 @@ def run_step(plan: StepPlan, execution: Execution, scope: Scope, echo: Progress 
         record.arguments = job_scope.resolve(plan.arguments, f"step {plan.name}, Arguments")
         record.properties = RUNNERS[plan.type](plan, record.arguments, ctx)
     except BaseException as exc:
-        reason = str(exc) if isinstance(exc, AllpairsError) else f"step {plan.name}: {one_line(exc)}"
+        reason = (str(exc) if isinstance(exc, AllpairsError) else f"step {plan.name}: {os_problem(exc)}"
+                  if isinstance(exc, OSError) else f"step {plan.name}: {one_line(exc)}")
         end_step(record, ctx, clock, "Stopped" if isinstance(exc, KeyboardInterrupt) else "Failed", reason)
-        execution.save()
+        save_if_possible(execution)
         say(f"{plan.name}: {record.status} after {record.seconds:.1f} s")
         if isinstance(exc, (AllpairsError, KeyboardInterrupt)):
             raise
@@ -345,7 +362,19 @@ def end_step(record: StepRecord, ctx: JobContext, clock: float, status: str, rea
 def finish(execution: Execution, status: str, reason: str | None) -> None:
     execution.status, execution.failure_reason = status, reason
     execution.ended = utc_text(datetime.now(timezone.utc))
-    execution.save()
+    if status == "Succeeded":
+        execution.save()
+    else:
+        save_if_possible(execution)
+
+
+def save_if_possible(execution: Execution) -> None:
+    """Record a failure or a stop unless the disk refuses even that (full): the reason that is on its way out
+    matters more than the record, which then keeps its last saved state (and the execution stays resumable)."""
+    try:
+        execution.save()
+    except OSError:
+        pass
 
 
 def step_environment(plan: StepPlan, execution: Execution) -> dict[str, str]:

@@ -140,8 +140,12 @@ def deliver_file(source: Path, uri: str, where: str) -> None:
 def move_into_place(source: Path, dest: Path) -> None:
     """Move beside `dest` first (a copy, across filesystems), then rename: `dest` never appears half there."""
     staged = temp_sibling(dest)
-    move(source, staged)
-    os.replace(staged, dest)
+    try:
+        move(source, staged)
+        os.replace(staged, dest)
+    except BaseException:  # a copy cut short (a full disk, a stop) leaves nothing half there
+        shutil.rmtree(staged, ignore_errors=True) if staged.is_dir() else staged.unlink(missing_ok=True)
+        raise
 
 
 def temp_sibling(dest: Path) -> Path:
