@@ -1,6 +1,8 @@
 """`python -m pipeline <command>`: parse the command line, call pipeline/api.py, print, map errors to exit codes.
 
 Errors print one line, `error: <message>`, and exit 2 (spec/usage) or 1 (run failure); --verbose adds the traceback.
+Every line goes out through `printable`: a value holding a newline or a terminal escape (an OutputPrefix, a file
+name in the input) cannot start a line of its own (a forged `error:`) or drive the terminal.
 """
 from __future__ import annotations
 
@@ -38,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def fail(message: str, code: int, verbose: bool) -> int:
     if verbose:
         traceback.print_exc()
-    print(f"error: {message}", file=sys.stderr)
+    emit([f"error: {message}"], sys.stderr)
     return code
 
 
@@ -95,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_validate(args) -> int:
-    print(api.validate(args.spec))
+    emit([api.validate(args.spec)])
     return 0
 
 
@@ -111,14 +113,14 @@ def cmd_run(args) -> int:
         execution = api.resume(args.resume, args.spec, args.workdir, echo, say)
     else:
         execution = api.run(args.spec, args.param, args.workdir, echo, say)
-    print("\n".join(api.run_summary(execution)))
+    emit(api.run_summary(execution))
     return 0
 
 
 def cmd_registry(args) -> int:
     path, entries = api.registry_entries(args.spec, args.workdir, args.group)
     if not path.exists():
-        print(f"no local registry at {path} yet: `python -m pipeline run` creates it", file=sys.stderr)
+        emit([f"no local registry at {path} yet: `python -m pipeline run` creates it"], sys.stderr)
     for entry in entries:
         print(json.dumps(entry, sort_keys=True))
     return 0
@@ -126,7 +128,21 @@ def cmd_registry(args) -> int:
 
 def say(line: str) -> None:
     with _print_lock:  # hosts' output threads share stderr: whole lines only
-        print(line, file=sys.stderr, flush=True)
+        emit([line], sys.stderr)
+
+
+def emit(lines, stream=None) -> None:
+    """Print each line, made printable. A closed terminal (the run goes on after SIGHUP) is no error."""
+    try:
+        for line in lines:
+            print(printable(line), file=stream or sys.stdout, flush=True)
+    except OSError:
+        pass
+
+
+def printable(line: str) -> str:
+    """Control and format characters (newlines, ESC, bidi overrides) written as escapes: one line stays one."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(line))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -140,37 +156,35 @@ def cloud(args) -> dict:
 def cmd_upsert(args) -> int:
     note, arn, summary = api.upsert(args.spec, **cloud(args))
     if note:
-        print(note, file=sys.stderr)
-    print(arn)
-    print(summary)
+        emit([note], sys.stderr)
+    emit([arn, summary])
     return 0
 
 
 def cmd_diff(args) -> int:
     name, lines = api.diff(args.spec, **cloud(args))
-    print("\n".join(lines) if lines else f"no differences: the deployed {name} is this spec's definition")
+    emit(lines or [f"no differences: the deployed {name} is this spec's definition"])
     return 0
 
 
 def cmd_start(args) -> int:
     target, arn, link = api.start(args.spec, args.param, **cloud(args))
-    print(arn)
-    print(link)
+    emit([arn, link])
     if not args.wait:
         return 0
     final, lines = api.wait(target, arn, say, args.timeout)
-    print("\n".join(lines))
+    emit(lines)
     return 0 if final == "Succeeded" else 1
 
 
 def cmd_status(args) -> int:
-    print("\n".join(api.status(args.spec, args.execution, **cloud(args))))
+    emit(api.status(args.spec, args.execution, **cloud(args)))
     return 0
 
 
 def cmd_image(args) -> int:
     if args.action == "build":
-        print(api.image_build(args.repository, args.tag))
+        emit([api.image_build(args.repository, args.tag)])
         return 0
-    print(api.image_push(args.spec, args.repository, args.tag, say, **cloud(args)))
+    emit([api.image_push(args.spec, args.repository, args.tag, say, **cloud(args))])
     return 0

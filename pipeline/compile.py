@@ -176,6 +176,7 @@ def _processor(spec: Spec, session: Any, settings: Any, job: str, needs_network:
             enable_network_isolation=sec.network_isolation and not needs_network,
             security_group_ids=list(sec.security_groups) or None,
             subnets=list(sec.subnets) or None,
+            encrypt_inter_container_traffic=True if sec.encrypt_inter_container_traffic else None,
         ),
     )
 
@@ -282,6 +283,8 @@ def _similarity_step(spec: Spec, session: Any, params: dict[str, Any], preproces
             subnets=list(sec.subnets) or None,
             security_group_ids=list(sec.security_groups) or None,
             enable_network_isolation=sec.network_isolation,
+            # CreateTrainingJob's EnableInterContainerTrafficEncryption (ModelTrainer exposes it on Networking)
+            enable_inter_container_traffic_encryption=True if sec.encrypt_inter_container_traffic else None,
         ),
         tags=[Tag(key=key, value=value) for key, value in spec.tags.items()] or None,
         environment={CHECKPOINT_SECONDS_ENV: str(s.checkpoint_seconds)},

@@ -64,8 +64,12 @@ def failure_file(job: str) -> Path:
 
 
 def failure_text(reason: str) -> bytes:
-    """The reason as the service keeps it: UTF-8, at most 1 KB (cut on a character boundary), one line."""
-    data = " ".join(reason.split()).encode("utf-8", "replace")[:MAX_FAILURE_BYTES - 1]
+    """The reason as the service keeps it: UTF-8, at most 1 KB (cut on a character boundary), one line: runs of
+    whitespace (a library's multi-line text, a newline in a file name) become one space, other control and format
+    characters (ESC, bidi overrides) are written as escapes, so the line can neither split nor drive a terminal."""
+    one_line = " ".join(reason.split())
+    escaped = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in one_line)
+    data = escaped.encode("utf-8", "replace")[:MAX_FAILURE_BYTES - 1]
     return data.decode("utf-8", "ignore").encode("utf-8") + b"\n"
 
 

@@ -454,6 +454,7 @@ def everything_on(text: str) -> str:
         ("  subnets: []", f"  subnets: [{', '.join(SUBNETS)}]"),
         ("  security_groups: []", f"  security_groups: [{', '.join(GROUPS)}]"),
         ("  immutable_inputs: false", "  immutable_inputs: true"),
+        ("  encrypt_inter_container_traffic: false", "  encrypt_inter_container_traffic: true"),
     ]:
         assert old in text, old
         text = text.replace(old, new, 1)
@@ -482,15 +483,17 @@ def test_secured_spec_reaches_every_job(secured):
         assert args["ProcessingResources"]["ClusterConfig"]["VolumeKmsKeyId"] == KMS_KEY
         assert args["ProcessingOutputConfig"]["KmsKeyId"] == "alias/allpairs-output"
         assert args["Tags"] == TAGS
-    # Register calls the Model Registry: never isolated; the others need no network.
-    assert steps["Preprocess"]["NetworkConfig"] == {"EnableNetworkIsolation": True, "VpcConfig": vpc}
-    assert steps["Merge"]["NetworkConfig"] == {"EnableNetworkIsolation": True, "VpcConfig": vpc}
-    assert steps["Register"]["NetworkConfig"] == {"EnableNetworkIsolation": False, "VpcConfig": vpc}
+    # Register calls the Model Registry: never isolated; the others need no network. Encryption between
+    # containers on every job: a policy on sagemaker:InterContainerTrafficEncryption may refuse any job without it.
+    encrypted = {"EnableInterContainerTrafficEncryption": True, "VpcConfig": vpc}
+    assert steps["Preprocess"]["NetworkConfig"] == {"EnableNetworkIsolation": True, **encrypted}
+    assert steps["Merge"]["NetworkConfig"] == {"EnableNetworkIsolation": True, **encrypted}
+    assert steps["Register"]["NetworkConfig"] == {"EnableNetworkIsolation": False, **encrypted}
     sim = steps["Similarity"]
     assert sim["ResourceConfig"]["VolumeKmsKeyId"] == KMS_KEY
     assert sim["OutputDataConfig"]["KmsKeyId"] == "alias/allpairs-output"
     assert sim["VpcConfig"] == vpc and sim["EnableNetworkIsolation"] is True and sim["Tags"] == TAGS
-    assert sim["EnableManagedSpotTraining"] is True
+    assert sim["EnableManagedSpotTraining"] is True and sim["EnableInterContainerTrafficEncryption"] is True
     assert sim["StoppingCondition"] == {"MaxRuntimeInSeconds": 86400, "MaxWaitTimeInSeconds": 172800}
     # One checkpoint prefix per execution: a retried or restarted job of the execution resumes from it.
     assert sim["CheckpointConfig"] == {"S3Uri": run_uri("checkpoints"), "LocalPath": "/opt/ml/checkpoints"}
@@ -511,6 +514,7 @@ def test_every_step_retries_capacity_errors_with_backoff(definition):
 
 def test_default_spec_is_on_demand_isolated_and_untagged(steps):
     assert "EnableManagedSpotTraining" not in steps["Similarity"]["Arguments"]
+    assert "EnableInterContainerTrafficEncryption" not in steps["Similarity"]["Arguments"]  # the service's default
     assert steps["Similarity"]["Arguments"]["EnableNetworkIsolation"] is True
     assert steps["Preprocess"]["Arguments"]["NetworkConfig"] == {"EnableNetworkIsolation": True}
     assert steps["Merge"]["Arguments"]["NetworkConfig"] == {"EnableNetworkIsolation": True}

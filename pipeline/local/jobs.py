@@ -14,6 +14,7 @@ from steps.io import write_json
 from steps.contract import FAILURE_FILES, HOST_FAULT_ENV, OPT_ML, OPT_ML_ENV, PROCESSING, TRAINING, TRAINING_JOB_ENV
 
 from pipeline.definition.expressions import bug, expression_kind
+from pipeline.spec.parameters import LOCAL_MAX_HOSTS
 from .faults import Fault, host_faults
 from .hosts import Echo, HostCommand, HostResult, run_hosts
 from .lock import ExecutionLock
@@ -101,8 +102,16 @@ def raise_if_failed(step: str, results: Sequence[HostResult]) -> None:
 # ---- processing ---------------------------------------------------------------------------------------------
 
 
+def check_encryption_flag(value: object, where: str) -> None:
+    """EnableInterContainerTrafficEncryption: locally the hosts are processes of one machine and exchange nothing
+    over a network, so there is nothing to encrypt; the value is still checked as the API checks it."""
+    if value is not None and not isinstance(value, bool):
+        raise bug(where, f"EnableInterContainerTrafficEncryption resolved to {value!r}, not a boolean")
+
+
 def run_processing(plan: StepPlan, args: Mapping, ctx: JobContext) -> dict[str, object]:
     where = f"step {plan.name}"
+    check_encryption_flag((args.get("NetworkConfig") or {}).get("EnableInterContainerTrafficEncryption"), where)
     count = ((args.get("ProcessingResources") or {}).get("ClusterConfig") or {}).get("InstanceCount", 1)
     if count != 1:
         raise LocalRunError(f"{where}: ProcessingResources.ClusterConfig.InstanceCount is {count}; processing runs "
@@ -166,6 +175,7 @@ def stage_processing_input(spec: Mapping, raw: Mapping, root: Path, where: str) 
 
 def run_training(plan: StepPlan, args: Mapping, ctx: JobContext) -> dict[str, object]:
     where = f"step {plan.name}"
+    check_encryption_flag(args.get("EnableInterContainerTrafficEncryption"), where)
     hosts = [f"algo-{i}" for i in range(1, instance_count(args, where) + 1)]
     channels = stage_channels(plan, args, ctx, where)
     shared_checkpoints, checkpoint_uri = prepare_checkpoints(args, ctx, where)
@@ -204,6 +214,9 @@ def instance_count(args: Mapping, where: str) -> int:
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise LocalRunError(f"{where}: ResourceConfig.InstanceCount is {count!r}; it must be an integer >= 1 "
                             f"(set it with --param InstanceCount=N)")
+    if count > LOCAL_MAX_HOSTS:  # whatever definition is run: no thousand processes on this machine
+        raise LocalRunError(f"{where}: ResourceConfig.InstanceCount is {count}; a local run starts one process per "
+                            f"host, at most {LOCAL_MAX_HOSTS} (set --param InstanceCount=N, or run it in the cloud)")
     return count
 
 

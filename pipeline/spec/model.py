@@ -47,6 +47,9 @@ class SecuritySettings:
     subnets: tuple[str, ...] = ()
     security_groups: tuple[str, ...] = ()
     network_isolation: bool = True
+    # EnableInterContainerTrafficEncryption on every job: the hosts never talk to each other, but compliance
+    # policies (an SCP on sagemaker:InterContainerTrafficEncryption) may refuse any job created without it
+    encrypt_inter_container_traffic: bool = False
 
 
 @dataclass(frozen=True)

@@ -97,6 +97,7 @@ SCHEMA: dict[str, Any] = {
             "subnets": "ids:subnet",  # special-cased: a list of resource ids
             "security_groups": "ids:sg",
             "network_isolation": (boolean, True),
+            "encrypt_inter_container_traffic": (boolean, False),
         }
     ),
     "retry": _section(
