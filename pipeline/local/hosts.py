@@ -94,6 +94,8 @@ def run_hosts(commands: Sequence[HostCommand], cwd: Path, echo: Echo | None = No
             for i, run in enumerate(running):
                 if run.command.host in results or run.process.poll() is None:
                     continue
+                for pump in run.pumps:  # its last lines (a fault marker) are read before deciding what it was
+                    pump.join()
                 scope = pending.pop(run.command.host, None)
                 if scope and run.fault_fired:
                     running = restart_after_fault(running, i, results, cwd, echo, scope, lock)
