@@ -80,7 +80,9 @@ def run(spec_path: str | Path, params: Sequence[str], workdir: str | Path | None
 def resume(execution_id: str, spec_path: str | Path, workdir: str | Path | None, echo: Say | None,
            progress: Say | None):
     """Finish a Stopped or Failed execution: the record holds all it needs; the spec only supplies the workdir."""
-    from pipeline.local import resume_local
+    from pipeline.local import check_execution_id, resume_local
+
+    check_execution_id(execution_id)  # before the spec is read: the id is refused whatever the spec
 
     return resume_local(execution_id, workdir=workdir or load_spec(spec_path).local.workdir, echo=echo,
                         progress=progress)
@@ -104,7 +106,20 @@ def registry_entries(spec_path: str | Path, workdir: str | Path | None, group: s
     from steps.formats.registry import list_local
 
     path = local_registry(spec_path, workdir)
-    return path, list_local(path, group) if path.exists() else []
+    with registry_errors():
+        return path, list_local(path, group) if path.exists() else []
+
+
+@contextlib.contextmanager
+def registry_errors():
+    """A damaged local registry: the format's own message (which file, what, how to fix), as a run error."""
+    from pipeline.errors import LocalRunError
+    from steps.errors import StepError
+
+    try:
+        yield
+    except StepError as exc:
+        raise LocalRunError(str(exc)) from exc
 
 
 def local_registry(spec_path: str | Path, workdir: str | Path | None) -> Path:
@@ -227,7 +242,8 @@ def registry_set_status(spec_path, entry: str, status: str, group: str | None = 
         return before, aws.set_approval(where, before["model_package_arn"], status)
     from steps.formats.registry import set_local_status
 
-    return before, set_local_status(where, before["model_package_arn"], status)
+    with registry_errors():
+        return before, set_local_status(where, before["model_package_arn"], status)
 
 
 def _registry_entry(spec_path, entry, group, workdir, cloud, region, profile):
@@ -259,7 +275,8 @@ def _registry_entry(spec_path, entry, group, workdir, cloud, region, profile):
     else:
         raise UsageError(f"{entry}: not a registry entry; pass its ARN (local:model-package/<group>/<version>), "
                          "<group>/<version> or a version number")
-    found = find_local(path, arn)
+    with registry_errors():
+        found = find_local(path, arn)
     if found is None:
         raise UsageError(f"{entry}: no such entry in the local registry {path} ({arn}); list them with "
                          "`python -m pipeline registry list`")
@@ -347,6 +364,6 @@ def image_push(spec_path, repository: str, tag: str | None, say: Say, region=Non
 
 
 def refuse_resume_with_params(execution_id: str, params: Sequence[str]) -> None:
-    if execution_id and params:
+    if execution_id is not None and params:
         raise UsageError(f"--resume {execution_id} takes the parameters the execution started with; drop --param "
                          "(or start a new run without --resume)")

@@ -1,6 +1,8 @@
 """`python -m pipeline <command>`: parse the command line, call pipeline/api.py, print, map errors to exit codes.
 
 Errors print one line, `error: <message>`, and exit 2 (spec/usage) or 1 (run failure); --verbose adds the traceback.
+Every line goes out through `printable`: a value holding a newline or a terminal escape (an OutputPrefix, a file
+name in the input) cannot start a line of its own (a forged `error:`) or drive the terminal.
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import traceback
 from typing import Sequence
 
 from pipeline import api
-from pipeline.errors import AllpairsError, UsageError
+from pipeline.errors import AllpairsError, Stopped, UsageError, os_problem
 
 _print_lock = threading.Lock()
 
@@ -27,6 +29,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.handler(args) or 0
     except AllpairsError as exc:
         return fail(str(exc), exc.exit_code, args.verbose)
+    except OSError as exc:  # a file the command itself reads or writes: said in one line, like the others
+        return fail(os_problem(exc), 1, args.verbose)
+    except Stopped as exc:  # Ctrl-C, SIGTERM or SIGHUP during a run
+        return fail(exc.reason, exc.exit_code, args.verbose)
     except KeyboardInterrupt:
         return fail("interrupted", 130, args.verbose)
 
@@ -34,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def fail(message: str, code: int, verbose: bool) -> int:
     if verbose:
         traceback.print_exc()
-    print(f"error: {message}", file=sys.stderr)
+    emit([f"error: {message}"], sys.stderr)
     return code
 
 
@@ -120,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_validate(args) -> int:
-    print(api.validate(args.spec))
+    emit([api.validate(args.spec)])
     return 0
 
 
@@ -132,11 +138,11 @@ def cmd_definition(args) -> int:
 def cmd_run(args) -> int:
     api.refuse_resume_with_params(args.resume, args.param)
     echo = say if args.verbose else None
-    if args.resume:
+    if args.resume is not None:  # `--resume ''` is refused by the resume, not taken for a new run
         execution = api.resume(args.resume, args.spec, args.workdir, echo, say)
     else:
         execution = api.run(args.spec, args.param, args.workdir, echo, say)
-    print("\n".join(api.run_summary(execution)))
+    emit(api.run_summary(execution))
     return 0
 
 
@@ -147,8 +153,8 @@ def cmd_registry(args) -> int:
             raise UsageError(f"registry list takes no entry ({args.entry!r}); to see one: registry show {args.entry}")
         source, entries = api.registry_list(args.spec, args.group, **where)
         if not entries:
-            print(f"no entries in {source}" + ("" if args.cloud else ": `python -m pipeline run` registers one"),
-                  file=sys.stderr)
+            emit([f"no entries in {source}" + ("" if args.cloud else ": `python -m pipeline run` registers one")],
+                 sys.stderr)
         for entry in entries:
             print(json.dumps(entry, sort_keys=True))
         return 0
@@ -217,7 +223,21 @@ def cmd_clean(args) -> int:
 
 def say(line: str) -> None:
     with _print_lock:  # hosts' output threads share stderr: whole lines only
-        print(line, file=sys.stderr, flush=True)
+        emit([line], sys.stderr)
+
+
+def emit(lines, stream=None) -> None:
+    """Print each line, made printable. A closed terminal (the run goes on after SIGHUP) is no error."""
+    try:
+        for line in lines:
+            print(printable(line), file=stream or sys.stdout, flush=True)
+    except OSError:
+        pass
+
+
+def printable(line: str) -> str:
+    """Control and format characters (newlines, ESC, bidi overrides) written as escapes: one line stays one."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(line))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -231,38 +251,36 @@ def cloud(args) -> dict:
 def cmd_upsert(args) -> int:
     note, arn, summary = api.upsert(args.spec, **cloud(args))
     if note:
-        print(note, file=sys.stderr)
-    print(arn)
-    print(summary)
+        emit([note], sys.stderr)
+    emit([arn, summary])
     return 0
 
 
 def cmd_diff(args) -> int:
     """Exit 1 when the deployed pipeline differs, 0 when not (as `git diff --exit-code`), so CI can gate on it."""
     name, lines = api.diff(args.spec, **cloud(args))
-    print("\n".join(lines) if lines else f"no differences: the deployed {name} is this spec's definition")
+    emit(lines or [f"no differences: the deployed {name} is this spec's definition"])
     return 1 if lines else 0
 
 
 def cmd_start(args) -> int:
     target, arn, link = api.start(args.spec, args.param, **cloud(args))
-    print(arn)
-    print(link)
+    emit([arn, link])
     if not args.wait:
         return 0
     final, lines = api.wait(target, arn, say, args.timeout)
-    print("\n".join(lines))
+    emit(lines)
     return 0 if final == "Succeeded" else 1
 
 
 def cmd_status(args) -> int:
-    print("\n".join(api.status(args.spec, args.execution, **cloud(args))))
+    emit(api.status(args.spec, args.execution, **cloud(args)))
     return 0
 
 
 def cmd_image(args) -> int:
     if args.action == "build":
-        print(api.image_build(args.repository, args.tag))
+        emit([api.image_build(args.repository, args.tag)])
         return 0
-    print(api.image_push(args.spec, args.repository, args.tag, say, **cloud(args)))
+    emit([api.image_push(args.spec, args.repository, args.tag, say, **cloud(args))])
     return 0

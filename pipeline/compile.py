@@ -124,6 +124,19 @@ def _run_uri(params: dict[str, Any], leaf: str) -> Any:
     return Join(on="/", values=[params["OutputPrefix"], ExecutionVariables.PIPELINE_EXECUTION_ID, leaf])
 
 
+def _option(name: str, value: Any) -> Any:
+    """`--name=value`, one container argument: a value that starts with '-' (a parameter, an id column named
+    `-x`) stays the option's value instead of being parsed as another option by the step's argparse."""
+    from sagemaker.core.workflow.functions import Join
+
+    if isinstance(value, str):
+        return f"--{name}={value}"
+    parts = [value]
+    if isinstance(value, Join):  # one flat Join, not a Join inside a Join: each value a plain one
+        parts = [part for i, v in enumerate(value.values) for part in ([value.on, v] if i else [v]) if part != ""]
+    return Join(on="", values=[f"--{name}=", *parts])
+
+
 def _s3_input(name: str, uri: Any, local_path: str) -> Any:
     from sagemaker.core.shapes import ProcessingInput, ProcessingS3Input
 
@@ -170,6 +183,7 @@ def _processor(spec: Spec, session: Any, settings: Any, job: str, needs_network:
             enable_network_isolation=sec.network_isolation and not needs_network,
             security_group_ids=list(sec.security_groups) or None,
             subnets=list(sec.subnets) or None,
+            encrypt_inter_container_traffic=True if sec.encrypt_inter_container_traffic else None,
         ),
     )
 
@@ -207,12 +221,13 @@ def _preprocess_step(spec: Spec, session: Any, params: dict[str, Any]) -> Any:
     from sagemaker.mlops.workflow.steps import CacheConfig, ProcessingStep
 
     arguments: list[Any] = [
-        "--input-uri", params["InputData"],
-        "--non-finite", spec.input.non_finite,
-        "--chunk-rows", str(spec.preprocess.chunk_rows),
+        _option("input-uri", params["InputData"]),
+        _option("non-finite", spec.input.non_finite),
+        _option("chunk-rows", str(spec.preprocess.chunk_rows)),
+        _option("memory-budget-mb", str(spec.preprocess.memory_budget_mb)),
     ]  # fmt: skip
     if spec.input.id_column is not None:
-        arguments += ["--id-column", spec.input.id_column]
+        arguments += [_option("id-column", spec.input.id_column)]
     processor = _processor(spec, session, spec.preprocess, "preprocess", needs_network=False)
     # Caching: the key is the InputData URI and the arguments, not the bytes behind the URI, so a hit is
     # only correct if the user vouches that a URI's content never changes (docs/aws.md, "Step caching").
@@ -275,6 +290,8 @@ def _similarity_step(spec: Spec, session: Any, params: dict[str, Any], preproces
             subnets=list(sec.subnets) or None,
             security_group_ids=list(sec.security_groups) or None,
             enable_network_isolation=sec.network_isolation,
+            # CreateTrainingJob's EnableInterContainerTrafficEncryption (ModelTrainer exposes it on Networking)
+            enable_inter_container_traffic_encryption=True if sec.encrypt_inter_container_traffic else None,
         ),
         tags=[Tag(key=key, value=value) for key, value in spec.tags.items()] or None,
         environment={CHECKPOINT_SECONDS_ENV: str(s.checkpoint_seconds)},
@@ -309,11 +326,11 @@ def _merge_step(spec: Spec, session: Any, params: dict[str, Any], preprocess: An
     from sagemaker.mlops.workflow.steps import ProcessingStep
 
     arguments: list[Any] = [
-        "--execution-id", ExecutionVariables.PIPELINE_EXECUTION_ID,
-        "--artifact-uri", _run_uri(params, "artifact"),
+        _option("execution-id", ExecutionVariables.PIPELINE_EXECUTION_ID),
+        _option("artifact-uri", _run_uri(params, "artifact")),
     ]  # fmt: skip
     for name, param in params.items():  # the execution's parameters, recorded in the artifact's manifest
-        arguments += ["--parameter", Join(on="", values=[f"{name}=", param])]
+        arguments += [Join(on="", values=[f"--parameter={name}=", param])]
     # Merge needs no network: SageMaker moves its data in and out (registering is the next step's job).
     processor = _processor(spec, session, spec.merge, "merge", needs_network=False)
     return ProcessingStep(
@@ -340,10 +357,10 @@ def _register_step(spec: Spec, session: Any, params: dict[str, Any], merge: Any)
 
     artifact = merge.properties.ProcessingOutputConfig.Outputs[ARTIFACT].S3Output.S3Uri
     arguments: list[Any] = [
-        "--execution-id", ExecutionVariables.PIPELINE_EXECUTION_ID,
-        "--artifact-uri", _run_uri(params, "artifact"),
-        "--model-package-group", params["ModelPackageGroup"],
-        "--approval-status", params["ApprovalStatus"],
+        _option("execution-id", ExecutionVariables.PIPELINE_EXECUTION_ID),
+        _option("artifact-uri", _run_uri(params, "artifact")),
+        _option("model-package-group", params["ModelPackageGroup"]),
+        _option("approval-status", params["ApprovalStatus"]),
     ]  # fmt: skip
     # Register calls the SageMaker Model Registry: never isolated.
     processor = _processor(spec, session, spec.merge, "register", needs_network=True)

@@ -64,8 +64,12 @@ def failure_file(job: str) -> Path:
 
 
 def failure_text(reason: str) -> bytes:
-    """The reason as the service keeps it: UTF-8, at most 1 KB (cut on a character boundary), one line."""
-    data = " ".join(reason.split()).encode("utf-8", "replace")[:MAX_FAILURE_BYTES - 1]
+    """The reason as the service keeps it: UTF-8, at most 1 KB (cut on a character boundary), one line: runs of
+    whitespace (a library's multi-line text, a newline in a file name) become one space, other control and format
+    characters (ESC, bidi overrides) are written as escapes, so the line can neither split nor drive a terminal."""
+    one_line = " ".join(reason.split())
+    escaped = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in one_line)
+    data = escaped.encode("utf-8", "replace")[:MAX_FAILURE_BYTES - 1]
     return data.decode("utf-8", "ignore").encode("utf-8") + b"\n"
 
 
@@ -87,10 +91,15 @@ TOP_K, MIN_SCORE, MEMORY_BUDGET_MB, THREADS = "top_k", "min_score", "memory_budg
 HYPERPARAMETERS = (TOP_K, MIN_SCORE, MEMORY_BUDGET_MB, THREADS)
 NO_THRESHOLD = -1.0  # min_score at or below it keeps every pair
 
+# Merge receives every pipeline parameter as --parameter Name=value (for the record) and checks the shards
+# against these two: shards of another execution's TopK or MinScore are never merged.
+TOP_K_PARAMETER, MIN_SCORE_PARAMETER = "TopK", "MinScore"
+
 # ---- Preprocess's arguments and the registry -------------------------------------------------------------------
 
 NON_FINITE_POLICIES = ("error", "drop")  # NaN/inf values: fail naming them (the default), or drop those rows
-DEFAULT_CHUNK_ROWS = 65536  # rows per normalized chunk file
+DEFAULT_CHUNK_ROWS = 65536  # rows per normalized chunk file (at most: wide rows make smaller chunks)
+DEFAULT_PREPROCESS_BUDGET_MB = 512  # Preprocess's buffers (an input batch and its copies, one chunk), sized in bytes
 APPROVAL_STATUSES = ("PendingManualApproval", "Approved", "Rejected")  # the first is the default
 
 # ---- files and their formats -------------------------------------------------------------------------------------

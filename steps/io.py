@@ -25,6 +25,10 @@ def atomic_path(dest: Path) -> Iterator[Path]:
         yield Path(tmp)
         _fsync(tmp)
         os.replace(tmp, dest)
+    except OSError as exc:
+        if exc.filename is None and exc.errno:  # a write's error names no file: name the one being written
+            raise OSError(exc.errno, exc.strerror, str(dest)) from exc
+        raise
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -56,9 +60,13 @@ def write_json(dest: Path, obj) -> None:
 
 
 def write_npy(dest: Path, array: np.ndarray) -> None:
+    """np.save's bytes, written by Python's file object: a short write (a full disk) raises OSError with its
+    errno and path, where numpy's tofile says only "N requested and M written"."""
+    array = np.ascontiguousarray(array)
     with atomic_path(dest) as tmp:
         with open(tmp, "wb") as f:
-            np.save(f, array, allow_pickle=False)
+            np.lib.format.write_array_header_1_0(f, np.lib.format.header_data_from_array_1_0(array))
+            f.write(array.data)
 
 
 def sha256_file(path: Path, bufsize: int = 1 << 20) -> str:

@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from .contract import (ARTIFACT, ARTIFACT_FILES, NORMALIZED, PROCESSING, SCRATCH_PATH, SHARDS, here,
-                       processing_input_path, processing_output_path)
+from .contract import (ARTIFACT, ARTIFACT_FILES, MIN_SCORE_PARAMETER, NO_THRESHOLD, NORMALIZED, PROCESSING,
+                       SCRATCH_PATH, SHARDS, TOP_K_PARAMETER, here, processing_input_path, processing_output_path)
 from .errors import StepArgumentParser, StepError, run_step
 from .formats import artifact, shards
 from .formats.normalized import load_normalized, read_id_columns
@@ -36,11 +36,41 @@ def parse_parameters(items: Sequence[str]) -> dict[str, str]:
     return out
 
 
+def check_parameters(found: shards.Shards, parameters: dict[str, str], shards_dir: Path) -> None:
+    """The shards must have been computed with this execution's TopK and MinScore: shards of another execution
+    (same data, other parameters) put in place of this one's would otherwise give a k=20 artifact for TopK=50.
+    (TopK as asked: the hosts compute fewer when no row can have that many.)"""
+    k, threshold = found.top_k, found.min_score
+    if TOP_K_PARAMETER in parameters:
+        wanted = _number(parameters[TOP_K_PARAMETER], int, TOP_K_PARAMETER)
+        if k != wanted:
+            raise StepError(f"{shards_dir}: the shards were computed with k={k}, but this execution's TopK is "
+                            f"{wanted}: they belong to another execution; rerun the Similarity step into an empty "
+                            "output")
+    if MIN_SCORE_PARAMETER in parameters:
+        wanted = _number(parameters[MIN_SCORE_PARAMETER], float, MIN_SCORE_PARAMETER)
+        wanted = None if wanted <= NO_THRESHOLD else wanted  # as the hosts read it (steps/similarity.py)
+        if threshold != wanted:
+            shown = "none" if threshold is None else threshold
+            raise StepError(f"{shards_dir}: the shards were computed with min_score={shown}, but this execution's "
+                            f"MinScore is {parameters[MIN_SCORE_PARAMETER]}: they belong to another execution; "
+                            "rerun the Similarity step into an empty output")
+
+
+def _number(text: str, kind, name: str):
+    try:
+        return kind(text)
+    except ValueError:
+        raise StepError(f"--parameter {name}={text!r}: not a valid {kind.__name__}") from None
+
+
 def merge(shards_dir: Path, normalized_dir: Path, out: Path, scratch: Path, args) -> dict:
     """Write the artifact's files and manifest into `out`; returns the manifest."""
     began = time.time()
     normalized = load_normalized(normalized_dir, verify=False)  # Merge reads the ids, not the chunks
     found = shards.collect_shards(shards.unpack_shards(shards_dir, scratch), normalized.rows, normalized.fingerprint)
+    parameters = parse_parameters(args.parameter)
+    check_parameters(found, parameters, shards_dir)
     k = found.k
     # Each row's partial lists combined (exact: steps/order.py), in row order, a bounded batch at a time.
     lists_per_row = max(len(refs) for refs in found.by_block.values()) if found.by_block else 1
@@ -59,7 +89,7 @@ def merge(shards_dir: Path, normalized_dir: Path, out: Path, scratch: Path, args
         "counts": {"zero_rows": pre.get("zero_rows", 0), "dropped_rows": pre.get("dropped_rows", 0), **counts},
         "input": {**{key: pre["input"].get(key) for key in ("uri", "format", "fingerprint", "source_dtype")},
                   "normalized_fingerprint": normalized.fingerprint},
-        "parameters": parse_parameters(args.parameter),
+        "parameters": parameters,
         "execution_id": args.execution_id, "artifact_uri": args.artifact_uri,
         "training_job": found.shards[0].meta.get("job"),
         "grid": found.grid,

@@ -24,12 +24,32 @@ class NpyHeader:
     offset: int  # where the data starts
 
 
+MAX_HEADER_BYTES = 10000  # numpy's own limit for a header it parses safely (max_header_size)
+
+
 def read_header(path: Path) -> NpyHeader:
-    """The header of a .npy file (raises ValueError/EOFError/OSError on a file that is not one)."""
+    """The header of a .npy file; ValueError/EOFError/OSError, with the reason, on a file that is not one or
+    whose header cannot be trusted (too long to read, unparseable, a negative dimension). The shape is not
+    checked against the file's size: the caller knows what it needs."""
     with open(path, "rb") as f:
-        major, _ = np.lib.format.read_magic(f)
+        major, minor = np.lib.format.read_magic(f)
+        if major not in (1, 2, 3):
+            raise ValueError(f"unknown .npy format version {major}.{minor}")
+        size = 2 if major == 1 else 4
+        announced = f.read(size)
+        if len(announced) != size:
+            raise EOFError("the file ends inside its header")
+        length = int.from_bytes(announced, "little")
+        if length > MAX_HEADER_BYTES:  # checked before numpy reads (and allocates) that many bytes
+            raise ValueError(f"its header claims {length} bytes; a .npy header holds at most {MAX_HEADER_BYTES}")
+        f.seek(-size, 1)
         read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-        shape, fortran_order, dtype = read(f)
+        try:
+            shape, fortran_order, dtype = read(f)
+        except (SyntaxError, RecursionError, MemoryError, TypeError, OverflowError) as exc:
+            raise ValueError(f"its header cannot be parsed ({type(exc).__name__})") from None
+        if any(n < 0 for n in shape):
+            raise ValueError(f"its header says shape {tuple(shape)}: a negative dimension")
         return NpyHeader(tuple(shape), bool(fortran_order), np.dtype(dtype), f.tell())
 
 

@@ -1,13 +1,16 @@
 """Preprocess step: read the matrix, validate, L2-normalize, write float32 chunks + ids + manifest.
 
-    python3 -m steps.preprocess --input-uri <InputData> [--id-column NAME] [--non-finite error|drop]
-                                [--chunk-rows N]
+    python3 -m steps.preprocess --input-uri=<InputData> [--id-column=NAME] [--non-finite=error|drop]
+                                [--chunk-rows=N] [--memory-budget-mb=MB]
 
 Reads the channel /opt/ml/processing/input/matrix/ (see steps/readers/ for formats and file rules) and
 writes /opt/ml/processing/output/normalized/ as docs/container-contract.md section 1 says.
 
 Streaming: the input is read in bounded batches; at most one output chunk (float32) and one input batch
-(float64) are in memory, plus a 64-bit hash per id (for the duplicate check).
+(float64, with its working copies) are in memory, plus a 64-bit hash per id (for the duplicate check). Both
+buffers are sized in bytes from the row width, half of --memory-budget-mb each (`buffer_rows`), before they
+are allocated: a row too wide for the budget is refused naming preprocess.memory_budget_mb, and a wide matrix
+(5 x 100,000) gets smaller chunks instead of a chunk_rows x D buffer.
 
 Conversion: every input type ends as float32 (the kernel's type). What that costs is stated, not hidden: the
 manifest's input.conversion and the step's log say it for float64 and integer input (precision; for
@@ -30,8 +33,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .contract import (DEFAULT_CHUNK_ROWS, MATRIX, NON_FINITE_POLICIES, NORMALIZED, PROCESSING, here,
-                       processing_input_path, processing_output_path)
+from .contract import (DEFAULT_CHUNK_ROWS, DEFAULT_PREPROCESS_BUDGET_MB, MATRIX, NON_FINITE_POLICIES, NORMALIZED,
+                       PROCESSING, here, processing_input_path, processing_output_path)
 from .errors import StepArgumentParser, StepError, run_step
 from .formats.normalized import NormalizedWriter, publish
 from .io import sha256_file, sha256_text
@@ -40,6 +43,8 @@ from .readers import MatrixBatch, MatrixPlan, batch_rows_for, describe_row, iter
 STAGING_DIR = ".partial"
 DROPPED_SAMPLE_SIZE = 10  # dropped rows listed by name in the manifest; the rest are only counted
 FLOAT32_EXACT_INTEGER = 2 ** 24  # integers up to this magnitude are exact in float32
+BATCH_COPIES = 4  # a float64 input row lives as read, as kept, scaled, and converted: about 4 copies at once
+MB = 1 << 20
 
 
 # ---------------------------------------------------------------------------------------------- arguments
@@ -51,10 +56,15 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--id-column", default=None, help="column holding the row ids (parquet/csv)")
     parser.add_argument("--non-finite", choices=NON_FINITE_POLICIES, default=NON_FINITE_POLICIES[0],
                         help="NaN/inf values: fail (default) or drop those rows and count them")
-    parser.add_argument("--chunk-rows", type=int, default=DEFAULT_CHUNK_ROWS, help="rows per output chunk")
+    parser.add_argument("--chunk-rows", type=int, default=DEFAULT_CHUNK_ROWS,
+                        help="rows per output chunk, at most (wide rows make smaller chunks)")
+    parser.add_argument("--memory-budget-mb", type=int, default=DEFAULT_PREPROCESS_BUDGET_MB,
+                        help="bytes for the batch and chunk buffers (preprocess.memory_budget_mb)")
     args = parser.parse_args(list(argv))
     if args.chunk_rows < 1:
         parser.error(f"--chunk-rows must be at least 1, got {args.chunk_rows}")
+    if args.memory_budget_mb < 16:
+        parser.error(f"--memory-budget-mb must be at least 16, got {args.memory_budget_mb}")
     args.id_column = args.id_column or None  # pipelines pass "" for an unset parameter
     return args
 
@@ -74,6 +84,21 @@ def normalize_rows(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     norms = np.sqrt(np.einsum("ij,ij->i", scaled, scaled))
     scaled /= np.where(zero, 1.0, norms)[:, None]
     return scaled.astype(np.float32), zero
+
+
+def buffer_rows(dim: int, chunk_rows: int, budget_mb: int) -> tuple[int, int]:
+    """(rows per chunk, rows per input batch) so that each buffer takes at most half of the budget, checked
+    before anything is allocated. A row that does not fit is refused with the budget that would take it."""
+    half = budget_mb * MB // 2
+    batch_row, chunk_row = 8 * dim * BATCH_COPIES, 4 * dim
+    if batch_row > half:
+        need = -(-2 * batch_row // MB)
+        raise StepError(f"a row of {dim} features takes {batch_row / MB:.1f} MB in Preprocess's buffers (float64, "
+                        f"with its working copies), more than half of preprocess.memory_budget_mb={budget_mb} "
+                        f"allows; raise preprocess.memory_budget_mb to at least {need} (and preprocess.instance_type "
+                        "to one with that much memory)")
+    chunk = min(chunk_rows, half // chunk_row)
+    return chunk, min(batch_rows_for(dim, chunk), half // batch_row)
 
 
 def non_finite_rows(values: np.ndarray) -> np.ndarray:
@@ -157,15 +182,17 @@ class Counts:
 
 
 def preprocess(input_dir: Path, output_dir: Path, input_uri: str, id_column: str | None = None,
-               non_finite: str = "error", chunk_rows: int = DEFAULT_CHUNK_ROWS) -> dict:
+               non_finite: str = "error", chunk_rows: int = DEFAULT_CHUNK_ROWS,
+               budget_mb: int = DEFAULT_PREPROCESS_BUDGET_MB) -> dict:
     """Run the whole step; returns the manifest it wrote."""
     started = time.monotonic()
     plan = plan_matrix(input_dir, id_column)
+    chunk_rows, batch_rows = buffer_rows(plan.dim, chunk_rows, budget_mb)
     staging = output_dir / STAGING_DIR
     shutil.rmtree(staging, ignore_errors=True)  # left over from a crashed run
     staging.mkdir(parents=True)
     try:
-        manifest = _write_normalized(plan, staging, input_uri, non_finite, chunk_rows)
+        manifest = _write_normalized(plan, staging, input_uri, non_finite, chunk_rows, batch_rows, budget_mb)
         manifest["seconds"] = round(time.monotonic() - started, 3)
         publish(staging, output_dir, manifest)
     except BaseException:
@@ -174,12 +201,17 @@ def preprocess(input_dir: Path, output_dir: Path, input_uri: str, id_column: str
     return manifest
 
 
-def _write_normalized(plan: MatrixPlan, staging: Path, input_uri: str, non_finite: str, chunk_rows: int) -> dict:
-    out = NormalizedWriter(staging, chunk_rows, plan.dim, plan.id_type)
+def _write_normalized(plan: MatrixPlan, staging: Path, input_uri: str, non_finite: str, chunk_rows: int,
+                      batch_rows: int, budget_mb: int) -> dict:
+    try:
+        out = NormalizedWriter(staging, chunk_rows, plan.dim, plan.id_type)
+    except MemoryError:
+        raise StepError(f"cannot allocate a chunk of {chunk_rows} rows x {plan.dim} float32 "
+                        f"({chunk_rows * plan.dim * 4 // MB} MB) on this instance; lower preprocess.memory_budget_mb "
+                        f"(now {budget_mb}) or choose a preprocess.instance_type with more memory") from None
     duplicates = DuplicateIdCheck() if plan.id_column else None  # row numbers are unique by construction
     counts = Counts(rows_per_file={f.key: 0 for f in plan.files})
     integers = np.dtype(plan.source_dtype).kind in "iub"
-    batch_rows = batch_rows_for(plan.dim, chunk_rows)
     input_row = 0  # the position in the whole input (files in key order) of the batch's first row
     try:
         for batch in iter_matrix(plan, batch_rows):
@@ -251,7 +283,7 @@ def _manifest(plan: MatrixPlan, input_uri: str, non_finite: str, out: Normalized
 def main(argv: Sequence[str]) -> None:
     args = parse_args(argv)
     manifest = preprocess(here(processing_input_path(MATRIX)), here(processing_output_path(NORMALIZED)),
-                          args.input_uri, args.id_column, args.non_finite, args.chunk_rows)
+                          args.input_uri, args.id_column, args.non_finite, args.chunk_rows, args.memory_budget_mb)
     print(f"preprocess: {manifest['rows']} rows x {manifest['dim']} from {len(manifest['input']['files'])} "
           f"{manifest['input']['format']} file(s); {len(manifest['chunks'])} chunk(s); ids from "
           f"{manifest['ids']['source']}; {manifest['zero_rows']} all-zero row(s); "

@@ -33,7 +33,7 @@ def chain(monkeypatch, tmp_path, matrix_file, hosts=3, k=3, tag="a", budget_mb=1
         assert preprocess.run(["--input-uri", matrix_file.name, "--chunk-rows", "40", "--non-finite", "drop"]) == 0
     normalized = root / "processing/output/normalized"
     model = run_hosts(monkeypatch, tmp_path, normalized, hosts, k=k, budget_mb=budget_mb)
-    code, merge_root, out = run_merge(monkeypatch, tmp_path, normalized, model, tag)
+    code, merge_root, out = run_merge(monkeypatch, tmp_path, normalized, model, tag, top_k=k)
     assert code == 0, (merge_root / "output/message").read_text()
     return out
 

@@ -250,8 +250,9 @@ def test_diff_before_and_after_upsert(moto, compiled_real, tmp_path):
     assert lines == [
         "~ parameter TopK: default 10 -> 20",
         "~ Preprocess: instance type: ml.m5.xlarge -> ml.m5.2xlarge",
-        "~ Preprocess: arguments: --input-uri Parameters.InputData --non-finite error --chunk-rows 65536 -> "
-        "--input-uri Parameters.InputData --non-finite error --chunk-rows 1000",
+        "~ Preprocess: arguments: Join('', [--input-uri=, Parameters.InputData]) --non-finite=error "
+        "--chunk-rows=65536 --memory-budget-mb=512 -> Join('', [--input-uri=, Parameters.InputData]) "
+        "--non-finite=error --chunk-rows=1000 --memory-budget-mb=512",
         f"~ role: {ROLE} -> arn:aws:iam::111122223333:role/Other",
     ]
 
@@ -316,7 +317,7 @@ def test_start_checks_parameters_before_any_call(moto, compiled_real, monkeypatc
         (["InputData=data/x.npy"], "--param InputData=data/x.npy: InputData must be an s3:// URI, got 'data/x.npy'; "
                                    "pass --param InputData=<value> of that form"),
         (["InputData=s3://bkt/" + "x" * 298], "--param InputData=s3://bkt/" + "x" * 298 + ": step Preprocess passes the "
-         "value of InputData in AppSpecification.ContainerArguments[1]: 307 characters where SageMaker allows 256; "
+         "value of InputData in AppSpecification.ContainerArguments[0]: 319 characters where SageMaker allows 256; "
          "use a shorter value"),
     ]
     for params, message in cases:

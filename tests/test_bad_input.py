@@ -38,7 +38,7 @@ def cli_run(tmp_path, *params):
                      "in [-1, 1]; -1 keeps every pair); pass --param MinScore=<value> within that range"),
     ("MinScore=-2", "--param MinScore=-2: MinScore must be a number between -1 and 1, got -2.0 (cosine scores lie "
                     "in [-1, 1]; -1 keeps every pair); pass --param MinScore=<value> within that range"),
-    ("InstanceCount=0", "--param InstanceCount=0: InstanceCount must be an integer between 1 and 1000, got 0 (the "
+    ("InstanceCount=0", "--param InstanceCount=0: InstanceCount must be an integer between 1 and 64, got 0 (the "
                         "number of similarity hosts); pass --param InstanceCount=<value> within that range"),
 ])
 def test_out_of_range_parameters_are_refused_before_any_step_runs(tmp_path, capsys, param, message):

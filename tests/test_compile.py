@@ -42,6 +42,13 @@ def run_uri(leaf: str) -> dict:
     return {"Std:Join": {"On": "/", "Values": [get("OutputPrefix"), EXEC_ID, leaf]}}
 
 
+def option(name: str, value: dict) -> dict:
+    """`--name=<value>` as one container argument: one flat Join (a Join's own values spliced in)."""
+    join = value.get("Std:Join")
+    parts = [value] if not join else [p for i, v in enumerate(join["Values"]) for p in ([join["On"], v] if i else [v])]
+    return {"Std:Join": {"On": "", "Values": [f"--{name}=", *parts]}}
+
+
 class NetworkGuard:
     """Every AWS API call and every socket connection raises, and is recorded (in case the SDK swallows it)."""
 
@@ -208,8 +215,9 @@ def test_preprocess_step(steps):
     assert args["AppSpecification"] == {
         "ImageUri": "123456789012.dkr.ecr.us-east-1.amazonaws.com/allpairs:latest",
         "ContainerEntrypoint": ["python3", "-m", "steps.preprocess"],
-        "ContainerArguments": ["--input-uri", get("InputData"), "--non-finite", "error", "--chunk-rows", "65536",
-                               ],
+        # --name=value: a value starting with "-" stays the option's value (issue 11)
+        "ContainerArguments": [option("input-uri", get("InputData")), "--non-finite=error", "--chunk-rows=65536",
+                               "--memory-budget-mb=512"],
     }
     assert args["ProcessingResources"] == {
         "ClusterConfig": {"InstanceType": "ml.m5.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 30}
@@ -296,10 +304,10 @@ def test_merge_step(steps):
     assert app["ContainerEntrypoint"] == ["python3", "-m", "steps.merge"]
     records = []
     for name in PARAMETER_NAMES:
-        records += ["--parameter", {"Std:Join": {"On": "", "Values": [f"{name}=", get(name)]}}]
+        records += [{"Std:Join": {"On": "", "Values": [f"--parameter={name}=", get(name)]}}]
     assert app["ContainerArguments"] == [
-        "--execution-id", EXEC_ID,
-        "--artifact-uri", run_uri("artifact"),
+        option("execution-id", EXEC_ID),
+        option("artifact-uri", run_uri("artifact")),
         *records,
     ]  # fmt: skip
     common = {"S3DataType": "S3Prefix", "S3InputMode": "File", "S3DataDistributionType": "FullyReplicated",
@@ -339,10 +347,10 @@ def test_register_step_reads_the_artifact_where_merge_put_it(steps):
     app = args["AppSpecification"]
     assert app["ContainerEntrypoint"] == ["python3", "-m", "steps.register"]
     assert app["ContainerArguments"] == [
-        "--execution-id", EXEC_ID,
-        "--artifact-uri", run_uri("artifact"),
-        "--model-package-group", get("ModelPackageGroup"),
-        "--approval-status", get("ApprovalStatus"),
+        option("execution-id", EXEC_ID),
+        option("artifact-uri", run_uri("artifact")),
+        option("model-package-group", get("ModelPackageGroup")),
+        option("approval-status", get("ApprovalStatus")),
     ]  # fmt: skip
     assert args["ProcessingInputs"] == [{"InputName": "artifact", "S3Input": {
         "S3Uri": {"Get": "Steps.Merge.ProcessingOutputConfig.Outputs['artifact'].S3Output.S3Uri"},
@@ -373,8 +381,8 @@ def test_spec_settings_reach_the_definition(compiled, tmp_path):
     assert "EnumValues" not in doc["Parameters"][PARAMETER_NAMES.index("InstanceType")]
     by_name = {s["Name"]: s["Arguments"] for s in doc["Steps"]}
     assert by_name["Preprocess"]["AppSpecification"]["ContainerArguments"] == [
-        "--input-uri", get("InputData"), "--non-finite", "drop", "--chunk-rows", "1000",
-        "--id-column", "doc_id",
+        option("input-uri", get("InputData")), "--non-finite=drop", "--chunk-rows=1000", "--memory-budget-mb=512",
+        "--id-column=doc_id",
     ]  # fmt: skip
     assert by_name["Similarity"]["HyperParameters"]["memory_budget_mb"] == "64"
     assert by_name["Similarity"]["StoppingCondition"] == {"MaxRuntimeInSeconds": 7200}
@@ -446,6 +454,7 @@ def everything_on(text: str) -> str:
         ("  subnets: []", f"  subnets: [{', '.join(SUBNETS)}]"),
         ("  security_groups: []", f"  security_groups: [{', '.join(GROUPS)}]"),
         ("  immutable_inputs: false", "  immutable_inputs: true"),
+        ("  encrypt_inter_container_traffic: false", "  encrypt_inter_container_traffic: true"),
     ]:
         assert old in text, old
         text = text.replace(old, new, 1)
@@ -474,15 +483,17 @@ def test_secured_spec_reaches_every_job(secured):
         assert args["ProcessingResources"]["ClusterConfig"]["VolumeKmsKeyId"] == KMS_KEY
         assert args["ProcessingOutputConfig"]["KmsKeyId"] == "alias/allpairs-output"
         assert args["Tags"] == TAGS
-    # Register calls the Model Registry: never isolated; the others need no network.
-    assert steps["Preprocess"]["NetworkConfig"] == {"EnableNetworkIsolation": True, "VpcConfig": vpc}
-    assert steps["Merge"]["NetworkConfig"] == {"EnableNetworkIsolation": True, "VpcConfig": vpc}
-    assert steps["Register"]["NetworkConfig"] == {"EnableNetworkIsolation": False, "VpcConfig": vpc}
+    # Register calls the Model Registry: never isolated; the others need no network. Encryption between
+    # containers on every job: a policy on sagemaker:InterContainerTrafficEncryption may refuse any job without it.
+    encrypted = {"EnableInterContainerTrafficEncryption": True, "VpcConfig": vpc}
+    assert steps["Preprocess"]["NetworkConfig"] == {"EnableNetworkIsolation": True, **encrypted}
+    assert steps["Merge"]["NetworkConfig"] == {"EnableNetworkIsolation": True, **encrypted}
+    assert steps["Register"]["NetworkConfig"] == {"EnableNetworkIsolation": False, **encrypted}
     sim = steps["Similarity"]
     assert sim["ResourceConfig"]["VolumeKmsKeyId"] == KMS_KEY
     assert sim["OutputDataConfig"]["KmsKeyId"] == "alias/allpairs-output"
     assert sim["VpcConfig"] == vpc and sim["EnableNetworkIsolation"] is True and sim["Tags"] == TAGS
-    assert sim["EnableManagedSpotTraining"] is True
+    assert sim["EnableManagedSpotTraining"] is True and sim["EnableInterContainerTrafficEncryption"] is True
     assert sim["StoppingCondition"] == {"MaxRuntimeInSeconds": 86400, "MaxWaitTimeInSeconds": 172800}
     # One checkpoint prefix per execution: a retried or restarted job of the execution resumes from it.
     assert sim["CheckpointConfig"] == {"S3Uri": run_uri("checkpoints"), "LocalPath": "/opt/ml/checkpoints"}
@@ -503,6 +514,7 @@ def test_every_step_retries_capacity_errors_with_backoff(definition):
 
 def test_default_spec_is_on_demand_isolated_and_untagged(steps):
     assert "EnableManagedSpotTraining" not in steps["Similarity"]["Arguments"]
+    assert "EnableInterContainerTrafficEncryption" not in steps["Similarity"]["Arguments"]  # the service's default
     assert steps["Similarity"]["Arguments"]["EnableNetworkIsolation"] is True
     assert steps["Preprocess"]["Arguments"]["NetworkConfig"] == {"EnableNetworkIsolation": True}
     assert steps["Merge"]["Arguments"]["NetworkConfig"] == {"EnableNetworkIsolation": True}
@@ -527,7 +539,7 @@ def test_a_value_over_a_service_limit_fails_at_compile_time_naming_its_line(tmp_
         compile_definition(load_spec("pipeline.yaml"))
     assert str(info.value) == (
         f"pipeline.yaml:{line}: parameters.InputData: step Preprocess passes the value of InputData in "
-        "AppSpecification.ContainerArguments[1]: 265 characters where SageMaker allows 256; use a shorter value"
+        "AppSpecification.ContainerArguments[0]: 277 characters where SageMaker allows 256; use a shorter value"
     )
 
 

@@ -42,14 +42,14 @@ def run_hosts(monkeypatch, tmp_path, normalized, hosts, k, budget_mb=16, min_sco
     return model
 
 
-def run_merge(monkeypatch, tmp_path, normalized, model, tag):
+def run_merge(monkeypatch, tmp_path, normalized, model, tag, top_k=5, min_score="-1.0"):
     """Merge as its processing job runs it; returns (exit code, its /opt/ml root, its artifact output)."""
     root = use_root(monkeypatch, tmp_path / f"merge-{tag}")
     (root / "processing/input").mkdir(parents=True)
     (root / "processing/input/shards").symlink_to(model)
     (root / "processing/input/normalized").symlink_to(normalized)
     code = merge.run(["--execution-id", f"exec-{tag}", "--artifact-uri", f"s3://bucket/runs/{tag}/artifact",
-                      "--parameter", "TopK=5"])
+                      "--parameter", f"TopK={top_k}", "--parameter", f"MinScore={min_score}"])
     return code, root, root / "processing/output/artifact"
 
 
@@ -167,7 +167,7 @@ def merged_artifact(monkeypatch, tmp_path):
     X = np.random.default_rng(9).standard_normal((20, 4)).astype(np.float32)
     normalized = run_preprocess(monkeypatch, tmp_path, X)
     model = run_hosts(monkeypatch, tmp_path, normalized, 2, k=3)
-    code, root, artifact = run_merge(monkeypatch, tmp_path, normalized, model, "r")
+    code, root, artifact = run_merge(monkeypatch, tmp_path, normalized, model, "r", top_k=3)
     assert code == 0
     return artifact
 
@@ -177,8 +177,9 @@ def test_a_failed_registration_writes_no_record(monkeypatch, tmp_path, merged_ar
     code, root = run_register(monkeypatch, tmp_path, merged_artifact, "r")
     assert code == 1
     assert (root / "output/message").read_text() == (
-        f"register: local registry {tmp_path / 'registry.sqlite'}: unable to open database file; check the path is a "
-        "writable SQLite file (or remove it to start a new registry)\n")
+        f"register: local registry {tmp_path / 'registry.sqlite'}: unable to open database file; if it is damaged, "
+        f"move it aside (mv {tmp_path / 'registry.sqlite'} {tmp_path / 'registry.sqlite'}.damaged) and run again to "
+        "start a new one; else check that it is a writable SQLite file\n")
     assert not (root / "processing/output/registration/registration.json").exists()
 
 

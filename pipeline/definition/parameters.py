@@ -25,8 +25,13 @@ def parse_param_args(args: Sequence[str]) -> list[ParameterOverride]:
         if not sep or not name.strip():
             example = f"{name.strip() or 'Name'}={value or 'value'}"
             raise UsageError(f"--param {arg}: expected Name=value, for example --param {example}")
-        overrides.append(ParameterOverride(name.strip(), value, f"--param {arg}"))
+        overrides.append(ParameterOverride(name.strip(), value, f"--param {abbreviated(arg)}"))
     return overrides
+
+
+def abbreviated(text: str, limit: int = 500) -> str:
+    """A value as messages show it: whole when short, else its start and its length (one readable line)."""
+    return text if len(text) <= limit else f"{text[:limit - 20]}... ({len(text)} characters)"
 
 
 def declared_parameters(definition: Mapping) -> dict[str, dict]:
@@ -88,6 +93,10 @@ def typed_value(declared: Mapping, override: ParameterOverride) -> object:
     if parse is None:
         raise UsageError(f"{override.origin}: parameter {override.name} has type {kind}, which the local runner does not know")
     value = parse(override.value)
+    if value is None and kind == "Integer" and isinstance(override.value, str) \
+            and re.fullmatch(r"\s*[+-]?\d+\s*", override.value):
+        raise UsageError(f"{override.origin}: an integer of {len(override.value.strip().lstrip('+-'))} digits; "
+                         f"{override.name} takes at most {MAX_DIGITS}")
     if value is None:
         example = declared.get("DefaultValue", _EXAMPLES[kind])
         raise UsageError(
@@ -102,12 +111,15 @@ def typed_value(declared: Mapping, override: ParameterOverride) -> object:
     return value
 
 
+MAX_DIGITS = 20  # beyond any Integer parameter (int64 has 19 digits); Python refuses to convert over 4300
+
+
 def _parse_integer(raw: object) -> int | None:
     if isinstance(raw, bool):
         return None
     if isinstance(raw, int):
         return raw
-    if isinstance(raw, str) and re.fullmatch(r"\s*[+-]?\d+\s*", raw):
+    if isinstance(raw, str) and re.fullmatch(rf"\s*[+-]?\d{{1,{MAX_DIGITS}}}\s*", raw):
         return int(raw)
     return None
 
@@ -141,7 +153,7 @@ _EXAMPLES = {"Integer": 10, "Float": 0.5, "Boolean": "true", "String": "text"}
 
 
 def _show(value: object) -> str:
-    return f'"{value}"' if isinstance(value, str) else repr(value)
+    return f'"{abbreviated(value)}"' if isinstance(value, str) else repr(value)
 
 
 def _show_plain(value: object) -> str:

@@ -1,31 +1,33 @@
 """A local pipeline execution: check everything, then run the steps in order, recording progress as it goes.
 
-Reliability (issue 5):
-- Ctrl-C stops at a safe point (pipeline/local/interrupts.py): hosts get SIGTERM, the execution is marked
-  Stopped, no artifact or registry entry appears, and the last progress line says how to resume.
-- resume_local(execution_id) runs a Stopped or Failed execution again under the same id: same parameters,
-  same definition, same output and checkpoint locations; steps that Succeeded are skipped (their recorded
-  properties feed the later steps) and Similarity resumes from its checkpoints. The attempt before is kept
-  as <step>.attempt-<n>/ beside the new one.
-- One process per execution at a time: executions/<id>/.lock (flock). Concurrent runs get distinct ids
-  (their directories are created exclusively), distinct output prefixes and distinct registry versions.
+Reliability (issues 5 and 11):
+- Ctrl-C, SIGTERM and SIGHUP stop at a safe point (pipeline/local/interrupts.py): hosts get SIGTERM, the
+  execution is marked Stopped, no artifact or registry entry appears, and the last progress line says how to
+  resume. A runner killed outright takes its hosts with it (pipeline/local/hosts.py, die_with_runner).
+- resume_local(execution_id) runs a Stopped or Failed execution again under the same id (a name, never a
+  path): same parameters, same definition, same output and checkpoint locations; steps that Succeeded are
+  skipped (their recorded properties feed the later steps) unless their published output changed since, and
+  Similarity resumes from its checkpoints. The attempt before is kept as <step>.attempt-<n>/ beside the new one.
+- One process tree per execution at a time: executions/<id>/.lock (flock), inherited by every host, so it
+  is held until the runner and all its hosts are gone (pipeline/local/lock.py). Concurrent runs get distinct
+  ids (their directories are created exclusively), distinct output prefixes and distinct registry versions.
 - ALLPAIRS_FAULTS injects host faults (pipeline/local/faults.py); parsed before anything runs.
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import importlib.util
 import json
 import os
+import re
 import secrets
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
-from pipeline.errors import AllpairsError, LocalRunError, UsageError
+from pipeline.errors import AllpairsError, DefinitionError, LocalRunError, UsageError, os_problem
 from steps.io import write_json
 from steps.contract import LOCAL_REGISTRY_ENV, REGISTRATION_FILE
 
@@ -33,13 +35,15 @@ from pipeline.definition.expressions import JOB_NAME_VARIABLES, Scope, utc_text
 from .faults import FAULTS_ENV, Fault, parse_faults
 from .interrupts import graceful_sigint
 from .jobs import JobContext, job_name, run_processing, run_training
+from .lock import ExecutionLock
 from pipeline.definition.parameters import ParameterOverride, resolve_parameters
 from pipeline.definition.graph import StepPlan, load_definition, output_uri_property, plan_steps
-from .storage import is_s3, join_uri, local_path, one_line, s3_client, split_s3
+from .storage import is_s3, join_uri, local_path, one_line, s3_client, signature_change, split_s3, tree_signature
 
 REGISTRY_ENV = LOCAL_REGISTRY_ENV  # the container contract, section 3
 REGISTRY_FILE = "registry.sqlite"
 RECORD_FILE = "execution.json"
+RECORD_FORMAT, RECORD_VERSION = "allpairs.local-execution", 1
 LOCK_FILE = ".lock"
 RUNNERS = {"Processing": run_processing, "Training": run_training}
 JOB_NAME_VARIABLE = {step_type: variable for variable, step_type in JOB_NAME_VARIABLES.items()}
@@ -60,6 +64,7 @@ class StepRecord:
     arguments: dict = field(default_factory=dict)  # resolved: what the job was started with
     properties: dict = field(default_factory=dict)
     hosts: dict = field(default_factory=dict)  # host -> {"exit_code", "log", "reason"}
+    published: dict = field(default_factory=dict)  # output URI -> what it held once published (storage.tree_signature)
 
 
 @dataclass
@@ -83,7 +88,7 @@ class Execution:
     def save(self) -> None:
         """Rewritten atomically after every change: a reader never sees a half-written record."""
         record = asdict(self)
-        record.update(format="allpairs.local-execution", version=1, directory=str(self.directory), workdir=str(self.workdir))
+        record.update(format=RECORD_FORMAT, version=RECORD_VERSION, directory=str(self.directory), workdir=str(self.workdir))
         record["steps"] = [asdict(step) for step in self.steps.values()]
         write_json(self.record_path, record)
 
@@ -95,6 +100,18 @@ class Execution:
 
 def new_execution_id(now: datetime) -> str:
     return f"local-{now.strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(3)}"
+
+
+EXECUTION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # one path component: never "", ".", ".." or a path
+
+
+def check_execution_id(execution_id: str) -> None:
+    """An execution id names a folder under <workdir>/executions: it is a name, never a path (a path would read
+    a record, and run a definition, from anywhere)."""
+    if not EXECUTION_ID.fullmatch(execution_id) or ".." in execution_id:
+        raise UsageError(f"--resume {execution_id!r}: an execution id is a name like "
+                         "local-20261126T082450Z-e97f95 (letters, digits, '.', '_' and '-'), not a path; pass the id "
+                         "the run printed, and its run directory with --workdir")
 
 
 def overrides_from_mapping(values: Mapping[str, object], origin: str) -> list[ParameterOverride]:
@@ -130,7 +147,10 @@ def run_local(
     parameters = list(parameters)
     values = resolve_parameters(definition, parameters)
     injected = injected_faults(faults, plans)
-    execution = start_execution(definition, plans, values, Path(workdir), pipeline_name, region)
+    try:
+        execution = start_execution(definition, plans, values, Path(workdir), pipeline_name, region)
+    except OSError as exc:  # a file where the folder should be, read-only, a name too long, a full disk
+        raise UsageError(f"run directory {workdir}: {os_problem(exc)}") from exc
     return run_execution(execution, plans, echo, progress, injected)
 
 
@@ -145,6 +165,7 @@ def resume_local(
     """Run a Stopped or Failed execution again under its own id: steps that Succeeded are skipped, the others
     run again (Similarity resumes from the execution's checkpoints). Everything it needs is in the execution's
     record (parameters, definition, region), so no spec is read."""
+    check_execution_id(execution_id)
     execution, definition = load_execution(Path(os.path.abspath(workdir)), execution_id)
     plans = plan_steps(definition)
     return run_execution(execution, plans, echo, progress, injected_faults(faults, plans), resuming=True)
@@ -159,27 +180,44 @@ def load_execution(workdir: Path, execution_id: str) -> tuple[Execution, dict]:
     directory = workdir / "executions" / execution_id
     try:
         record = json.loads((directory / RECORD_FILE).read_text())
-        definition = load_definition(json.loads((directory / "definition.json").read_text()))
+        definition_text = (directory / "definition.json").read_text()
     except (OSError, ValueError) as exc:
         raise UsageError(f"--resume {execution_id}: no readable execution record in {directory} ({one_line(exc)}); "
                          f"pass the execution id printed by the run, and the same --workdir") from exc
-    if record.get("status") == "Succeeded":
+    if isinstance(record, dict) and record.get("status") == "Succeeded":
         raise UsageError(f"--resume {execution_id}: that execution already Succeeded; nothing to resume "
                          "(start a new run for new results)")
-    steps = {s["name"]: StepRecord(**s) for s in record["steps"]}
-    execution = Execution(execution_id, record["pipeline_name"], directory, workdir, record["parameters"],
-                          record["started"], steps, region=record.get("region"))
+    try:
+        if (record.get("format"), record.get("version")) != (RECORD_FORMAT, RECORD_VERSION):
+            raise ValueError(f"format {record.get('format')!r} version {record.get('version')!r}")
+        steps = {s["name"]: StepRecord(**s) for s in record["steps"]}
+        definition = load_definition(definition_text)
+        if [p.name for p in plan_steps(definition)] != list(steps):
+            raise ValueError("its steps are not the steps of its definition.json")
+        execution = Execution(execution_id, str(record["pipeline_name"]), directory, workdir,
+                              dict(record["parameters"]), str(record["started"]), steps, region=record.get("region"))
+    except (AttributeError, KeyError, TypeError, ValueError, DefinitionError) as exc:
+        raise UsageError(f"--resume {execution_id}: {directory / RECORD_FILE} or definition.json is damaged ({one_line(exc)}), so "
+                         "the execution cannot be resumed; start a new run (its checkpoints are not reused)") from exc
     return execution, definition
 
 
 def run_execution(execution: Execution, plans: list[StepPlan], echo: Progress | None,
                   progress: Progress | None, faults: list[Fault], resuming: bool = False) -> Execution:
+    try:
+        return _run_execution(execution, plans, echo, progress, faults, resuming)
+    except OSError as exc:  # the runner's own files (record, lock, staging, publishing): a full disk, a permission
+        raise LocalRunError(f"execution {execution.id}: {os_problem(exc)} (record: {execution.record_path})") from exc
+
+
+def _run_execution(execution: Execution, plans: list[StepPlan], echo: Progress | None,
+                   progress: Progress | None, faults: list[Fault], resuming: bool) -> Execution:
     say = progress or (lambda line: None)
-    with execution_lock(execution), graceful_sigint() as stop:
-        if resuming:
-            reset_unfinished_steps(execution)
-        scope = Scope(execution.parameters, execution_variables(execution), properties={})
+    with execution_lock(execution) as lock, graceful_sigint() as stop:
         say(f"execution {execution.id}: {execution.directory}" + (" (resumed)" if resuming else ""))
+        if resuming:
+            reset_unfinished_steps(execution, say)
+        scope = Scope(execution.parameters, execution_variables(execution), properties={})
         try:
             for plan in plans:
                 record = execution.steps[plan.name]
@@ -188,7 +226,7 @@ def run_execution(execution: Execution, plans: list[StepPlan], echo: Progress | 
                     say(f"{plan.name}: Succeeded before, skipped")
                     continue
                 stop.raise_if_requested()
-                run_step(plan, execution, scope, echo, say, faults)
+                run_step(plan, execution, scope, echo, say, faults, lock)
         except KeyboardInterrupt:
             finish(execution, "Stopped", "interrupted")
             say(f"execution {execution.id}: Stopped; nothing was published or registered. {resume_hint(execution)}")
@@ -206,24 +244,25 @@ def resume_hint(execution: Execution) -> str:
             "(finished steps are kept; Similarity resumes from its checkpoints)")
 
 
-@contextlib.contextmanager
-def execution_lock(execution: Execution):
-    """One process per execution: a second run or resume of the same id is refused, not interleaved."""
-    path = execution.directory / LOCK_FILE
-    with open(path, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise LocalRunError(f"execution {execution.id} is being run by another process (lock {path}); "
-                                "wait for it to end or stop it first") from None
-        yield
+def execution_lock(execution: Execution) -> ExecutionLock:
+    """One process tree per execution: a second run or resume of the same id is refused, not interleaved, also
+    while hosts of a runner that died are still finishing (pipeline/local/lock.py)."""
+    return ExecutionLock(execution.directory / LOCK_FILE, execution.id)
 
 
-def reset_unfinished_steps(execution: Execution) -> None:
-    """Every step that did not succeed runs again from scratch; its attempt before is kept beside it."""
+def reset_unfinished_steps(execution: Execution, say: Progress) -> None:
+    """Every step that did not succeed runs again from scratch; its attempt before is kept beside it. So does a
+    step that succeeded but whose published output changed since (a file deleted, replaced or edited: its
+    consumers would fail on it, or compute on other data than the record says), and every step after it."""
+    rerun = False
     for record in execution.steps.values():
-        if record.status == "Succeeded":
-            continue
+        if record.status == "Succeeded" and not rerun:
+            change = output_change(record)
+            if not change:
+                continue
+            say(f"{record.name}: its output {change[0]} changed since it succeeded ({change[1]}): running it again, "
+                "and every step after it")
+            rerun = True
         old = execution.directory / record.name
         if old.exists():
             n = 1
@@ -233,6 +272,15 @@ def reset_unfinished_steps(execution: Execution) -> None:
         execution.steps[record.name] = StepRecord(record.name, record.type)
     execution.status, execution.ended, execution.failure_reason = "Executing", None, None
     execution.save()
+
+
+def output_change(record: StepRecord) -> tuple[str, str] | None:
+    """(uri, what changed) for the first output of a succeeded step that no longer holds what it published."""
+    for uri, published in record.published.items():
+        change = signature_change(published, tree_signature(uri, f"step {record.name}"))
+        if change:
+            return uri, change
+    return None
 
 
 def start_execution(definition: Mapping, plans: list[StepPlan], values: dict, workdir: Path, pipeline_name: str,
@@ -250,10 +298,14 @@ def start_execution(definition: Mapping, plans: list[StepPlan], values: dict, wo
             continue
     else:
         raise LocalRunError(f"{workdir / 'executions'}: could not create a new execution directory; check it")
-    write_json(directory / "definition.json", definition)  # the exact program this execution ran
     steps = {p.name: StepRecord(p.name, p.type) for p in plans}
     execution = Execution(execution_id, pipeline_name, directory, workdir, values, utc_text(now), steps, region=region)
-    execution.save()
+    try:
+        write_json(directory / "definition.json", definition)  # the exact program this execution ran
+        execution.save()
+    except BaseException:  # a full disk: no execution directory without its record
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
     return execution
 
 
@@ -269,7 +321,7 @@ def execution_variables(execution: Execution) -> dict[str, str]:
 
 
 def run_step(plan: StepPlan, execution: Execution, scope: Scope, echo: Progress | None, say: Progress,
-             faults: list[Fault] = ()) -> None:
+             faults: list[Fault] = (), lock: ExecutionLock | None = None) -> None:
     record = execution.steps[plan.name]
     record.job_name = job_name(execution.pipeline_name, plan, execution.id.rsplit("-", 1)[1])
     record.status, record.started = "Executing", utc_text(datetime.now(timezone.utc))
@@ -277,20 +329,22 @@ def run_step(plan: StepPlan, execution: Execution, scope: Scope, echo: Progress 
     say(f"{plan.name}: started ({plan.type} job {record.job_name})")
     clock = time.monotonic()
     ctx = JobContext(execution.directory / plan.name, record.job_name, Path.cwd(), step_environment(plan, execution), echo,
-                     faults=list(faults))
+                     faults=list(faults), lock=lock)
     try:
         job_scope = scope.for_job(JOB_NAME_VARIABLE[plan.type], record.job_name)
         record.arguments = job_scope.resolve(plan.arguments, f"step {plan.name}, Arguments")
         record.properties = RUNNERS[plan.type](plan, record.arguments, ctx)
     except BaseException as exc:
-        reason = str(exc) if isinstance(exc, AllpairsError) else f"step {plan.name}: {one_line(exc)}"
+        reason = (str(exc) if isinstance(exc, AllpairsError) else f"step {plan.name}: {os_problem(exc)}"
+                  if isinstance(exc, OSError) else f"step {plan.name}: {one_line(exc)}")
         end_step(record, ctx, clock, "Stopped" if isinstance(exc, KeyboardInterrupt) else "Failed", reason)
-        execution.save()
+        save_if_possible(execution)
         say(f"{plan.name}: {record.status} after {record.seconds:.1f} s")
         if isinstance(exc, (AllpairsError, KeyboardInterrupt)):
             raise
         raise LocalRunError(f"{reason} (record: {execution.record_path})") from exc
     end_step(record, ctx, clock, "Succeeded", None)
+    record.published = {uri: tree_signature(uri, f"step {plan.name}") for uri in ctx.published}
     scope.properties[plan.name] = record.properties
     execution.save()
     say(f"{plan.name}: Succeeded in {record.seconds:.1f} s")
@@ -308,7 +362,19 @@ def end_step(record: StepRecord, ctx: JobContext, clock: float, status: str, rea
 def finish(execution: Execution, status: str, reason: str | None) -> None:
     execution.status, execution.failure_reason = status, reason
     execution.ended = utc_text(datetime.now(timezone.utc))
-    execution.save()
+    if status == "Succeeded":
+        execution.save()
+    else:
+        save_if_possible(execution)
+
+
+def save_if_possible(execution: Execution) -> None:
+    """Record a failure or a stop unless the disk refuses even that (full): the reason that is on its way out
+    matters more than the record, which then keeps its last saved state (and the execution stays resumable)."""
+    try:
+        execution.save()
+    except OSError:
+        pass
 
 
 def step_environment(plan: StepPlan, execution: Execution) -> dict[str, str]:

@@ -8,13 +8,18 @@ time or a share of the work, or one it sends itself after printing steps.contrac
 again once it has exited, with the same root (its `fresh` folders emptied, as on a new instance) and without
 the fault; for a whole-step fault every other host is first stopped with SIGTERM (spot's warning), and then
 all of them start again. The shared checkpoints/ link is untouched, so the restarted hosts resume from it.
+
+A dying runner takes its hosts with it: each host inherits the execution lock and gets SIGTERM from the kernel
+when the runner dies, however it dies (die_with_runner).
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -25,6 +30,7 @@ from steps.contract import FAULT_MARKER, HOST_FAULT_ENV, PROGRESS_LINE
 
 from .faults import DEFAULT_GRACE_SECONDS, Timed
 from .interrupts import STOP
+from .lock import ExecutionLock
 
 LOG_NAME = "job.log"  # in each host's root, beside what the container sees as /opt/ml
 STOP_GRACE_SECONDS = DEFAULT_GRACE_SECONDS  # SIGTERM, then SIGKILL this much later, as SageMaker does
@@ -84,9 +90,9 @@ class _Running:
     command: HostCommand
     process: subprocess.Popen
     log: Path
-    last_stderr: str = ""  # set by the stderr pump
-    pumps: list[threading.Thread] = field(default_factory=list)
-    fault_fired: bool = False  # set by the pump on FAULT_MARKER, or when the runner delivers the timed fault
+    last_line: str = ""  # the last line the host wrote, set by the log reader
+    pumps: list[threading.Thread] = field(default_factory=list)  # the log reader
+    fault_fired: bool = False  # set by the log reader on FAULT_MARKER, or when the runner delivers the timed fault
     restarts: int = 0
     started: float = field(default_factory=time.monotonic)
     percent: float = 0.0  # the host's last progress line
@@ -94,27 +100,31 @@ class _Running:
 
 
 def run_hosts(commands: Sequence[HostCommand], cwd: Path, echo: Echo | None = None,
-              restart_scope: Mapping[str, str] | None = None, collect: list | None = None) -> list[HostResult]:
+              restart_scope: Mapping[str, str] | None = None, collect: list | None = None,
+              lock: ExecutionLock | None = None) -> list[HostResult]:
     """Start every host, wait for all; the first failure stops the others (as a failed training job does).
     `restart_scope` maps a host given a fault to "host" (restart it alone) or "step" (restart every host);
-    `collect` receives the results even when this raises (Ctrl-C), for the execution record."""
-    running = [start(command, cwd, echo) for command in commands]
+    `collect` receives the results even when this raises (Ctrl-C), for the execution record; every host
+    inherits `lock`, the execution's (pipeline/local/lock.py)."""
+    running = [start(command, cwd, echo, lock) for command in commands]
     results: dict[str, HostResult] = {}
     pending = dict(restart_scope or {})
     try:
         while len(results) < len(running):
-            if STOP.requested:  # Ctrl-C: stop the hosts (SIGTERM); if all of them finished anyway, the job did
+            if STOP.requested:  # Ctrl-C, SIGTERM, SIGHUP: stop the hosts; if all of them finished anyway, the job did
                 stop_others(running, results, "stopped: the run was interrupted")
                 if all(r.exit_code == 0 for r in results.values()):
                     break
-                raise KeyboardInterrupt("stop requested")
+                STOP.raise_if_requested()
             deliver_timed_faults(running, results)
             for i, run in enumerate(running):
                 if run.command.host in results or run.process.poll() is None:
                     continue
+                for pump in run.pumps:  # its last lines (a fault marker) are read before deciding what it was
+                    pump.join()
                 scope = pending.pop(run.command.host, None)
                 if scope and run.fault_fired:
-                    running = restart_after_fault(running, i, results, cwd, echo, scope)
+                    running = restart_after_fault(running, i, results, cwd, echo, scope, lock)
                     break
                 results[run.command.host] = finish(run)
                 if run.process.returncode != 0:
@@ -153,7 +163,7 @@ def deliver_timed_faults(running: Sequence[_Running], results: Mapping[str, Host
 
 
 def restart_after_fault(running: list[_Running], i: int, results: dict[str, HostResult], cwd: Path,
-                        echo: Echo | None, scope: str) -> list[_Running]:
+                        echo: Echo | None, scope: str, lock: ExecutionLock | None = None) -> list[_Running]:
     """The host at `i` was killed by its injected fault: start it again (scope "host"), or stop every host and
     start them all again (scope "step"), each without its fault."""
     if scope == "step":
@@ -174,7 +184,7 @@ def restart_after_fault(running: list[_Running], i: int, results: dict[str, Host
         for folder in command.fresh:
             shutil.rmtree(folder, ignore_errors=True)
             folder.mkdir(parents=True)
-        running[j] = start(command, cwd, echo)
+        running[j] = start(command, cwd, echo, lock)
         running[j].restarts = old.restarts + 1
     return running
 
@@ -189,73 +199,85 @@ def _log_line(log: Path, line: str) -> None:
         f.write(line.encode() + b"\n")
 
 
-def start(command: HostCommand, cwd: Path, echo: Echo | None) -> _Running:
+def start(command: HostCommand, cwd: Path, echo: Echo | None, lock: ExecutionLock | None = None) -> _Running:
+    """Start one host. Its stdout and stderr go straight to its job.log (not through a pipe to the runner), so
+    a host that outlives its runner still logs, and its last writes (a checkpoint saved, the failure reason) do
+    not fail on a broken pipe; the runner reads the log as it grows."""
     log = command.root / LOG_NAME
     command.root.mkdir(parents=True, exist_ok=True)
-    process = subprocess.Popen(
-        command.argv,
-        cwd=cwd,
-        env=command.env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,  # its own process group: stopping a host also stops what it spawned
-        # Its cores before it starts a thread (a mask set after exec would miss the threads started by then).
-        preexec_fn=None if command.cpus is None else lambda: os.sched_setaffinity(0, command.cpus),
-    )
+    with open(log, "ab") as sink:
+        offset = sink.tell()
+        process = subprocess.Popen(
+            command.argv,
+            cwd=cwd,
+            env=command.env,
+            stdin=subprocess.DEVNULL,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: stopping a host also stops what it spawned
+            pass_fds=(lock.fd,) if lock else (),  # the execution stays locked while the host lives
+            preexec_fn=host_setup(command.cpus),
+        )
+    if lock:
+        lock.note(process.pid, command.label)
     run = _Running(command, process, log)
-    sink = open(log, "ab")
-    lock = threading.Lock()
-    for stream, is_stderr in ((process.stdout, False), (process.stderr, True)):
-        pump = threading.Thread(target=_pump, args=(run, stream, sink, lock, is_stderr, echo), daemon=True)
-        pump.start()
-        run.pumps.append(pump)
-    threading.Thread(target=_close_when_done, args=(run, sink), daemon=True).start()
+    reader = threading.Thread(target=_follow, args=(run, offset, echo), daemon=True)
+    reader.start()
+    run.pumps.append(reader)
     return run
 
 
-def _pump(run: _Running, stream, sink, lock: threading.Lock, is_stderr: bool, echo: Echo | None) -> None:
-    for raw in iter(stream.readline, b""):
-        with lock:
-            sink.write(raw)
-            sink.flush()
-        line = raw.decode("utf-8", "replace").rstrip()
-        if is_stderr and line.strip():
-            run.last_stderr = line.strip()
-        if FAULT_MARKER in line:
-            run.fault_fired = True
-        progress = PROGRESS_LINE.search(line)
-        if progress:
-            run.percent = float(progress["percent"])
-        if echo:
-            echo(f"[{run.command.label}] {line}")
-    stream.close()
+def _follow(run: _Running, offset: int, echo: Echo | None) -> None:
+    """Read the host's lines from its log as they are written, until it has exited and all is read."""
+    with open(run.log, "rb") as log:
+        log.seek(offset)
+        pending = b""
+        while True:
+            exited = run.process.poll() is not None  # checked before reading: nothing written after is missed
+            pending += log.read()
+            *lines, pending = pending.split(b"\n")
+            for raw in lines:
+                _take_line(run, raw, echo)
+            if exited:
+                if pending:
+                    _take_line(run, pending, echo)
+                return
+            if not lines:
+                time.sleep(0.05)
 
 
-def _close_when_done(run: _Running, sink) -> None:
-    for pump in run.pumps:
-        pump.join()
-    sink.close()
+def _take_line(run: _Running, raw: bytes, echo: Echo | None) -> None:
+    line = raw.decode("utf-8", "replace").rstrip()
+    if line.strip():
+        run.last_line = line.strip()
+    if FAULT_MARKER in line:
+        run.fault_fired = True
+    progress = PROGRESS_LINE.search(line)
+    if progress:
+        run.percent = float(progress["percent"])
+    if echo:
+        echo(f"[{run.command.label}] {line}")
 
 
 def finish(run: _Running) -> HostResult:
     for pump in run.pumps:
-        pump.join()  # the last stderr line is only known once the pipes are drained
+        pump.join()  # the last line is only known once the log is read to its end
     code = run.process.returncode
     reason = "" if code == 0 else failure_reason(run, code)
     return HostResult(run.command.host, code, run.log, reason, run.restarts)
 
 
 def failure_reason(run: _Running, code: int) -> str:
-    """The first line of the job type's failure file (what SageMaker shows), else the last stderr line."""
+    """The first line of the job type's failure file (what SageMaker shows), else how it died: the signal, or
+    the last line it wrote (a crash's traceback ends with the exception)."""
     failure = run.command.root / run.command.failure_file
     if failure.is_file():
         lines = failure.read_text(errors="replace").strip().splitlines()
         if lines:
             return lines[0].strip()
-    if run.last_stderr:
-        return run.last_stderr
-    return f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+    if code < 0:
+        return f"killed by signal {-code}"
+    return run.last_line or f"exit code {code}"
 
 
 def stop_others(running: Sequence[_Running], results: dict[str, HostResult],
@@ -280,6 +302,56 @@ def stop_others(running: Sequence[_Running], results: dict[str, HostResult],
             results[run.command.host] = HostResult(run.command.host, None, run.log, why, run.restarts)
         else:  # it ended on its own meanwhile
             results[run.command.host] = finish(run)
+
+
+def host_setup(cpus: frozenset[int] | None):
+    """The host's preexec_fn: it dies with the runner (die_with_runner) and runs on its own cores (`cpus`, set
+    before it starts a thread: a mask set after exec would miss the threads started by then)."""
+    die = die_with_runner()
+    if cpus is None:
+        return die
+
+    def preexec() -> None:
+        os.sched_setaffinity(0, cpus)
+        if die is not None:
+            die()
+
+    return preexec
+
+
+def die_with_runner():
+    """A preexec_fn that has the kernel send the host SIGTERM when the runner dies, however it dies (SIGKILL, OOM
+    killer): Linux's PR_SET_PDEATHSIG, set between fork and exec (it survives exec). SIGTERM is SageMaker's
+    stop, which every step honours: Similarity checkpoints its finished rows, Preprocess and Merge remove
+    their staging, nothing is published (only the runner publishes). A host in its own session would
+    otherwise run on, orphaned. None elsewhere (macOS has no such call): there the execution lock, which every
+    host inherits, still keeps a resume from running alongside orphans."""
+    if _PRCTL is None:
+        return None
+    runner = os.getpid()
+
+    def preexec() -> None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != runner:  # the runner died before the call took effect: the kernel will not tell us
+            os._exit(1)
+
+    return preexec
+
+
+def _load_prctl():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up once, here: the child only calls it
+    except (OSError, AttributeError):
+        return None
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    prctl.restype = ctypes.c_int
+    return prctl
+
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+_PRCTL = _load_prctl()
 
 
 def _signal_group(process: subprocess.Popen, sig: int) -> None:

@@ -14,8 +14,10 @@ from steps.io import write_json
 from steps.contract import FAILURE_FILES, HOST_FAULT_ENV, OPT_ML, OPT_ML_ENV, PROCESSING, TRAINING, TRAINING_JOB_ENV
 
 from pipeline.definition.expressions import bug, expression_kind
+from pipeline.spec.parameters import LOCAL_MAX_HOSTS
 from .faults import Fault, host_faults
 from .hosts import Echo, HostCommand, HostResult, core_shares, pinned, run_hosts
+from .lock import ExecutionLock
 from pipeline.definition.graph import StepPlan, output_uri_property
 from .storage import (deliver_file, deliver_tree, download_prefix, files_under, is_s3, join_uri, local_path, stage_input,
                       upload_tree)
@@ -33,6 +35,8 @@ class JobContext:
     echo: Echo | None = None
     host_results: list[HostResult] = field(default_factory=list)  # filled in as the hosts end
     faults: list[Fault] = field(default_factory=list)  # ALLPAIRS_FAULTS (pipeline/local/faults.py)
+    lock: ExecutionLock | None = None  # the execution's lock: every host inherits it (pipeline/local/lock.py)
+    published: list[str] = field(default_factory=list)  # the URIs this job's outputs were published at
 
 
 def job_name(pipeline_name: str, plan: StepPlan, suffix: str) -> str:
@@ -98,8 +102,16 @@ def raise_if_failed(step: str, results: Sequence[HostResult]) -> None:
 # ---- processing ---------------------------------------------------------------------------------------------
 
 
+def check_encryption_flag(value: object, where: str) -> None:
+    """EnableInterContainerTrafficEncryption: locally the hosts are processes of one machine and exchange nothing
+    over a network, so there is nothing to encrypt; the value is still checked as the API checks it."""
+    if value is not None and not isinstance(value, bool):
+        raise bug(where, f"EnableInterContainerTrafficEncryption resolved to {value!r}, not a boolean")
+
+
 def run_processing(plan: StepPlan, args: Mapping, ctx: JobContext) -> dict[str, object]:
     where = f"step {plan.name}"
+    check_encryption_flag((args.get("NetworkConfig") or {}).get("EnableInterContainerTrafficEncryption"), where)
     count = ((args.get("ProcessingResources") or {}).get("ClusterConfig") or {}).get("InstanceCount", 1)
     if count != 1:
         raise LocalRunError(f"{where}: ProcessingResources.ClusterConfig.InstanceCount is {count}; processing runs "
@@ -119,13 +131,14 @@ def run_processing(plan: StepPlan, args: Mapping, ctx: JobContext) -> dict[str, 
         raise bug(f"{where}, Arguments.AppSpecification", "no ContainerEntrypoint, and locally there is no image to fall back on")
     command = HostCommand("algo-1", f"{plan.name} algo-1", argv, host_env(ctx, args.get("Environment"), root), root,
                           FAILURE_FILES[PROCESSING])
-    run_hosts([command], ctx.cwd, ctx.echo, collect=ctx.host_results)
+    run_hosts([command], ctx.cwd, ctx.echo, collect=ctx.host_results, lock=ctx.lock)
     raise_if_failed(plan.name, ctx.host_results)
     check_exit_message(plan.name, root)
     properties: dict[str, object] = {"ProcessingJobName": ctx.job_name}
     for i, output in enumerate(outputs):
         name, uri = output["OutputName"], output["S3Output"]["S3Uri"]
         deliver_tree(host_path(root, output["S3Output"]["LocalPath"], ""), uri, f"{where}, output {name}")
+        ctx.published.append(uri)
         properties[output_uri_property(name)] = uri
         properties[output_uri_property(i)] = uri
     return properties
@@ -162,6 +175,7 @@ def stage_processing_input(spec: Mapping, raw: Mapping, root: Path, where: str) 
 
 def run_training(plan: StepPlan, args: Mapping, ctx: JobContext) -> dict[str, object]:
     where = f"step {plan.name}"
+    check_encryption_flag(args.get("EnableInterContainerTrafficEncryption"), where)
     hosts = [f"algo-{i}" for i in range(1, instance_count(args, where) + 1)]
     channels = stage_channels(plan, args, ctx, where)
     shared_checkpoints, checkpoint_uri = prepare_checkpoints(args, ctx, where)
@@ -180,13 +194,14 @@ def run_training(plan: StepPlan, args: Mapping, ctx: JobContext) -> dict[str, ob
                                     (root / "model", root / "output"), fault.timed if fault else None, cpus))
     try:
         run_hosts(commands, ctx.cwd, ctx.echo, {h: f.scope for h, f in faults.items() if f.scope},
-                  collect=ctx.host_results)
+                  collect=ctx.host_results, lock=ctx.lock)
     finally:
         if checkpoint_uri:  # SageMaker syncs checkpoints even for a failed or stopped job: a resume reads them
             upload_tree(shared_checkpoints, checkpoint_uri, f"{where}, checkpoints")
     raise_if_failed(plan.name, ctx.host_results)
     output = args.get("OutputDataConfig") or {}
     artifacts = publish_model({h: ctx.step_dir / h / "model" for h in hosts}, output, ctx, where)
+    ctx.published.append(artifacts)
     return {
         "TrainingJobName": ctx.job_name,
         "ModelArtifacts.S3ModelArtifacts": artifacts,
@@ -199,6 +214,9 @@ def instance_count(args: Mapping, where: str) -> int:
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise LocalRunError(f"{where}: ResourceConfig.InstanceCount is {count!r}; it must be an integer >= 1 "
                             f"(set it with --param InstanceCount=N)")
+    if count > LOCAL_MAX_HOSTS:  # whatever definition is run: no thousand processes on this machine
+        raise LocalRunError(f"{where}: ResourceConfig.InstanceCount is {count}; a local run starts one process per "
+                            f"host, at most {LOCAL_MAX_HOSTS} (set --param InstanceCount=N, or run it in the cloud)")
     return count
 
 

@@ -140,8 +140,12 @@ def deliver_file(source: Path, uri: str, where: str) -> None:
 def move_into_place(source: Path, dest: Path) -> None:
     """Move beside `dest` first (a copy, across filesystems), then rename: `dest` never appears half there."""
     staged = temp_sibling(dest)
-    move(source, staged)
-    os.replace(staged, dest)
+    try:
+        move(source, staged)
+        os.replace(staged, dest)
+    except BaseException:  # a copy cut short (a full disk, a stop) leaves nothing half there
+        shutil.rmtree(staged, ignore_errors=True) if staged.is_dir() else staged.unlink(missing_ok=True)
+        raise
 
 
 def temp_sibling(dest: Path) -> Path:
@@ -186,6 +190,44 @@ def upload_file(source: Path, uri: str, where: str, client=None):
         return client
     except Exception as exc:
         raise LocalRunError(f"{where}: cannot write {uri}: {one_line(exc)}; check the URI and your AWS credentials") from exc
+
+
+# ---- what a published output holds -------------------------------------------------------------------------
+
+
+def tree_signature(uri: str, where: str) -> dict[str, list]:
+    """Each file under `uri` (or the file itself) by relative name: [size, modification time in ns] locally,
+    [size, ETag] in S3. Cheap (no file is read), and it changes when a file is deleted, replaced or edited."""
+    if is_s3(uri):
+        bucket, prefix = split_s3(uri)
+        prefix = prefix.rstrip("/")
+        try:
+            pages = s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+            found = {relative_key(o["Key"], prefix): [o["Size"], o.get("ETag")] for page in pages
+                     for o in page.get("Contents", []) if not o["Key"].endswith("/")}
+        except Exception as exc:
+            raise LocalRunError(f"{where}: cannot list {uri}: {one_line(exc)}; check the URI and your AWS credentials") from exc
+        return {key: value for key, value in found.items() if key is not None}
+    path = local_path(uri)
+    files = [path] if path.is_file() else files_under(path)
+    out = {}
+    for file in files:
+        try:
+            info = file.stat()
+        except OSError:
+            continue  # a dangling link: it holds nothing
+        out[file.name if file == path else file.relative_to(path).as_posix()] = [info.st_size, info.st_mtime_ns]
+    return out
+
+
+def signature_change(recorded: dict[str, list], now: dict[str, list]) -> str | None:
+    """How a published output differs from what was published (files added since do not count), or None."""
+    for name, value in sorted(recorded.items()):
+        if name not in now:
+            return f"{name} is missing"
+        if list(now[name]) != list(value):
+            return f"{name} was replaced or edited"
+    return None
 
 
 def one_line(exc: BaseException) -> str:

@@ -112,7 +112,8 @@ def s3_uri(strip_slash_hint: bool) -> Check:
     hint = "local paths go under local.parameters"
 
     def check(value: Any) -> str:
-        if not isinstance(value, str) or not re.fullmatch(r"s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/\S*)?", value):
+        if not isinstance(value, str) or not re.fullmatch(r"s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/\S*)?", value) \
+                or not value.isprintable():
             raise Invalid(expected, hint if isinstance(value, str) and "://" not in value else "")
         if strip_slash_hint and value.endswith("/"):
             raise Invalid(expected)
@@ -122,11 +123,13 @@ def s3_uri(strip_slash_hint: bool) -> Check:
 
 
 def location(no_trailing_slash: bool) -> Check:
-    """A local run's data location: s3:// or file:// URI, or a path (relative to the spec's folder)."""
-    expected = "an s3:// URI, a file:// URI or a path" + (" with no trailing '/'" if no_trailing_slash else "")
+    """A local run's data location: s3:// or file:// URI, or a path (relative to the spec's folder). Control
+    characters are refused: a newline in a path would end up splitting the messages that name it."""
+    expected = "an s3:// URI, a file:// URI or a path" + (" with no trailing '/'" if no_trailing_slash else "") + \
+        ", without control characters"
 
     def check(value: Any) -> str:
-        if not isinstance(value, str) or not value.strip() or value != value.strip():
+        if not isinstance(value, str) or not value.strip() or value != value.strip() or not value.isprintable():
             raise Invalid(expected)
         if has_scheme(value) and not value.startswith(("s3://", "file://")):
             raise Invalid(expected)

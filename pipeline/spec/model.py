@@ -24,7 +24,8 @@ class ProcessingSettings:
 
 @dataclass(frozen=True)
 class PreprocessSettings(ProcessingSettings):
-    chunk_rows: int
+    chunk_rows: int  # at most; wide rows make smaller chunks
+    memory_budget_mb: int = 512  # the batch and chunk buffers, sized in bytes from the row width
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,9 @@ class SecuritySettings:
     subnets: tuple[str, ...] = ()
     security_groups: tuple[str, ...] = ()
     network_isolation: bool = True
+    # EnableInterContainerTrafficEncryption on every job: the hosts never talk to each other, but compliance
+    # policies (an SCP on sagemaker:InterContainerTrafficEncryption) may refuse any job created without it
+    encrypt_inter_container_traffic: bool = False
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from steps.contract import APPROVAL_STATUSES
+from steps.contract import APPROVAL_STATUSES, MIN_SCORE_PARAMETER, TOP_K_PARAMETER
 
 from .checks import INSTANCE_TYPE, Check, Invalid, choice, has_scheme, integer, location, number, pattern, s3_uri, show
 
@@ -27,7 +27,12 @@ class Parameter:
     help: str  # what it is, for the README's table and messages
     purpose: str = ""  # why its range holds, said when a value is refused
     path: bool = False  # a data location: relative paths are made absolute where they are given
+    local_limit: str = ""  # why a local run takes less than the cloud, said when only the local check refuses
 
+
+# A local run simulates each similarity host as a process of this machine, each memory-mapping the matrix and
+# taking up to memory_budget_mb of its own: a limit, so InstanceCount=1000 is a message, not 1000 processes.
+LOCAL_MAX_HOSTS = 64
 
 _MODEL_PACKAGE_GROUP = pattern(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}",
                                "a model package group name: letters, digits and hyphens, at most 63 characters")
@@ -37,12 +42,14 @@ PARAMETERS: tuple[Parameter, ...] = (
               "the matrix: a file or a prefix (`s3://...`; locally also a path or `file://`)", path=True),
     Parameter("OutputPrefix", "String", REQUIRED, s3_uri(True), location(True),
               "each execution writes under `<OutputPrefix>/<execution id>/`", path=True),
-    Parameter("InstanceCount", "Integer", 1, integer(1, 1000), integer(1, 1000), "similarity hosts",
-              "the number of similarity hosts"),
+    Parameter("InstanceCount", "Integer", 1, integer(1, 1000), integer(1, LOCAL_MAX_HOSTS), "similarity hosts",
+              "the number of similarity hosts",
+              local_limit=f"a local run starts one process per host on this machine, so at most {LOCAL_MAX_HOSTS}: "
+                          "run more hosts in the cloud (python -m pipeline start)"),
     Parameter("InstanceType", "String", REQUIRED, INSTANCE_TYPE, INSTANCE_TYPE, "their instance type"),
-    Parameter("TopK", "Integer", 10, integer(1, 100000), integer(1, 100000), "neighbours per row",
+    Parameter(TOP_K_PARAMETER, "Integer", 10, integer(1, 100000), integer(1, 100000), "neighbours per row",
               "the number of neighbours kept per row"),
-    Parameter("MinScore", "Float", -1.0, number(-1, 1), number(-1, 1),
+    Parameter(MIN_SCORE_PARAMETER, "Float", -1.0, number(-1, 1), number(-1, 1),
               "keep pairs with score >= MinScore (inclusive); `-1.0`, the default, keeps everything",
               "cosine scores lie in [-1, 1]; -1 keeps every pair"),
     Parameter("ModelPackageGroup", "String", None, _MODEL_PACKAGE_GROUP, _MODEL_PACKAGE_GROUP,
@@ -64,9 +71,18 @@ def value_problem(name: str, value: Any, *, local: bool) -> str | None:
         (parameter.local if local else parameter.cloud)(value)
         return None
     except Invalid as exc:
-        why = f" ({parameter.purpose})" if parameter.purpose else ""
+        limit = parameter.local_limit if local and parameter.local_limit and _passes(parameter.cloud, value) else ""
+        why = f" ({'; '.join(filter(None, (parameter.purpose, limit)))})" if parameter.purpose or limit else ""
         shown = value if isinstance(value, (int, float)) and not isinstance(value, bool) else show(value)
         return f"{name} must be {exc.expected}, got {shown}{why}"
+
+
+def _passes(check: Check, value: Any) -> bool:
+    try:
+        check(value)
+        return True
+    except Invalid:
+        return False
 
 
 def absolute_location(name: str, value: Any, base: Path) -> Any:

@@ -18,7 +18,8 @@ from typing import Any
 import yaml
 
 from pipeline.errors import SpecError
-from steps.contract import DEFAULT_CHECKPOINT_SECONDS, DEFAULT_CHUNK_ROWS, NON_FINITE_POLICIES
+from steps.contract import (DEFAULT_CHECKPOINT_SECONDS, DEFAULT_CHUNK_ROWS, DEFAULT_PREPROCESS_BUDGET_MB,
+                            NON_FINITE_POLICIES)
 
 from .checks import (ISO_DURATION, INSTANCE_TYPE, JOB_NAME_PREFIX, KMS_KEY, MAX_PROCESSING_RUNTIME, MAX_RETRY_ATTEMPTS,
                      MAX_SECURITY_GROUPS, MAX_SUBNETS, MAX_TAG_KEY, MAX_TAG_VALUE, MAX_TAGS, MAX_TRAINING_RUNTIME,
@@ -27,6 +28,7 @@ from .checks import (ISO_DURATION, INSTANCE_TYPE, JOB_NAME_PREFIX, KMS_KEY, MAX_
 from .model import (CacheSettings, InputSettings, LocalSettings, PreprocessSettings, ProcessingSettings, RetrySettings,
                     SecuritySettings, SimilaritySettings, Spec, display)
 from .parameters import PARAMETER_NAMES, PARAMETERS, REQUIRED
+from .yaml12 import LocatedProblem, SpecLoader
 
 
 
@@ -68,6 +70,7 @@ SCHEMA: dict[str, Any] = {
             "volume_gb": (integer(1, MAX_VOLUME_GB), 30),
             "max_runtime_seconds": (integer(60, MAX_PROCESSING_RUNTIME), 3600),
             "chunk_rows": (integer(1), DEFAULT_CHUNK_ROWS),
+            "memory_budget_mb": (integer(16, 786432), DEFAULT_PREPROCESS_BUDGET_MB),
         }
     ),
     "similarity": _section(
@@ -94,6 +97,7 @@ SCHEMA: dict[str, Any] = {
             "subnets": "ids:subnet",  # special-cased: a list of resource ids
             "security_groups": "ids:sg",
             "network_isolation": (boolean, True),
+            "encrypt_inter_container_traffic": (boolean, False),
         }
     ),
     "retry": _section(
@@ -121,7 +125,7 @@ BY_NAME_LOCAL = {p.name: p.local for p in PARAMETERS}
 
 
 class _Walker:
-    def __init__(self, path: Path, loader: yaml.SafeLoader):
+    def __init__(self, path: Path, loader: SpecLoader):
         self.file = display(path)
         self.loader = loader
         self.lines: dict[str, int] = {}
@@ -130,15 +134,18 @@ class _Walker:
         where = f"{self.file}:{node.start_mark.line + 1}"
         return SpecError(f"{where}: {ypath}: {what}" if ypath else f"{where}: {what}")
 
-    def scalar(self, node: yaml.Node) -> Any:
+    def scalar(self, node: yaml.Node, ypath: str = "") -> Any:
         if isinstance(node, yaml.MappingNode):
             return {}
         if isinstance(node, yaml.SequenceNode):
             return []
-        return self.loader.construct_object(node, deep=True)
+        try:
+            return self.loader.construct_object(node, deep=True)
+        except LocatedProblem as problem:  # YAML 1.1 would read it otherwise, or a number too long (yaml12.py)
+            raise self.fail(node, ypath, problem.problem) from None
 
     def check(self, node: yaml.Node, ypath: str, check: Check) -> Any:
-        value = self.scalar(node)
+        value = self.scalar(node, ypath)
         try:
             return check(value)
         except Invalid as bad:
@@ -151,7 +158,7 @@ class _Walker:
             raise self.fail(node, ypath, f"must be a mapping with keys {', '.join(allowed)}, got {show(self.scalar(node))}")
         out: dict[str, yaml.Node] = {}
         for key_node, value_node in node.value:
-            key = self.scalar(key_node)
+            key = self.scalar(key_node, ypath)
             kpath = f"{ypath}.{key}" if ypath else str(key)
             if not isinstance(key, str):
                 raise self.fail(key_node, kpath, f"keys must be strings, got {show(key)}")
@@ -224,8 +231,9 @@ class _Walker:
             raise self.fail(node, ypath, f"{len(node.value)} tags; AWS allows at most {MAX_TAGS}")
         out: dict[str, str] = {}
         for key_node, value_node in node.value:
-            key, value = self.scalar(key_node), self.scalar(value_node)
+            key = self.scalar(key_node, ypath)
             kpath = f"{ypath}.{key}"
+            value = self.scalar(value_node, kpath)
             if not isinstance(key, str) or not TAG_TEXT.fullmatch(key) or not 1 <= len(key) <= MAX_TAG_KEY:
                 raise self.fail(key_node, kpath, f"a tag key must be 1-{MAX_TAG_KEY} letters, digits, spaces or "
                                                  f"_.:/=+-@, got {show(key)}")
@@ -280,7 +288,7 @@ def load_spec(path: str | Path) -> Spec:
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError(f"{file}: cannot read the spec: {exc}") from None
 
-    loader = yaml.SafeLoader(text)
+    loader = SpecLoader(text)
     try:
         try:
             root = loader.get_single_node()

@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .. import npy
 from ..contract import IDS_FILE, MANIFEST, NORMALIZED_FORMAT
 from ..errors import StepError
 from ..io import sha256_file, sha256_text, write_json, write_npy
@@ -94,7 +95,7 @@ class NormalizedWriter:
             "ids": {"file": IDS_FILE, **ids, "sha256": ids_hash},
             **counts,
             "input": input_,
-            "fingerprint": sha256_text(*[c["sha256"] for c in self.chunks], ids_hash),
+            "fingerprint": fingerprint_of([c["sha256"] for c in self.chunks], ids_hash),
         }
 
 
@@ -147,14 +148,21 @@ def read_manifest(root: Path) -> dict:
         raise StepError(f"{path}: missing; the Preprocess output is incomplete (rerun the Preprocess step)")
     try:
         manifest = json.loads(path.read_text())
-        manifest["chunks"], int(manifest["dim"]), int(manifest["rows"])  # noqa: B018 - presence check
+        int(manifest["dim"]), int(manifest["rows"]), str(manifest["ids"]["file"]), str(manifest["ids"]["sha256"])  # noqa: B018
+        for entry in manifest["chunks"]:  # presence and types: a reader below may trust them
+            str(entry["file"]), int(entry["start"]), int(entry["stop"]), str(entry["sha256"])  # noqa: B018
         return manifest
     except (ValueError, KeyError, TypeError) as exc:
         raise StepError(f"{path}: not a valid Preprocess manifest ({exc}); rerun the Preprocess step")
 
 
 def load_normalized(root: Path, verify: bool = True) -> Normalized:
-    """Open the chunks listed in manifest.json; a missing, reshaped or altered chunk is an error naming it."""
+    """Open the chunks listed in manifest.json; a missing, reshaped or altered chunk is an error naming it.
+
+    The fingerprint (what checkpoints and shards are keyed by) is derived here from the chunks' and ids'
+    hashes, which `verify` checks against the bytes on disk, and must equal the manifest's: a manifest whose
+    hashes were updated for edited data but whose fingerprint was left as it was would otherwise let a resume
+    reuse checkpoints computed on the old data."""
     root = Path(root)
     manifest = read_manifest(root)
     dim = int(manifest["dim"])
@@ -167,17 +175,46 @@ def load_normalized(root: Path, verify: bool = True) -> Normalized:
         if verify and sha256_file(path) != entry["sha256"]:
             raise StepError(f"{path}: checksum differs from {MANIFEST} (corrupt or from another run); "
                             "rerun the Preprocess step")
-        chunk = np.load(path, mmap_mode="r")
         rows = entry["stop"] - entry["start"]
-        if entry["start"] != expected_start or chunk.shape != (rows, dim) or chunk.dtype != np.float32:
-            raise StepError(f"{path}: holds {chunk.dtype}{chunk.shape}, {MANIFEST} says float32({rows}, {dim}) "
-                            f"at row {entry['start']}; rerun the Preprocess step")
+        _check_chunk_header(path, rows, dim)
+        chunk = np.load(path, mmap_mode="r")
+        if entry["start"] != expected_start:
+            raise StepError(f"{path}: {MANIFEST} places it at row {entry['start']}, after row {expected_start}; "
+                            "rerun the Preprocess step")
         expected_start = entry["stop"]
         chunks.append(chunk)
     if expected_start != manifest["rows"]:
         raise StepError(f"{root / MANIFEST}: chunks cover {expected_start} rows, the manifest says "
                         f"{manifest['rows']}; rerun the Preprocess step")
+    ids_path = root / manifest["ids"]["file"]
+    if verify and sha256_file(ids_path) != manifest["ids"]["sha256"]:
+        raise StepError(f"{ids_path}: checksum differs from {MANIFEST} (corrupt or from another run); "
+                        "rerun the Preprocess step")
+    derived = fingerprint_of([c["sha256"] for c in manifest["chunks"]], manifest["ids"]["sha256"])
+    if manifest.get("fingerprint") != derived:
+        raise StepError(f"{root / MANIFEST}: fingerprint {str(manifest.get('fingerprint'))[:12]} is not that of the "
+                        f"chunks and ids it lists ({derived[:12]}): the manifest was edited or mixed from two runs; "
+                        "rerun the Preprocess step")
     return Normalized(root, manifest, chunks)
+
+
+def fingerprint_of(chunk_hashes: list[str], ids_hash: str) -> str:
+    """What Similarity computed on: the chunks' and the ids' SHA-256, in order."""
+    return sha256_text(*chunk_hashes, ids_hash)
+
+
+def _check_chunk_header(path: Path, rows: int, dim: int) -> None:
+    """The chunk's .npy header, read before mapping it: a header that lies would make np.load map or read past
+    the file (or fail with a bare ValueError)."""
+    try:
+        header = npy.read_header(path)
+    except (ValueError, OSError, EOFError) as exc:
+        raise StepError(f"{path}: not a readable .npy chunk ({exc}); rerun the Preprocess step") from None
+    expected = header.offset + rows * dim * 4
+    if header.shape != (rows, dim) or header.dtype != np.float32 or header.fortran_order \
+            or path.stat().st_size != expected:
+        raise StepError(f"{path}: holds {header.dtype}{header.shape} in {path.stat().st_size} bytes, {MANIFEST} says "
+                        f"float32({rows}, {dim}) in {expected} bytes; rerun the Preprocess step")
 
 
 def read_ids(normalized: Normalized) -> pa.Array:

@@ -26,6 +26,12 @@ CREATE TABLE IF NOT EXISTS model_packages (
 _COLUMNS = "group_name, version, arn, approval_status, description, metadata, created_at"
 
 
+def damaged(path: Path, exc: Exception) -> StepError:
+    """The one message for a registry file that SQLite cannot use (not a database, corrupt, read-only, full)."""
+    return StepError(f"local registry {path}: {exc}; if it is damaged, move it aside (mv {path} {path}.damaged) "
+                     "and run again to start a new one; else check that it is a writable SQLite file")
+
+
 def connect_local(path: Path) -> sqlite3.Connection:
     """Open (creating if needed) the local registry; a failure says which file and how to fix it."""
     try:
@@ -37,8 +43,7 @@ def connect_local(path: Path) -> sqlite3.Connection:
             con.execute("CREATE UNIQUE INDEX IF NOT EXISTS model_packages_token ON model_packages(client_token)")
         return con
     except (sqlite3.Error, OSError) as exc:
-        raise StepError(f"local registry {path}: {exc}; check the path is a writable SQLite file (or remove it "
-                        "to start a new registry)") from exc
+        raise damaged(path, exc) from exc
 
 
 def register_local(path: Path, group, approval_status, description, metadata, token: str) -> dict:
@@ -61,8 +66,7 @@ def register_local(path: Path, group, approval_status, description, metadata, to
                          created, token))
             con.execute("COMMIT")
     except sqlite3.Error as exc:
-        raise StepError(f"local registry {path}: {exc}; check the path is a writable SQLite file (or remove it "
-                        "to start a new registry)") from exc
+        raise damaged(path, exc) from exc
     finally:
         con.close()
     return {"registry": "local", "location": str(path), "model_package_group": group, "version": version,
@@ -89,9 +93,11 @@ def list_local(path: Path, group: str | None = None) -> list[dict]:
             query += " WHERE group_name = ?"
             args = (group,)
         rows = con.execute(query + " ORDER BY group_name, version", args).fetchall()
+        return [_entry(row) for row in rows]
+    except (sqlite3.Error, ValueError, TypeError) as exc:
+        raise damaged(Path(path), exc) from exc
     finally:
         con.close()
-    return [_entry(row) for row in rows]
 
 
 def find_local(path: Path, arn: str) -> dict | None:
@@ -101,9 +107,11 @@ def find_local(path: Path, arn: str) -> dict | None:
     con = connect_local(Path(path))
     try:
         row = con.execute(f"SELECT {_COLUMNS} FROM model_packages WHERE arn = ?", (arn,)).fetchone()
+        return _entry(row) if row else None
+    except (sqlite3.Error, ValueError, TypeError) as exc:
+        raise damaged(Path(path), exc) from exc
     finally:
         con.close()
-    return _entry(row) if row else None
 
 
 def set_local_status(path: Path, arn: str, approval_status: str) -> dict | None:

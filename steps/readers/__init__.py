@@ -6,7 +6,9 @@ iter_rows(file, plan, batch_rows).
 
 The input is the Preprocess `matrix` channel: one file, or many under a prefix. Decisions, in one place:
 
-- Files are read in key order: relative POSIX paths, sorted, recursing into subfolders.
+- Files are read in key order: relative POSIX paths, sorted, recursing into subfolders. Symbolic links are
+  followed (a linked folder is read like a folder); a dangling link, a link to something already read (it
+  would be read twice) and anything that is not a regular file are errors, not skipped.
 - Skipped silently: any path with a part starting with "." (hidden files, `.DS_Store`, Spark's `.crc`
   sidecars) or "_" (Hadoop/Spark markers and scratch: `_SUCCESS`, `_committed_*`, `_temporary/`).
   Anything else with an unknown extension is an error: silently skipping e.g. `part-0.csv.gz` would lose rows.
@@ -26,6 +28,8 @@ they agree; `iter_matrix(plan, batch_rows)` then yields `MatrixBatch`es of at mo
 """
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -49,7 +53,7 @@ def list_input_files(root: Path) -> list[InputFile]:
             f"input channel {root} does not exist or is not a directory; "
             "map the InputData location to the processing input 'matrix'"
         )
-    found = [_input_file(root, p) for p in root.rglob("*") if p.is_file() and not _is_skipped(p.relative_to(root))]
+    found = [_input_file(root, p) for p in _walk(root)]
     if not found:
         raise StepError(
             f"input {root} holds no data files; point InputData at a .npy, .parquet or .csv file or a prefix of them"
@@ -57,6 +61,43 @@ def list_input_files(root: Path) -> list[InputFile]:
     found.sort(key=lambda f: f.key)
     _check_one_format(found)
     return found
+
+
+def _walk(root: Path) -> list[Path]:
+    """Every file under `root`, following symbolic links (a linked folder is read like a folder), each file
+    read once: a link that leads nowhere, somewhere already read, or to something that is not a regular file
+    is an error, never skipped in silence."""
+    top = root.stat()
+    seen: dict[tuple[int, int], str] = {(top.st_dev, top.st_ino): ""}  # (device, inode) -> where first met
+    files = []
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        for entry in sorted(folder.iterdir()):
+            key = entry.relative_to(root).as_posix()
+            if _is_skipped(entry.relative_to(root)):
+                continue
+            try:
+                info = entry.stat()  # follows links
+            except FileNotFoundError:
+                raise StepError(f"{key}: a symbolic link to {os.readlink(entry)!r}, which does not exist; restore "
+                                "its target or remove the link") from None
+            except OSError as exc:  # a link loop (ELOOP), a permission
+                raise StepError(f"{key}: cannot be read ({exc.strerror}); fix or remove it") from None
+            identity = (info.st_dev, info.st_ino)
+            if identity in seen:
+                raise StepError(f"{key}: the same {'folder' if stat.S_ISDIR(info.st_mode) else 'file'} as "
+                                f"{seen[identity] or 'the input itself'} (through a symbolic link), so its rows would "
+                                "be read twice; remove the link")
+            seen[identity] = key
+            if stat.S_ISDIR(info.st_mode):
+                stack.append(entry)
+            elif stat.S_ISREG(info.st_mode):
+                files.append(entry)
+            else:
+                raise StepError(f"{key}: not a regular file (a FIFO, socket or device); the input may hold only "
+                                ".npy, .parquet or .csv files: remove it")
+    return files
 
 
 def _is_skipped(relative: Path) -> bool:

@@ -28,6 +28,8 @@ class FileSchema:
     dim: int  # npy: width; parquet/csv: number of columns
     source_dtype: str | None  # numpy name of the file's numeric type(s), e.g. "float32"; None: no typed values
     typed: tuple[str, ...] = ()  # columns with a known numeric type (a CSV column with no values has none)
+    index_columns: tuple[str, ...] = ()  # columns holding a pandas index (parquet's pandas metadata says which)
+    range_index: tuple[str, ...] = ()  # names of a pandas RangeIndex kept only in the metadata
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from .base import FileSchema, InputFile, MatrixPlan
 FORMAT, EXTENSIONS = "csv", (".csv",)
 STRAY_TEXT_SHARE = 0.9  # a sampled column this numeric is a feature with bad cells, not an id column
 CSV_BLOCK_BYTES = 1 << 22  # pyarrow parses CSV in blocks of this size; bounds memory and the type-inference sample
+CSV_MAX_LINE_BYTES = 64 << 20  # a block must hold a whole line: wider rows belong in .npy or .parquet
 
 
 def plan(schemas: Sequence[FileSchema], id_column: str | None) -> MatrixPlan:
@@ -94,6 +95,17 @@ def iter_rows(file: InputFile, plan: MatrixPlan, batch_rows: int):
         raise _csv_error(file, exc) from exc
 
 
+def block_bytes(file: InputFile) -> int:
+    """pyarrow's block must hold a whole line (else "straddling object"): at least CSV_BLOCK_BYTES, and twice the
+    longest of the header and the first row, so a matrix of 100,000 columns reads as well as one of 10."""
+    with open(file.path, "rb") as f:
+        longest = max(len(f.readline(CSV_MAX_LINE_BYTES + 1)) for _ in range(2))
+    if longest > CSV_MAX_LINE_BYTES:
+        raise StepError(f"{file.key}: a line of more than {CSV_MAX_LINE_BYTES >> 20} MB; CSV rows this wide are not "
+                        "read: save the matrix as .npy or .parquet")
+    return max(CSV_BLOCK_BYTES, 2 * longest)
+
+
 def _open_csv(file: InputFile, column_types: dict | None = None) -> pacsv.CSVStreamingReader:
     convert = pacsv.ConvertOptions(
         column_types=column_types or {},
@@ -101,11 +113,15 @@ def _open_csv(file: InputFile, column_types: dict | None = None) -> pacsv.CSVStr
         null_values=[""],
         quoted_strings_can_be_null=False,
     )
-    return pacsv.open_csv(file.path, read_options=pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES, use_threads=False),
+    return pacsv.open_csv(file.path, read_options=pacsv.ReadOptions(block_size=block_bytes(file), use_threads=False),
                           convert_options=convert)
 
 
 def _csv_error(file: InputFile, exc: Exception) -> StepError:
+    if "straddl" in str(exc):  # a line longer than the block, which was sized from the first lines
+        return StepError(f"{file.key}: a line is more than {block_bytes(file)} bytes long, over twice as long as the "
+                         "first row; give every row the same columns (a stray line break or quote?), or save the "
+                         "matrix as .npy or .parquet")
     ragged = _find_ragged_line(file.path)
     if ragged is not None:
         line, expected, found = ragged

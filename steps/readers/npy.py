@@ -1,12 +1,13 @@
 """Dense .npy input (numpy.save): 2-D, numeric; ids are row numbers. Read with plain reads, not a memory map."""
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import numpy as np
 
 from .. import npy
-from ..errors import StepError
+from ..errors import StepError, brief
 from .base import FileSchema, InputFile, MatrixPlan, common_dtype
 
 FORMAT, EXTENSIONS = "npy", (".npy",)
@@ -35,10 +36,10 @@ def _npy_header(file: InputFile) -> tuple[tuple[int, ...], np.dtype, int]:
         header = npy.read_header(file.path)
         shape, dtype, data_offset = header.shape, header.dtype, header.offset
     except (ValueError, OSError, EOFError) as exc:
-        raise StepError(f"{file.key}: not a valid .npy file ({exc}); {fix}") from exc
+        raise StepError(f"{file.key}: not a valid .npy file ({brief(exc)}); {fix}") from exc
     if dtype.hasobject:
         raise StepError(f"{file.key}: holds Python objects, not numbers; {fix} after converting it to a numeric dtype")
-    expected = data_offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected = data_offset + math.prod(shape) * dtype.itemsize  # Python integers: no overflow, whatever the shape
     if file.bytes < expected:
         raise StepError(
             f"{file.key}: truncated .npy file: header says shape {shape} {dtype} ({expected} bytes) "
