@@ -5,6 +5,7 @@
 
 Streams shard by shard and batch by batch: memory holds the row ids (N) and one batch, never N x k. Nothing
 is trusted (steps/formats/shards.py says what is checked); no artifact file is written unless every shard passes.
+Progress lines as every step's (steps/progress.py).
 
 Output: the files are built in a staging folder and moved into the `artifact` output only when all are
 complete (the manifest, with every file's size and SHA-256, last). The service uploads them after the
@@ -23,6 +24,7 @@ from .contract import (ARTIFACT, ARTIFACT_FILES, NORMALIZED, PROCESSING, SCRATCH
 from .errors import StepArgumentParser, StepError, run_step
 from .formats import artifact, shards
 from .formats.normalized import load_normalized, read_ids
+from .progress import Progress, tracked
 
 
 def parse_parameters(items: Sequence[str]) -> dict[str, str]:
@@ -43,7 +45,9 @@ def merge(shards_dir: Path, normalized_dir: Path, out: Path, scratch: Path, args
     k = int(found[0].meta["k"])
     size = artifact.batch_rows(k)
     batches = (batch for shard in found for batch in shard.batches(size, normalized.rows))  # in row order
-    counts = artifact.write_files(batches, read_ids(normalized), normalized.rows, k, out)
+    progress = Progress(normalized.rows, None, lambda line: print(f"merge: {line}", flush=True))
+    counts = artifact.write_files(tracked(batches, progress, lambda b: len(b[1])), read_ids(normalized),
+                                  normalized.rows, k, out)
     pre = normalized.manifest
     manifest = {
         "rows": normalized.rows, "dim": normalized.dim, "k": k, "threshold": found[0].meta["min_score"],
