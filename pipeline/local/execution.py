@@ -36,6 +36,7 @@ from .jobs import JobContext, job_name, run_processing, run_training
 from pipeline.definition.parameters import ParameterOverride, resolve_parameters
 from pipeline.definition.graph import StepPlan, load_definition, output_uri_property, plan_steps
 from .storage import is_s3, join_uri, local_path, one_line, s3_client, split_s3
+from .watch import Watch
 
 REGISTRY_ENV = LOCAL_REGISTRY_ENV  # the container contract, section 3
 REGISTRY_FILE = "registry.sqlite"
@@ -112,6 +113,7 @@ def run_local(
     echo: Progress | None = None,
     progress: Progress | None = None,
     faults: str | None = None,
+    watch: Watch | None = None,
 ) -> Execution:
     """Run a compiled definition on this machine. Everything is checked before the first step starts.
 
@@ -119,7 +121,8 @@ def run_local(
     typed as the definition declares them; whether a value is in range is the product's rule, checked where the
     value entered (pipeline/api.py), since the runner interprets any definition;
     `echo` receives every process output line ("[Similarity algo-2] ..."); `progress` one line per step event;
-    `faults` is an ALLPAIRS_FAULTS value (default: that environment variable).
+    `faults` is an ALLPAIRS_FAULTS value (default: that environment variable); `watch` (pipeline/local/watch.py)
+    follows the steps and every host as they run, for a live display.
     Raises LocalRunError when a step fails (the record in <workdir>/executions/<id>/execution.json says more),
     KeyboardInterrupt when stopped by Ctrl-C (the execution is then Stopped and can be resumed).
     """
@@ -131,7 +134,7 @@ def run_local(
     values = resolve_parameters(definition, parameters)
     injected = injected_faults(faults, plans)
     execution = start_execution(definition, plans, values, Path(workdir), pipeline_name, region)
-    return run_execution(execution, plans, echo, progress, injected)
+    return run_execution(execution, plans, echo, progress, injected, watch=watch)
 
 
 def resume_local(
@@ -141,13 +144,14 @@ def resume_local(
     echo: Progress | None = None,
     progress: Progress | None = None,
     faults: str | None = None,
+    watch: Watch | None = None,
 ) -> Execution:
     """Run a Stopped or Failed execution again under its own id: steps that Succeeded are skipped, the others
     run again (Similarity resumes from the execution's checkpoints). Everything it needs is in the execution's
     record (parameters, definition, region), so no spec is read."""
     execution, definition = load_execution(Path(os.path.abspath(workdir)), execution_id)
     plans = plan_steps(definition)
-    return run_execution(execution, plans, echo, progress, injected_faults(faults, plans), resuming=True)
+    return run_execution(execution, plans, echo, progress, injected_faults(faults, plans), resuming=True, watch=watch)
 
 
 def injected_faults(faults: str | None, plans: list[StepPlan]) -> list[Fault]:
@@ -173,8 +177,11 @@ def load_execution(workdir: Path, execution_id: str) -> tuple[Execution, dict]:
 
 
 def run_execution(execution: Execution, plans: list[StepPlan], echo: Progress | None,
-                  progress: Progress | None, faults: list[Fault], resuming: bool = False) -> Execution:
+                  progress: Progress | None, faults: list[Fault], resuming: bool = False,
+                  watch: Watch | None = None) -> Execution:
     say = progress or (lambda line: None)
+    if watch:
+        watch.planned([plan.name for plan in plans])
     with execution_lock(execution), graceful_sigint() as stop:
         if resuming:
             reset_unfinished_steps(execution)
@@ -186,9 +193,11 @@ def run_execution(execution: Execution, plans: list[StepPlan], echo: Progress | 
                 if record.status == "Succeeded":  # only when resuming: its outputs are where it put them
                     scope.properties[plan.name] = record.properties
                     say(f"{plan.name}: Succeeded before, skipped")
+                    if watch:
+                        watch.step_ended(plan.name, "Skipped", record.seconds)
                     continue
                 stop.raise_if_requested()
-                run_step(plan, execution, scope, echo, say, faults)
+                run_step(plan, execution, scope, echo, say, faults, watch)
         except KeyboardInterrupt:
             finish(execution, "Stopped", "interrupted")
             say(f"execution {execution.id}: Stopped; nothing was published or registered. {resume_hint(execution)}")
@@ -269,15 +278,17 @@ def execution_variables(execution: Execution) -> dict[str, str]:
 
 
 def run_step(plan: StepPlan, execution: Execution, scope: Scope, echo: Progress | None, say: Progress,
-             faults: list[Fault] = ()) -> None:
+             faults: list[Fault] = (), watch: Watch | None = None) -> None:
     record = execution.steps[plan.name]
     record.job_name = job_name(execution.pipeline_name, plan, execution.id.rsplit("-", 1)[1])
     record.status, record.started = "Executing", utc_text(datetime.now(timezone.utc))
     execution.save()
     say(f"{plan.name}: started ({plan.type} job {record.job_name})")
+    if watch:
+        watch.step_started(plan.name, record.job_name)
     clock = time.monotonic()
     ctx = JobContext(execution.directory / plan.name, record.job_name, Path.cwd(), step_environment(plan, execution), echo,
-                     faults=list(faults))
+                     faults=list(faults), watch=watch)
     try:
         job_scope = scope.for_job(JOB_NAME_VARIABLE[plan.type], record.job_name)
         record.arguments = job_scope.resolve(plan.arguments, f"step {plan.name}, Arguments")
@@ -286,6 +297,8 @@ def run_step(plan: StepPlan, execution: Execution, scope: Scope, echo: Progress 
         reason = str(exc) if isinstance(exc, AllpairsError) else f"step {plan.name}: {one_line(exc)}"
         end_step(record, ctx, clock, "Stopped" if isinstance(exc, KeyboardInterrupt) else "Failed", reason)
         execution.save()
+        if watch:
+            watch.step_ended(plan.name, record.status, record.seconds)
         say(f"{plan.name}: {record.status} after {record.seconds:.1f} s")
         if isinstance(exc, (AllpairsError, KeyboardInterrupt)):
             raise
@@ -293,6 +306,8 @@ def run_step(plan: StepPlan, execution: Execution, scope: Scope, echo: Progress 
     end_step(record, ctx, clock, "Succeeded", None)
     scope.properties[plan.name] = record.properties
     execution.save()
+    if watch:
+        watch.step_ended(plan.name, "Succeeded", record.seconds)
     say(f"{plan.name}: Succeeded in {record.seconds:.1f} s")
 
 
@@ -301,7 +316,9 @@ def end_step(record: StepRecord, ctx: JobContext, clock: float, status: str, rea
     record.ended = utc_text(datetime.now(timezone.utc))
     record.seconds = round(time.monotonic() - clock, 3)
     record.hosts = {r.host: {"exit_code": r.exit_code, "log": str(r.log), "reason": r.reason,
-                             **({"restarts": r.restarts} if r.restarts else {})}  # restarts: injected faults
+                             **({"restarts": r.restarts} if r.restarts else {}),  # restarts: injected faults
+                             "seconds": r.seconds, "peak_rss_bytes": r.peak_rss,  # measured by the runner
+                             **({"progress": r.progress} if r.progress else {})}  # its last progress line
                     for r in ctx.host_results}
 
 

@@ -3,6 +3,10 @@
 Stopping a host is what SageMaker does (StopTrainingJob, a failed job's other hosts, spot): SIGTERM, then
 SIGKILL STOP_GRACE_SECONDS (120 s) later if it is still there. A second Ctrl-C kills at once.
 
+Each host's memory is measured as the service's instance metrics would show it: its resident set (file pages
+of the memory-mapped matrix included), sampled from /proc while it runs and, at its exit, its peak from the
+kernel's accounting (wait4's ru_maxrss). Both go to the watch (the live display) and the execution record.
+
 Restarts (fault injection, pipeline/local/faults.py): a host hit by a fault (a signal the runner sends at a
 time or a share of the work, or one it sends itself after printing steps.contract.FAULT_MARKER) is started
 again once it has exited, with the same root (its `fresh` folders emptied, as on a new instance) and without
@@ -15,6 +19,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -25,9 +30,11 @@ from steps.contract import FAULT_MARKER, HOST_FAULT_ENV, PROGRESS_LINE
 
 from .faults import DEFAULT_GRACE_SECONDS, Timed
 from .interrupts import STOP
+from .watch import Watch
 
 LOG_NAME = "job.log"  # in each host's root, beside what the container sees as /opt/ml
 STOP_GRACE_SECONDS = DEFAULT_GRACE_SECONDS  # SIGTERM, then SIGKILL this much later, as SageMaker does
+MEMORY_SAMPLE_SECONDS = 0.5  # how often a running host's resident memory is read
 
 Echo = Callable[[str], None]
 
@@ -42,6 +49,7 @@ class HostCommand:
     failure_file: str  # relative to root: where this job type's failure reason is read (steps.contract.FAILURE_FILES)
     fresh: tuple[Path, ...] = ()  # emptied before a restart: what a new instance would not have (model/, output/)
     timed: Timed | None = None  # a fault the runner delivers (ALLPAIRS_FAULTS at=...)
+    step: str = ""  # the step it belongs to, for the watch
 
 
 @dataclass
@@ -51,6 +59,9 @@ class HostResult:
     log: Path
     reason: str = ""  # why it failed, one line
     restarts: int = 0  # times it was killed by an injected fault and started again
+    seconds: float | None = None  # its last start to its exit
+    peak_rss: int | None = None  # bytes: the most resident memory it held (None: not measurable here)
+    progress: dict | None = None  # its last progress line's fields (steps.contract.PROGRESS_LINE)
 
 
 @dataclass(eq=False)
@@ -64,15 +75,61 @@ class _Running:
     restarts: int = 0
     started: float = field(default_factory=time.monotonic)
     percent: float = 0.0  # the host's last progress line
+    progress: dict | None = None  # that line's fields
     kill_at: float | None = None  # SIGKILL deadline after a SIGTERM the runner sent
+    peak_rss: int | None = None  # bytes, the largest resident set seen (samples, then the exit's ru_maxrss)
+    sampled: float = 0.0  # when memory was last read
+    ended: float | None = None  # when it was reaped
+    watch: Watch | None = None
+
+    def poll(self) -> int | None:
+        """The exit code once the process has exited, else None. Reaps it with wait4, which also tells the peak
+        resident memory of its whole life (Popen's own poll would throw that away)."""
+        process = self.process
+        if process.returncode is not None:
+            return process.returncode
+        try:
+            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+        except ChildProcessError:  # reaped elsewhere (Popen.wait in stop_others)
+            return process.poll()
+        if pid == 0:
+            return None
+        process.returncode = os.waitstatus_to_exitcode(status)
+        self.ended = time.monotonic()
+        peak = usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)  # bytes on macOS, KiB on Linux
+        self.peak_rss = max(self.peak_rss or 0, peak) or None
+        return process.returncode
+
+    def sample_memory(self, now: float) -> None:
+        """Its resident memory now (Linux /proc; elsewhere nothing), at most every MEMORY_SAMPLE_SECONDS."""
+        if now - self.sampled < MEMORY_SAMPLE_SECONDS:
+            return
+        self.sampled = now
+        rss = resident_bytes(self.process.pid)
+        if rss is None:
+            return
+        self.peak_rss = max(self.peak_rss or 0, rss[1])
+        if self.watch:
+            self.watch.host_memory(self.command.step, self.command.host, rss[0], self.peak_rss)
+
+
+def resident_bytes(pid: int) -> tuple[int, int] | None:
+    """(resident now, peak resident) of a live process, from /proc/<pid>/status; None where there is none."""
+    try:
+        fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+        return int(fields["VmRSS"].split()[0]) * 1024, int(fields["VmHWM"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError, IndexError):
+        return None
 
 
 def run_hosts(commands: Sequence[HostCommand], cwd: Path, echo: Echo | None = None,
-              restart_scope: Mapping[str, str] | None = None, collect: list | None = None) -> list[HostResult]:
+              restart_scope: Mapping[str, str] | None = None, collect: list | None = None,
+              watch: Watch | None = None) -> list[HostResult]:
     """Start every host, wait for all; the first failure stops the others (as a failed training job does).
     `restart_scope` maps a host given a fault to "host" (restart it alone) or "step" (restart every host);
-    `collect` receives the results even when this raises (Ctrl-C), for the execution record."""
-    running = [start(command, cwd, echo) for command in commands]
+    `collect` receives the results even when this raises (Ctrl-C), for the execution record; `watch` is told
+    each host's lines, memory and end as they happen."""
+    running = [start(command, cwd, echo, watch) for command in commands]
     results: dict[str, HostResult] = {}
     pending = dict(restart_scope or {})
     try:
@@ -83,12 +140,16 @@ def run_hosts(commands: Sequence[HostCommand], cwd: Path, echo: Echo | None = No
                     break
                 raise KeyboardInterrupt("stop requested")
             deliver_timed_faults(running, results)
+            now = time.monotonic()
             for i, run in enumerate(running):
-                if run.command.host in results or run.process.poll() is None:
+                if run.command.host in results:
+                    continue
+                if run.poll() is None:
+                    run.sample_memory(now)
                     continue
                 scope = pending.pop(run.command.host, None)
                 if scope and run.fault_fired:
-                    running = restart_after_fault(running, i, results, cwd, echo, scope)
+                    running = restart_after_fault(running, i, results, cwd, echo, scope, watch)
                     break
                 results[run.command.host] = finish(run)
                 if run.process.returncode != 0:
@@ -107,7 +168,7 @@ def deliver_timed_faults(running: Sequence[_Running], results: Mapping[str, Host
     """Send each due fault's signal, and the SIGKILL that follows an unanswered SIGTERM."""
     now = time.monotonic()
     for run in running:
-        if run.command.host in results or run.process.poll() is not None:
+        if run.command.host in results or run.poll() is not None:
             continue
         timed = run.command.timed
         if timed and not run.fault_fired and (
@@ -127,7 +188,7 @@ def deliver_timed_faults(running: Sequence[_Running], results: Mapping[str, Host
 
 
 def restart_after_fault(running: list[_Running], i: int, results: dict[str, HostResult], cwd: Path,
-                        echo: Echo | None, scope: str) -> list[_Running]:
+                        echo: Echo | None, scope: str, watch: Watch | None = None) -> list[_Running]:
     """The host at `i` was killed by its injected fault: start it again (scope "host"), or stop every host and
     start them all again (scope "step"), each without its fault."""
     if scope == "step":
@@ -148,8 +209,9 @@ def restart_after_fault(running: list[_Running], i: int, results: dict[str, Host
         for folder in command.fresh:
             shutil.rmtree(folder, ignore_errors=True)
             folder.mkdir(parents=True)
-        running[j] = start(command, cwd, echo)
+        running[j] = start(command, cwd, echo, watch)
         running[j].restarts = old.restarts + 1
+        running[j].peak_rss = old.peak_rss  # the host's peak over its restarts
     return running
 
 
@@ -163,7 +225,7 @@ def _log_line(log: Path, line: str) -> None:
         f.write(line.encode() + b"\n")
 
 
-def start(command: HostCommand, cwd: Path, echo: Echo | None) -> _Running:
+def start(command: HostCommand, cwd: Path, echo: Echo | None, watch: Watch | None = None) -> _Running:
     log = command.root / LOG_NAME
     command.root.mkdir(parents=True, exist_ok=True)
     process = subprocess.Popen(
@@ -175,7 +237,9 @@ def start(command: HostCommand, cwd: Path, echo: Echo | None) -> _Running:
         stderr=subprocess.PIPE,
         start_new_session=True,  # its own process group: stopping a host also stops what it spawned
     )
-    run = _Running(command, process, log)
+    run = _Running(command, process, log, watch=watch)
+    if watch:
+        watch.host_started(command.step, command.host)
     sink = open(log, "ab")
     lock = threading.Lock()
     for stream, is_stderr in ((process.stdout, False), (process.stderr, True)):
@@ -199,6 +263,9 @@ def _pump(run: _Running, stream, sink, lock: threading.Lock, is_stderr: bool, ec
         progress = PROGRESS_LINE.search(line)
         if progress:
             run.percent = float(progress["percent"])
+            run.progress = progress.groupdict()
+        if run.watch and line.strip():
+            run.watch.host_line(run.command.step, run.command.host, line, run.progress if progress else None)
         if echo:
             echo(f"[{run.command.label}] {line}")
     stream.close()
@@ -215,7 +282,17 @@ def finish(run: _Running) -> HostResult:
         pump.join()  # the last stderr line is only known once the pipes are drained
     code = run.process.returncode
     reason = "" if code == 0 else failure_reason(run, code)
-    return HostResult(run.command.host, code, run.log, reason, run.restarts)
+    return ended(run, HostResult(run.command.host, code, run.log, reason, run.restarts))
+
+
+def ended(run: _Running, result: HostResult) -> HostResult:
+    """The result with what was measured of the host, told to the watch."""
+    result.seconds = round((run.ended or time.monotonic()) - run.started, 3)
+    result.peak_rss, result.progress = run.peak_rss, run.progress
+    if run.watch:
+        status = "done" if result.exit_code == 0 else "stopped" if result.exit_code is None else "failed"
+        run.watch.host_ended(run.command.step, run.command.host, status, result.seconds, run.peak_rss)
+    return result
 
 
 def failure_reason(run: _Running, code: int) -> str:
@@ -233,7 +310,7 @@ def failure_reason(run: _Running, code: int) -> str:
 def stop_others(running: Sequence[_Running], results: dict[str, HostResult],
                 why: str = "stopped: another host failed", grace: float = STOP_GRACE_SECONDS) -> None:
     """SIGTERM every host still running, SIGKILL those still there after `grace` seconds."""
-    alive = [r for r in running if r.command.host not in results and r.process.poll() is None]
+    alive = [r for r in running if r.command.host not in results and r.poll() is None]
     for run in alive:
         _signal_group(run.process, signal.SIGTERM if grace > 0 else signal.SIGKILL)
     deadline = time.monotonic() + grace
@@ -249,7 +326,7 @@ def stop_others(running: Sequence[_Running], results: dict[str, HostResult],
         if run in alive and run.process.returncode != 0:
             for pump in run.pumps:
                 pump.join()
-            results[run.command.host] = HostResult(run.command.host, None, run.log, why, run.restarts)
+            results[run.command.host] = ended(run, HostResult(run.command.host, None, run.log, why, run.restarts))
         else:  # it ended on its own meanwhile
             results[run.command.host] = finish(run)
 
