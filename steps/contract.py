@@ -98,7 +98,8 @@ MANIFEST = "manifest.json"
 IDS_FILE = "ids.parquet"
 REGISTRATION_FILE = "registration.json"
 NEIGHBORS_PARQUET, NEIGHBORS_NPY, SCORES_NPY = "neighbors.parquet", "neighbors.npy", "scores.npy"
-ARTIFACT_FILES = (NEIGHBORS_PARQUET, NEIGHBORS_NPY, SCORES_NPY, MANIFEST)  # moved into place in this order
+REPORT_HTML = "report.html"  # the artifact at a glance, for a browser (steps/formats/report.py)
+ARTIFACT_FILES = (NEIGHBORS_PARQUET, NEIGHBORS_NPY, SCORES_NPY, REPORT_HTML, MANIFEST)  # moved into place in this order
 
 NORMALIZED_FORMAT = ("allpairs.normalized", 1)
 SHARD_FORMAT = ("allpairs.shard", 1)

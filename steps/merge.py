@@ -3,9 +3,9 @@
     python3 -m steps.merge --execution-id <PipelineExecutionId> --artifact-uri <where the output lands>
                            [--parameter Name=value ...]   (the execution's pipeline parameters, for the record)
 
-Streams shard by shard and batch by batch: memory holds the row ids (N) and one batch, never N x k. Nothing
-is trusted (steps/formats/shards.py says what is checked); no artifact file is written unless every shard passes.
-Progress lines as every step's (steps/progress.py).
+Streams shard by shard and batch by batch: memory holds the row ids (N), one counter per row for the report
+(steps/formats/report.py) and one batch, never N x k. Nothing is trusted (steps/formats/shards.py says what is
+checked); no artifact file is written unless every shard passes. Progress lines as every step's (steps/progress.py).
 
 Output: the files are built in a staging folder and moved into the `artifact` output only when all are
 complete (the manifest, with every file's size and SHA-256, last). The service uploads them after the
@@ -19,11 +19,12 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from .contract import (ARTIFACT, ARTIFACT_FILES, NORMALIZED, PROCESSING, SCRATCH_PATH, SHARDS, here,
+from .contract import (ARTIFACT, ARTIFACT_FILES, NORMALIZED, PROCESSING, REPORT_HTML, SCRATCH_PATH, SHARDS, here,
                        processing_input_path, processing_output_path)
 from .errors import StepArgumentParser, StepError, run_step
-from .formats import artifact, shards
+from .formats import artifact, report, shards
 from .formats.normalized import load_normalized, read_ids
+from .io import write_bytes
 from .progress import Progress, tracked
 
 
@@ -46,7 +47,9 @@ def merge(shards_dir: Path, normalized_dir: Path, out: Path, scratch: Path, args
     size = artifact.batch_rows(k)
     batches = (batch for shard in found for batch in shard.batches(size, normalized.rows))  # in row order
     progress = Progress(normalized.rows, None, lambda line: print(f"merge: {line}", flush=True))
-    counts = artifact.write_files(tracked(batches, progress, lambda b: len(b[1])), read_ids(normalized),
+    stats = report.Stats(normalized.rows, k)  # the report's figures, gathered as the batches pass
+    ids = read_ids(normalized)
+    counts = artifact.write_files(stats.observe(tracked(batches, progress, lambda b: len(b[1]))), ids,
                                   normalized.rows, k, out)
     pre = normalized.manifest
     manifest = {
@@ -67,6 +70,7 @@ def merge(shards_dir: Path, normalized_dir: Path, out: Path, scratch: Path, args
                     "similarity_cpu_seconds": round(sum(s.meta.get("cpu_seconds") or 0 for s in found), 3),
                     "merge_seconds": round(time.time() - began, 3)},
     }
+    write_bytes(out / REPORT_HTML, report.render(stats, manifest, ids).encode())
     artifact.write_manifest(out, manifest)
     return manifest
 

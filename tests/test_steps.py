@@ -200,7 +200,7 @@ def _flip(artifact, name):
 
 
 @pytest.mark.parametrize("damage", [_lose, _cut, _flip], ids=["missing", "truncated", "altered"])
-@pytest.mark.parametrize("name", ["neighbors.parquet", "neighbors.npy", "scores.npy"])
+@pytest.mark.parametrize("name", ["neighbors.parquet", "neighbors.npy", "scores.npy", "report.html"])
 def test_register_refuses_an_artifact_not_complete_where_it_landed(monkeypatch, tmp_path, merged_artifact, damage,
                                                                    name):
     expected = damage(merged_artifact, name)

@@ -3,6 +3,7 @@
     neighbors.parquet   the edge list `id, neighbor_id, rank, score` with the original ids (padding not written)
     neighbors.npy       int32 (int64 past 2**31 rows), shape (rows, k): neighbour row indices, -1 where padded
     scores.npy          float32, shape (rows, k): their scores, NaN where padded
+    report.html         the artifact at a glance, for a browser (steps/formats/report.py)
     manifest.json       format, counts, input and fingerprints, parameters, hosts, timings, and every file's
                         size and sha256: a manifest in place vouches for the files beside it
     registration.json   the registry entry (added by Register once it has registered the files)
@@ -20,13 +21,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .. import npy
-from ..contract import ARTIFACT_FORMAT, MANIFEST, NEIGHBORS_NPY, NEIGHBORS_PARQUET, SCORES_NPY
+from ..contract import ARTIFACT_FORMAT, MANIFEST, NEIGHBORS_NPY, NEIGHBORS_PARQUET, REPORT_HTML, SCORES_NPY
 from ..errors import StepError
 from ..io import atomic_path, sha256_file, write_json
 
 FORMAT, VERSION = ARTIFACT_FORMAT
 BATCH_EDGES = 1 << 20  # edges handled at once (about 60 MB of arrays): memory follows this, not N or N*k
-DATA_FILES = (NEIGHBORS_PARQUET, NEIGHBORS_NPY, SCORES_NPY)
+DATA_FILES = (NEIGHBORS_PARQUET, NEIGHBORS_NPY, SCORES_NPY, REPORT_HTML)
 
 
 def batch_rows(k: int) -> int:
