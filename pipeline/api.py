@@ -63,8 +63,9 @@ def validate(spec_path: str | Path) -> str:
 
 
 def run(spec_path: str | Path, params: Sequence[str], workdir: str | Path | None, echo: Say | None,
-        progress: Say | None):
-    """A new local execution of the spec's definition; --param values are checked before anything runs."""
+        progress: Say | None, watch=None):
+    """A new local execution of the spec's definition; --param values are checked before anything runs.
+    `watch` (pipeline/local/watch.py) follows the steps and hosts for a live display."""
     from pipeline.definition.parameters import checked_values
     from pipeline.local import run_local
 
@@ -72,25 +73,26 @@ def run(spec_path: str | Path, params: Sequence[str], workdir: str | Path | None
     given = command_line_overrides(params)
     values = checked_values(json.loads(text), spec_overrides(spec) + given, spec.value_problem(local=True))
     return run_local(text, values, workdir=workdir or spec.local.workdir, pipeline_name=spec.name,
-                     region=spec.region, echo=echo, progress=progress)
+                     region=spec.region, echo=echo, progress=progress, watch=watch)
 
 
 def resume(execution_id: str, spec_path: str | Path, workdir: str | Path | None, echo: Say | None,
-           progress: Say | None):
+           progress: Say | None, watch=None):
     """Finish a Stopped or Failed execution: the record holds all it needs; the spec only supplies the workdir."""
     from pipeline.local import resume_local
 
     return resume_local(execution_id, workdir=workdir or load_spec(spec_path).local.workdir, echo=echo,
-                        progress=progress)
+                        progress=progress, watch=watch)
 
 
 def run_summary(execution) -> list[str]:
-    """What a finished local run prints: where the artifact is, its registry entry, the record."""
+    """What a finished local run prints: where the artifact is, its report, its registry entry, the record."""
     from pipeline.compile import ARTIFACT_OUTPUT, MERGE
     from pipeline.local import read_registration
+    from steps.contract import REPORT_HTML
 
     artifact = execution.output_uri(MERGE, ARTIFACT_OUTPUT)
-    lines = [f"artifact: {artifact}"]
+    lines = [f"artifact: {artifact}", f"report: {artifact.rstrip('/')}/{REPORT_HTML}"]
     registration = read_registration(artifact)
     if registration:
         lines.append(f"registered: {registration.get('model_package_arn')} ({registration.get('approval_status')})")

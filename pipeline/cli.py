@@ -11,7 +11,7 @@ import threading
 import traceback
 from typing import Sequence
 
-from pipeline import api
+from pipeline import api, display
 from pipeline.errors import AllpairsError
 
 _print_lock = threading.Lock()
@@ -102,12 +102,12 @@ def cmd_definition(args) -> int:
 
 def cmd_run(args) -> int:
     api.refuse_resume_with_params(args.resume, args.param)
-    echo = say if args.verbose else None
-    if args.resume:
-        execution = api.resume(args.resume, args.spec, args.workdir, echo, say)
-    else:
-        execution = api.run(args.spec, args.param, args.workdir, echo, say)
-    print("\n".join(api.run_summary(execution)))
+    with display.RunDisplay(verbose=args.verbose) as shown:  # live in a terminal, plain lines elsewhere
+        if args.resume:
+            execution = api.resume(args.resume, args.spec, args.workdir, shown.echo, shown.say, shown.watch)
+        else:
+            execution = api.run(args.spec, args.param, args.workdir, shown.echo, shown.say, shown.watch)
+    print("\n".join(api.run_summary(execution) + display.summary_lines(execution)))
     return 0
 
 

@@ -3,9 +3,10 @@
 Stopping a host is what SageMaker does (StopTrainingJob, a failed job's other hosts, spot): SIGTERM, then
 SIGKILL STOP_GRACE_SECONDS (120 s) later if it is still there. A second Ctrl-C kills at once.
 
-Each host's memory is measured as the service's instance metrics would show it: its resident set (file pages
-of the memory-mapped matrix included), sampled from /proc while it runs and, at its exit, its peak from the
-kernel's accounting (wait4's ru_maxrss). Both go to the watch (the live display) and the execution record.
+Each host's memory is its resident set (file pages of the memory-mapped matrix included), read from
+/proc/<pid>/status while it runs: VmRSS now (for the watch, the live display) and VmHWM, the kernel's high-water
+mark of the process, which after any read past the peak is the peak itself (the execution record). Not wait4's
+ru_maxrss: on Linux a child's starts from the resident size of the runner it was forked from.
 
 Restarts (fault injection, pipeline/local/faults.py): a host hit by a fault (a signal the runner sends at a
 time or a share of the work, or one it sends itself after printing steps.contract.FAULT_MARKER) is started
@@ -19,7 +20,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -34,7 +34,7 @@ from .watch import Watch
 
 LOG_NAME = "job.log"  # in each host's root, beside what the container sees as /opt/ml
 STOP_GRACE_SECONDS = DEFAULT_GRACE_SECONDS  # SIGTERM, then SIGKILL this much later, as SageMaker does
-MEMORY_SAMPLE_SECONDS = 0.5  # how often a running host's resident memory is read
+WATCH_MEMORY_SECONDS = 0.5  # how often a running host's memory is handed to the watch (it is read every tick)
 
 Echo = Callable[[str], None]
 
@@ -77,39 +77,25 @@ class _Running:
     percent: float = 0.0  # the host's last progress line
     progress: dict | None = None  # that line's fields
     kill_at: float | None = None  # SIGKILL deadline after a SIGTERM the runner sent
-    peak_rss: int | None = None  # bytes, the largest resident set seen (samples, then the exit's ru_maxrss)
-    sampled: float = 0.0  # when memory was last read
-    ended: float | None = None  # when it was reaped
+    peak_rss: int | None = None  # bytes: its high-water resident set, as last read
+    watched: float = 0.0  # when its memory was last handed to the watch
+    ended: float | None = None  # when it was seen to have exited
     watch: Watch | None = None
 
     def poll(self) -> int | None:
-        """The exit code once the process has exited, else None. Reaps it with wait4, which also tells the peak
-        resident memory of its whole life (Popen's own poll would throw that away)."""
-        process = self.process
-        if process.returncode is not None:
-            return process.returncode
-        try:
-            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
-        except ChildProcessError:  # reaped elsewhere (Popen.wait in stop_others)
-            return process.poll()
-        if pid == 0:
-            return None
-        process.returncode = os.waitstatus_to_exitcode(status)
-        self.ended = time.monotonic()
-        peak = usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)  # bytes on macOS, KiB on Linux
-        self.peak_rss = max(self.peak_rss or 0, peak) or None
-        return process.returncode
+        code = self.process.poll()
+        if code is not None and self.ended is None:
+            self.ended = time.monotonic()
+        return code
 
     def sample_memory(self, now: float) -> None:
-        """Its resident memory now (Linux /proc; elsewhere nothing), at most every MEMORY_SAMPLE_SECONDS."""
-        if now - self.sampled < MEMORY_SAMPLE_SECONDS:
-            return
-        self.sampled = now
+        """Read its resident memory (Linux /proc; elsewhere nothing is known); tell the watch now and then."""
         rss = resident_bytes(self.process.pid)
         if rss is None:
             return
         self.peak_rss = max(self.peak_rss or 0, rss[1])
-        if self.watch:
+        if self.watch and now - self.watched >= WATCH_MEMORY_SECONDS:
+            self.watched = now
             self.watch.host_memory(self.command.step, self.command.host, rss[0], self.peak_rss)
 
 
