@@ -179,6 +179,42 @@ def ecr_digest(target: Target, repository: str, tag: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# The input's shape, read cheaply (the fit check of `start`): a listing and a few byte ranges
+
+MAX_INPUT_KEYS = 10000  # listed at most; steps/input_shape.py extrapolates past the files it reads
+
+
+def input_objects(target: Target, uri: str) -> tuple[list[tuple[str, int]], Callable[[str, int, int], bytes]]:
+    """The objects of an s3:// file or prefix as (key relative to it, bytes), and a reader of their byte ranges
+    (a negative offset counts from the end), for steps.input_shape.read_shape."""
+    match = re.fullmatch(r"s3://([^/]+)/?(.*)", uri)
+    if not match:
+        raise UsageError(f"{uri}: not an s3:// URI")
+    bucket, key = match.group(1), match.group(2)
+    s3 = target.client("s3")
+    prefix = key if not key or key.endswith("/") else key + "/"
+    files: list[tuple[str, int]] = []
+    token = None
+    while len(files) < MAX_INPUT_KEYS:
+        page = call(f"S3 list_objects_v2 {uri}", s3.list_objects_v2, Bucket=bucket, Prefix=prefix,
+                    **({"ContinuationToken": token} if token else {}))
+        files += [(o["Key"][len(prefix):], o["Size"]) for o in page.get("Contents", []) if o["Key"] != prefix]
+        token = page.get("NextContinuationToken")
+        if not token:
+            break
+    base = prefix
+    if not files and key:  # a single object
+        head = call(f"S3 head_object {uri}", s3.head_object, Bucket=bucket, Key=key)
+        files, base = [(key.rsplit("/", 1)[-1], head["ContentLength"])], key[:len(key) - len(key.rsplit("/", 1)[-1])]
+
+    def read(name: str, offset: int, length: int) -> bytes:
+        span = f"bytes=-{-offset}" if offset < 0 else f"bytes={offset}-{offset + length - 1}"
+        body = call(f"S3 get_object {uri}", s3.get_object, Bucket=bucket, Key=base + name, Range=span)["Body"]
+        return body.read()[:length]
+    return files, read
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Pipelines
 
 

@@ -58,6 +58,20 @@ def build_parser() -> argparse.ArgumentParser:
                      help="finish a Stopped or Failed execution: finished steps are kept, Similarity resumes from its checkpoints")
     run.set_defaults(handler=cmd_run)
 
+    plan = commands.add_parser("plan", parents=[common], help="size the job: memory, disk, time and cost per instance type")
+    plan.add_argument("--param", action="append", default=[], metavar="Name=value", help="override a parameter (repeatable)")
+    plan.add_argument("--rows", type=int, help="the matrix's rows (default: read from InputData)")
+    plan.add_argument("--dim", type=int, help="its columns (with --rows)")
+    plan.add_argument("--k", type=int, help="neighbours per row (default: TopK)")
+    plan.add_argument("--density", type=float, default=1.0, help="share of nonzero values: sizes a sparse input (default 1)")
+    plan.add_argument("--hours", type=float, help="finish the similarity step within this (default: half its max runtime)")
+    plan.add_argument("--gflops-per-core", type=float, help="skip the calibration: the kernel's GFLOP/s per core")
+    plan.add_argument("--cloud", action="store_true", help="the spec's cloud parameters, not local.parameters")
+    plan.add_argument("--all-types", action="store_true", help="every type in steps/instances.json, not instance_types")
+    plan.add_argument("--region", help="AWS region, to read an s3:// input (default: as the cloud commands)")
+    plan.add_argument("--profile", help="AWS profile, to read an s3:// input")
+    plan.set_defaults(handler=cmd_plan)
+
     registry = commands.add_parser("registry", parents=[common], help="list the local registry's artifact versions")
     registry.add_argument("action", nargs="?", choices=["list"], default="list")
     registry.add_argument("--group", help="only this model package group")
@@ -111,6 +125,13 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_plan(args) -> int:
+    print("\n".join(api.plan(args.spec, args.param, rows=args.rows, dim=args.dim, k=args.k, density=args.density,
+                             hours=args.hours, gflops_per_core=args.gflops_per_core, cloud=args.cloud,
+                             all_types=args.all_types, region=args.region, profile=args.profile)))
+    return 0
+
+
 def cmd_registry(args) -> int:
     path, entries = api.registry_entries(args.spec, args.workdir, args.group)
     if not path.exists():
@@ -149,7 +170,7 @@ def cmd_diff(args) -> int:
 
 
 def cmd_start(args) -> int:
-    target, arn, link = api.start(args.spec, args.param, **cloud(args))
+    target, arn, link = api.start(args.spec, args.param, **cloud(args), say=say)
     print(arn)
     print(link)
     if not args.wait:
