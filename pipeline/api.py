@@ -171,6 +171,17 @@ def status(spec_path, execution: str | None, region=None, profile=None, role_arn
     return aws.status(target, aws.execution_arn(target, spec, execution)).lines()
 
 
+def watch_status(spec_path, execution: str | None, show: Callable[[list[str]], None], interval: float = 15.0,
+                 region=None, profile=None, role_arn=None) -> str:
+    """Follow an execution (ARN, id, or the latest) to its end, handing `show` its status lines (steps, and the
+    similarity hosts' latest metrics) every `interval` seconds; returns the final status."""
+    from pipeline import aws
+
+    spec = load_spec(spec_path)
+    target = connect(spec, region, profile, role_arn)
+    return aws.watch(target, aws.execution_arn(target, spec, execution), lambda state: show(state.lines()), interval)
+
+
 def image_build(repository: str, tag: str | None) -> str:
     from pipeline import image
 

@@ -95,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     start.set_defaults(handler=cmd_start)
     status = commands.add_parser("status", parents=[cloud], help="an execution's state and its steps' (default: the latest)")
     status.add_argument("execution", nargs="?", help="execution ARN or id")
+    status.add_argument("--watch", action="store_true", help="follow it to its end: steps and the hosts' latest metrics")
+    status.add_argument("--interval", type=float, default=15.0, help="with --watch: seconds between looks (default 15)")
     status.set_defaults(handler=cmd_status)
     image = commands.add_parser("image", parents=[cloud], help="build the container image, or push it to ECR")
     image.add_argument("action", choices=["build", "push"])
@@ -181,8 +183,12 @@ def cmd_start(args) -> int:
 
 
 def cmd_status(args) -> int:
-    print("\n".join(api.status(args.spec, args.execution, **cloud(args))))
-    return 0
+    if not args.watch:
+        print("\n".join(api.status(args.spec, args.execution, **cloud(args))))
+        return 0
+    with display.StatusDisplay() as shown:  # redrawn in a terminal; elsewhere printed when it changes
+        final = api.watch_status(args.spec, args.execution, shown.show, args.interval, **cloud(args))
+    return 0 if final == "Succeeded" else 1
 
 
 def cmd_image(args) -> int:

@@ -73,6 +73,41 @@ class RunDisplay:
             print(line, file=self.stream, flush=True)
 
 
+class StatusDisplay:
+    """`status --watch`: the execution's lines redrawn in place in a terminal; elsewhere printed, with the time,
+    each time they change."""
+
+    def __init__(self, stream: TextIO | None = None, live: bool | None = None):
+        self.stream = stream or sys.stdout
+        self.live = live_wanted(self.stream) if live is None else live
+        self._live = None
+        self._last: list[str] | None = None
+
+    def __enter__(self) -> "StatusDisplay":
+        if self.live:
+            from rich.console import Console
+            from rich.live import Live
+
+            self._live = Live("", console=Console(file=self.stream, force_terminal=True), auto_refresh=False)
+            self._live.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._live:
+            self._live.stop()
+
+    def show(self, lines: list[str]) -> None:
+        import time
+
+        if self._live:
+            from rich.text import Text
+
+            self._live.update(Text("\n".join(lines + [f"(updated {time.strftime('%H:%M:%S')})"])), refresh=True)
+        elif lines != self._last:
+            print(f"--- {time.strftime('%H:%M:%S')}", *lines, sep="\n", file=self.stream, flush=True)
+        self._last = lines
+
+
 # ---- the live view ---------------------------------------------------------------------------------------------
 
 MARK = {"Succeeded": "[green]✔[/]", "Executing": "[yellow]▶[/]", "Failed": "[red]✘[/]", "Stopped": "[red]■[/]",
