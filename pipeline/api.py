@@ -256,18 +256,22 @@ def plan(spec_path, params: Sequence[str], *, rows: int | None = None, dim: int 
     settings = planner.Settings.of(spec)
     cores = None
     if gflops_per_core:
+        speed = planner.Throughput.flat(gflops_per_core)
         calibration = f"{gflops_per_core:g} GFLOP/s per core (given, not measured)"
     else:
         measured = planner.calibrate(job.dim, job.k, settings.memory_budget_mb, job.rows)
-        gflops_per_core, cores = measured["gflops_per_core"], measured["cores"]
-        calibration = (f"{measured['gflops']:,.1f} GFLOP/s measured here on {measured['cores']} core"
-                       f"{'s' if measured['cores'] != 1 else ''} ({gflops_per_core:,.1f} per core) at dim {job.dim}, "
-                       f"k {measured['k']}, in {measured['seconds']:.1f} s (steps/calibrate.py)")
+        speed, cores = planner.Throughput.measured(measured), measured["cores"]
+        each = lambda gflops: gflops / measured["cores"]  # noqa: E731
+        calibration = (f"measured here on {measured['cores']} core{'s' if measured['cores'] != 1 else ''} at dim "
+                       f"{job.dim}, k {measured['k']}, in {measured['seconds']:.1f} s (steps/calibrate.py): "
+                       f"{each(measured['gflops_share']):,.1f} GFLOP/s per core for a host's eighth of "
+                       f"{measured['corpus_rows']:,} rows, {each(measured['gflops_self']):,.1f} for one host holding "
+                       f"them all (each pair inside a host's group of rows is computed once)")
     chosen = (str(values["InstanceType"]), int(values["InstanceCount"]))
     names = [t.name for t in facts().types] if all_types or not spec.instance_types else list(spec.instance_types)
     candidates = names + ([chosen[0]] if chosen[0] not in names else [])
     target = hours * 3600 if hours else settings.max_runtime_seconds / 2
-    return planner.plan_lines(job, settings, candidates, chosen, gflops_per_core, target, spec.where, calibration,
+    return planner.plan_lines(job, settings, candidates, chosen, speed, target, spec.where, calibration,
                               local_cores=cores)
 
 

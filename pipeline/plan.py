@@ -11,9 +11,11 @@ From the matrix's shape (read cheaply, steps/input_shape.py, or given), k and th
   whole checkpoint prefix to each host); Merge the matrix (its `normalized` input), the shards and the
   artifact; Register the artifact;
 - run time of the similarity step: the largest share x 2 x rows x dim floating point operations, at the
-  kernel throughput measured here (steps/calibrate.py) per physical core, times the instance's cores. Not
-  counted: start-up, the channel's download, and that a host computes each pair of its own rows once (so one
-  or two hosts finish up to 2x and 1.3x sooner than estimated);
+  kernel throughput measured here (steps/calibrate.py) per physical core, times the instance's cores. The
+  kernel computes each pair inside a group of a host's rows once, so a host whose group holds a larger part of
+  the rows runs faster per row: the cost per operation is taken as a line through the two measured points (an
+  eighth of the rows, all of them) at the part of the rows the job's group holds. Not counted: start-up and
+  the channel's download;
 - cost: hosts x hours x the on-demand price, and spot at the data file's assumed saving.
 
 Sizes are in GB of 10^9 bytes; a volume_gb of V holds V x 2^30 bytes less 5% for the file system.
@@ -164,9 +166,37 @@ def volume_needed(stored: int) -> int:
     return max(1, math.ceil(stored / (2**30 * VOLUME_USABLE)))
 
 
-def similarity_seconds(job: Job, hosts: int, cores: int, gflops_per_core: float) -> float:
+@dataclass(frozen=True)
+class Throughput:
+    """The kernel per physical core: seconds per GFLOP (as the progress lines count them) when a group of
+    query rows holds the share f of the corpus is `base - saving * f`; `group_rows` as the job's are blocked."""
+
+    base: float
+    saving: float = 0.0
+    group_rows: int | None = None  # None: a host's whole share is one group
+
+    @classmethod
+    def flat(cls, gflops_per_core: float) -> "Throughput":
+        return cls(1.0 / gflops_per_core)
+
+    @classmethod
+    def measured(cls, calibration: dict) -> "Throughput":
+        """From steps/calibrate.py's two points: GFLOP/s when a group holds `share_rows` of the `corpus_rows`, and
+        all of them (measured on `cores` cores)."""
+        cores, part = calibration["cores"], calibration["share_rows"] / calibration["corpus_rows"]
+        share_cost, self_cost = cores / calibration["gflops_share"], cores / calibration["gflops_self"]
+        saving = max(0.0, (share_cost - self_cost) / (1.0 - part))  # noise must not make a larger share slower
+        return cls(share_cost + saving * part, saving, calibration.get("group_rows"))
+
+    def seconds_per_gflop(self, part: float) -> float:
+        return self.base - self.saving * min(max(part, 0.0), 1.0)
+
+
+def similarity_seconds(job: Job, hosts: int, cores: int, speed: Throughput) -> float:
     """The largest share's compute time (the step's wall time, start-up and download aside)."""
-    return share(job.rows, hosts) * 2.0 * job.rows * job.dim / (gflops_per_core * 1e9 * cores)
+    rows = share(job.rows, hosts)
+    group = min(rows, speed.group_rows or rows)
+    return rows * 2.0 * job.rows * job.dim / 1e9 * speed.seconds_per_gflop(group / job.rows) / cores
 
 
 # ---- candidates ---------------------------------------------------------------------------------------------
@@ -190,27 +220,27 @@ class Estimate:
         return self.memory_need <= self.type.usable_mb * MB
 
 
-def estimate(job: Job, settings: Settings, kind: InstanceType, hosts: int, gflops_per_core: float,
+def estimate(job: Job, settings: Settings, kind: InstanceType, hosts: int, speed: Throughput,
              known: Facts) -> Estimate:
-    seconds = similarity_seconds(job, hosts, kind.cores, gflops_per_core)
+    seconds = similarity_seconds(job, hosts, kind.cores, speed)
     cost = hosts * seconds / 3600 * kind.on_demand_per_hour
     return Estimate(kind, hosts, host_memory(job, hosts, settings.memory_budget_mb), seconds, cost,
                     cost * (1 - known.spot_savings))
 
 
-def smallest_count(job: Job, settings: Settings, kind: InstanceType, gflops_per_core: float, target: float,
+def smallest_count(job: Job, settings: Settings, kind: InstanceType, speed: Throughput, target: float,
                    known: Facts) -> Estimate | None:
     """The fewest hosts of `kind` that fit in memory and finish within `target` seconds (or, when none does,
     the most hosts allowed); None when no count fits in memory."""
     most = max(1, min(MAX_HOSTS, job.rows))
-    one = similarity_seconds(job, 1, kind.cores, gflops_per_core)
+    one = similarity_seconds(job, 1, kind.cores, speed)
     hosts = min(most, max(1, math.ceil(one / target)))
-    while hosts < most and similarity_seconds(job, hosts, kind.cores, gflops_per_core) > target:
+    while hosts < most and similarity_seconds(job, hosts, kind.cores, speed) > target:
         hosts += 1
-    found = estimate(job, settings, kind, hosts, gflops_per_core, known)
+    found = estimate(job, settings, kind, hosts, speed, known)
     while not found.fits and hosts < most:  # more hosts: a smaller output each
         hosts = min(most, hosts * 2)
-        found = estimate(job, settings, kind, hosts, gflops_per_core, known)
+        found = estimate(job, settings, kind, hosts, speed, known)
     return found if found.fits else None
 
 
@@ -233,7 +263,7 @@ def check_fit(job: Job, settings: Settings, instance_type: str, hosts: int, wher
         fit.notes.append(f"InstanceType={instance_type} is not in steps/instances.json: its memory is not checked "
                          "before the run (each similarity host checks its own)")
     else:
-        found = estimate(job, settings, kind, hosts, 1.0, known)
+        found = estimate(job, settings, kind, hosts, Throughput.flat(1.0), known)
         if not found.fits:
             fit.problems.append(memory_problem(job, settings, found, known))
     for step, stored in step_memory(job, settings).items():
@@ -257,7 +287,8 @@ def check_fit(job: Job, settings: Settings, instance_type: str, hosts: int, wher
 def memory_problem(job: Job, settings: Settings, found: Estimate, known: Facts) -> str:
     parts = found.memory
     have = found.type.usable_mb
-    larger = next((t for t in known.types if estimate(job, settings, t, found.hosts, 1.0, known).fits), None)
+    larger = next((t for t in known.types if estimate(job, settings, t, found.hosts, Throughput.flat(1.0), known).fits),
+                  None)
     fix = (f"use InstanceType={larger.name} ({larger.memory_gib} GiB) or larger" if larger else
            "no instance type in steps/instances.json holds it: reduce the matrix's dimension or rows")
     return (f"InstanceType={found.type.name}: each of the {found.hosts} similarity host"
@@ -301,7 +332,7 @@ def calibrate(dim: int, k: int, budget_mb: int, rows: int | None = None, seconds
 # ---- the plan, as text --------------------------------------------------------------------------------------
 
 
-def plan_lines(job: Job, settings: Settings, candidates: Sequence[str], chosen: tuple[str, int], gflops_per_core: float,
+def plan_lines(job: Job, settings: Settings, candidates: Sequence[str], chosen: tuple[str, int], speed: Throughput,
                target: float, where: Callable[[str], str], calibration: str, known: Facts | None = None,
                local_cores: int | None = None) -> list[str]:
     """`local_cores`: this machine's, to say how long `python -m pipeline run` would compute here."""
@@ -329,9 +360,9 @@ def plan_lines(job: Job, settings: Settings, candidates: Sequence[str], chosen: 
         if kind is None:
             lines.append(f"  {name:<15} not in steps/instances.json: no estimate")
             continue
-        found = smallest_count(job, settings, kind, gflops_per_core, target, known)
+        found = smallest_count(job, settings, kind, speed, target, known)
         if found is None:
-            need = estimate(job, settings, kind, max(1, min(MAX_HOSTS, job.rows)), gflops_per_core, known).memory_need
+            need = estimate(job, settings, kind, max(1, min(MAX_HOSTS, job.rows)), speed, known).memory_need
             lines.append(f"  {name:<15} {kind.vcpus:>5} {kind.memory_gib:>4} GiB {'-':>5}  {need / MB:>8,.0f} > "
                          f"{kind.usable_mb:>9,}  does not fit")
             continue
@@ -348,13 +379,14 @@ def plan_lines(job: Job, settings: Settings, candidates: Sequence[str], chosen: 
     kind = known.get(chosen[0])
     fit = check_fit(job, settings, chosen[0], chosen[1], where, known)
     if kind:
-        now = estimate(job, settings, kind, chosen[1], gflops_per_core, known)
+        now = estimate(job, settings, kind, chosen[1], speed, known)
         lines.append(f"these parameters: InstanceType={chosen[0]} InstanceCount={chosen[1]}: {duration(now.seconds)}, "
                      f"{money(now.on_demand)} on-demand, {money(now.spot)} spot; " +
                      ("fits" if not fit.problems else "refused by `run` and `start`:"))
     lines += [f"  {problem}" for problem in fit.problems] + [f"  note: {note}" for note in fit.notes]
     if local_cores:
-        here = job.rows * 2.0 * job.rows * job.dim / (gflops_per_core * 1e9 * local_cores)
+        hosts = chosen[1]  # simulated hosts share this machine's cores: their work adds up
+        here = hosts * similarity_seconds(job, hosts, 1, speed) / local_cores
         lines.append(f"this machine: `python -m pipeline run` would compute the similarity step in about {duration(here)} "
                      f"(its {chosen[1]} simulated host{'s' if chosen[1] != 1 else ''} sharing {local_cores} core"
                      f"{'s' if local_cores != 1 else ''})")

@@ -1,16 +1,21 @@
-"""The kernel's throughput on this machine, measured in a second or two: what the planner scales to instance types.
+"""The kernel's throughput on this machine, measured in about two seconds: what the planner scales to instances.
 
     python -m steps.calibrate --dim D --k K [--memory-budget-mb B] [--rows N] [--seconds S]
 
 Runs the real kernel (top_k, every core) on random unit rows of the job's dimension and k with the job's score
-budget, and prints one JSON line: GFLOP/s counted as the progress lines count them (2 x corpus rows x dim per
-query row, so the planner's estimate and the hosts' live GFLOP/s are one unit), and per physical core.
+budget, and prints one JSON line. Throughput is GFLOP/s as the progress lines count it (2 x corpus rows x dim per
+query row, so the plan and the hosts' live GFLOP/s are one unit), measured twice on one corpus:
 
-What is timed: whole top_k calls, each for a share of an eighth of the corpus (a host among several: within a
-share each pair is computed once, so a larger share would look faster), after one untimed call (page faults,
-thread start-up), until `seconds` have passed. The corpus is sized so one call is about CALL_FLOP of products
-(a fraction of a second): a larger corpus lets fewer candidates past each row's bar and spreads each row's
-fixed costs wider, so the estimate errs on the slow side. The planner (pipeline/plan.py) runs this as a subprocess: pipeline/ never imports the kernel.
+- `gflops_share`: whole top_k calls for an eighth of the corpus (a host among several), after an untimed one
+  (page faults, thread start-up), until `seconds` have passed;
+- `gflops_self`: one call for the whole corpus, as one host holding all rows: inside a share (a group of
+  query rows, `group_rows`) each pair's product is computed once and serves both rows, so it runs faster.
+
+The planner draws a line through the two (cost per row and corpus row falls with the share of the corpus a group
+holds) and reads the job's hosts off it, with `group_rows` as the kernel would block the job's rows. The corpus
+is sized so the whole-corpus call is about SELF_FLOP of products: a larger corpus lets fewer candidates past
+each row's bar and spreads each row's fixed costs wider, so the estimate errs on the slow side. The planner
+(pipeline/plan.py) runs this as a subprocess: pipeline/ never imports the kernel.
 """
 from __future__ import annotations
 
@@ -24,10 +29,11 @@ from typing import Sequence
 import numpy as np
 
 from .kernel import Corpus, KernelConfig, QueryRows, top_k
-from .kernel.blocking import default_threads
+from .kernel.blocking import Plan, default_threads
 
-CALL_FLOP = 1 << 35  # one timed call's products: (corpus rows / 8) x corpus rows x dim x 2
+SELF_FLOP = 1 << 36  # the whole-corpus call's products: corpus rows x corpus rows x dim x 2
 MIN_ROWS = 1024
+SHARE = 8  # the share call queries corpus rows / SHARE
 
 
 def threads_per_core() -> int:
@@ -43,29 +49,42 @@ def threads_per_core() -> int:
     return max(1, count)
 
 
+def group_rows(rows: int, dim: int, k: int, budget_mb: int) -> int:
+    """Query rows the kernel holds as one group for a job of `rows` (pairs inside a group are computed once)."""
+    width = min(k + max(8, k // 16), max(rows - 1, 1))  # as top_k sizes each row's candidate buffer
+    return Plan.from_budget(budget_mb << 20, dim, width, rows).group_rows
+
+
 def calibrate(dim: int, k: int, budget_mb: int = 1024, rows: int | None = None, seconds: float = 1.0) -> dict:
-    corpus_rows = max(MIN_ROWS, int((4 * CALL_FLOP / dim) ** 0.5))  # 46,341 rows of dim 64, 13,377 of dim 768
+    corpus_rows = max(MIN_ROWS, int((SELF_FLOP / (2 * dim)) ** 0.5))  # 23,170 rows of dim 64, 6,689 of dim 768
     corpus_rows = max(2, min(corpus_rows, rows or corpus_rows))
-    share = max(1, corpus_rows // 8)
+    share = max(1, corpus_rows // SHARE)
     matrix = np.random.default_rng(0).standard_normal((corpus_rows, dim), dtype=np.float32)
     matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
     corpus = Corpus([matrix])
     config = KernelConfig(min(k, corpus_rows - 1), None, budget_mb << 20, 0)
     zero = corpus.zero_mask()
-    calls, elapsed = -1, 0.0  # the first call is not timed
-    while calls < 1 or elapsed < seconds:
+
+    def timed(queries: int) -> float:
         began = time.perf_counter()
-        for _ in top_k(corpus, QueryRows(0, share), config, zero):
+        for _ in top_k(corpus, QueryRows(0, queries), config, zero):
             pass
-        if calls >= 0:
-            elapsed += time.perf_counter() - began
+        return time.perf_counter() - began
+
+    timed(share)  # warm-up
+    calls, elapsed = 0, 0.0
+    while calls < 1 or elapsed < seconds:
+        elapsed += timed(share)
         calls += 1
-    gflops = calls * share * 2.0 * corpus_rows * dim / elapsed / 1e9
+    whole = timed(corpus_rows)
+    flop_per_row = 2.0 * corpus_rows * dim
     threads = default_threads()
     cores = max(1, threads // threads_per_core())
-    return {"gflops": round(gflops, 3), "gflops_per_core": round(gflops / cores, 3), "threads": threads,
-            "cores": cores, "corpus_rows": corpus_rows, "share_rows": share, "dim": dim, "k": config.k,
-            "calls": calls, "seconds": round(elapsed, 3)}
+    return {"gflops_share": round(calls * share * flop_per_row / elapsed / 1e9, 3),
+            "gflops_self": round(corpus_rows * flop_per_row / whole / 1e9, 3),
+            "threads": threads, "cores": cores, "corpus_rows": corpus_rows, "share_rows": share, "dim": dim,
+            "k": config.k, "group_rows": group_rows(rows or corpus_rows, dim, k, budget_mb),
+            "seconds": round(elapsed + whole, 3)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

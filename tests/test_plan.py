@@ -25,6 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 SPEC = load_spec(REPO / "pipeline.yaml")
 SETTINGS = plan.Settings.of(SPEC)
 BIG = plan.job_from_size(10_000_000, 768, 10)  # the example: 30.7 GB normalized
+FLAT = plan.Throughput.flat(25.0)  # 25 GFLOP/s per core, whatever the share
 
 
 # ---- the instance facts: one table for the hosts and the planner ------------------------------------------------
@@ -67,9 +68,9 @@ def test_sizes_memory_and_disk_of_a_ten_million_row_job():
 
 def test_time_and_cost_scale_with_the_share_and_the_cores():
     c5 = facts().get("ml.c5.2xlarge")
-    seconds = plan.similarity_seconds(BIG, 4, c5.cores, 25.0)
+    seconds = plan.similarity_seconds(BIG, 4, c5.cores, FLAT)
     assert seconds == pytest.approx(2_500_000 * 2 * 10_000_000 * 768 / (25e9 * 4))
-    found = plan.estimate(BIG, SETTINGS, c5, 4, 25.0, facts())
+    found = plan.estimate(BIG, SETTINGS, c5, 4, FLAT, facts())
     assert found.on_demand == pytest.approx(4 * seconds / 3600 * 0.408)
     assert found.spot == pytest.approx(found.on_demand * 0.3)
     assert found.memory_need == sum(plan.host_memory(BIG, 4, 1024).values()) and not found.fits  # 16 GiB
@@ -78,12 +79,30 @@ def test_time_and_cost_scale_with_the_share_and_the_cores():
 def test_the_fewest_hosts_that_fit_and_finish_in_time():
     c5 = facts().get("ml.c5.9xlarge")  # 72 GiB: the matrix fits
     target = 12 * 3600
-    found = plan.smallest_count(BIG, SETTINGS, c5, 25.0, target, facts())
-    assert found.seconds <= target < plan.similarity_seconds(BIG, found.hosts - 1, c5.cores, 25.0)
+    found = plan.smallest_count(BIG, SETTINGS, c5, FLAT, target, facts())
+    assert found.seconds <= target < plan.similarity_seconds(BIG, found.hosts - 1, c5.cores, FLAT)
     assert found.fits
-    assert plan.smallest_count(BIG, SETTINGS, facts().get("ml.c5.2xlarge"), 25.0, target, facts()) is None
+    assert plan.smallest_count(BIG, SETTINGS, facts().get("ml.c5.2xlarge"), FLAT, target, facts()) is None
     small = plan.job_from_size(5, 4, 10)
-    assert plan.smallest_count(small, SETTINGS, c5, 25.0, 1e-12, facts()).hosts == 5  # never more hosts than rows
+    assert plan.smallest_count(small, SETTINGS, c5, FLAT, 1e-12, facts()).hosts == 5  # never more hosts than rows
+
+
+def test_a_host_whose_group_holds_more_of_the_rows_runs_faster_per_row():
+    # Calibrated: 10 GFLOP/s per core for an eighth of the corpus, 20 for all of it (2 cores measured).
+    speed = plan.Throughput.measured({"cores": 2, "gflops_share": 20.0, "gflops_self": 40.0, "corpus_rows": 8000,
+                                      "share_rows": 1000, "group_rows": 2_000_000})
+    assert speed.seconds_per_gflop(1 / 8) == pytest.approx(1 / 10) and speed.seconds_per_gflop(1) == pytest.approx(1 / 20)
+    job = plan.job_from_size(1_000_000, 100, 10)
+    one = plan.similarity_seconds(job, 1, 1, speed)  # the whole share is one group: all the rows
+    assert one == pytest.approx(1_000_000 * 2 * 1_000_000 * 100 / 1e9 / 20)
+    four = plan.similarity_seconds(job, 4, 1, speed)  # a quarter of the rows each
+    assert four == pytest.approx(250_000 * 2 * 1_000_000 * 100 / 1e9 * speed.seconds_per_gflop(0.25))
+    grouped = replace(speed, group_rows=100_000)  # a share blocked in groups of a tenth of the rows
+    assert plan.similarity_seconds(job, 1, 1, grouped) == pytest.approx(
+        1_000_000 * 2 * 1_000_000 * 100 / 1e9 * speed.seconds_per_gflop(0.1))
+    noisy = plan.Throughput.measured({"cores": 1, "gflops_share": 20.0, "gflops_self": 15.0, "corpus_rows": 8,
+                                      "share_rows": 1})
+    assert noisy.saving == 0 and noisy.seconds_per_gflop(1) == pytest.approx(1 / 20)  # never slower for a larger share
 
 
 def test_the_fit_check_names_what_does_not_fit_and_the_fix():
@@ -163,8 +182,8 @@ def test_plan_command_prints_sizes_candidates_and_a_recommendation(capsys):
     assert "  Register       4.80 GB of   30 GB  ok" in out
     c5 = next(line for line in out if line.startswith("  ml.c5.2xlarge"))
     assert c5.split()[-5:] == [">", "14,745", "does", "not", "fit"]
-    hosts = math.ceil(plan.similarity_seconds(BIG, 1, 18, 25.0) / (12 * 3600))
-    recommended = plan.estimate(BIG, SETTINGS, facts().get("ml.c5.9xlarge"), hosts, 25.0, facts())
+    hosts = math.ceil(plan.similarity_seconds(BIG, 1, 18, FLAT) / (12 * 3600))
+    recommended = plan.estimate(BIG, SETTINGS, facts().get("ml.c5.9xlarge"), hosts, FLAT, facts())
     assert (f"recommended: --param InstanceType=ml.c5.9xlarge --param InstanceCount={hosts} "
             f"({plan.duration(recommended.seconds)}, {plan.money(recommended.on_demand)} on-demand, "
             f"{plan.money(recommended.spot)} spot)") in out
@@ -176,7 +195,8 @@ def test_plan_reads_the_shape_of_the_local_input_and_calibrates_here(capsys):
     assert main(["plan", "--hours", "1"]) == 0  # the sample (local.parameters), a real calibration
     out = capsys.readouterr().out.splitlines()
     assert out[0].endswith("data/sample/embeddings.parquet: 3,000 rows x 64 (exact; 1 parquet file, 0.8 MB); k 10")
-    assert out[1].startswith("kernel: ") and "GFLOP/s measured here on " in out[1] and "(steps/calibrate.py)" in out[1]
+    assert out[1].startswith("kernel: measured here on ") and "(steps/calibrate.py): " in out[1]
+    assert " GFLOP/s per core for a host's eighth of 3,000 rows, " in out[1]
     assert any(line.startswith("this machine: `python -m pipeline run` would compute the similarity step in about ")
                for line in out)
     assert main(["plan", "--rows", "10"]) == 2
