@@ -118,10 +118,7 @@ def main() -> None:
             link = merge / "processing/input" / name
             if not link.exists():
                 link.symlink_to(target)
-        seconds, rss = run_step(
-            "steps.merge", merge,
-            ["--execution-id", "bench", "--artifact-uri", str(merge), "--model-package-group", "bench"],
-            {"ALLPAIRS_LOCAL_REGISTRY": str(work / "registry.sqlite")})
+        seconds, rss = run_step("steps.merge", merge, ["--execution-id", "bench", "--artifact-uri", str(merge)])
         edges_mb = args.rows * args.k * 12 / MB
         print(f"{'Merge':<11} {seconds:>8.1f} {rss:>12.0f}   N x k results {edges_mb:.0f} MB "
               f"({args.rows * args.k:,} edges); ids {args.rows * 8 / MB:.0f} MB")

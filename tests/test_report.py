@@ -49,6 +49,10 @@ def test_streamed_statistics_equal_those_of_the_whole_result():
     assert stats.most_connected() == [(r, int(degree[r])) for r in expected]
     empty = np.flatnonzero((neighbors >= 0).sum(axis=1) == 0)
     assert stats.without == empty[:report.SAMPLE_ROWS].tolist()
+    one_by_one = report.Stats(rows, k)  # small batches: the counts per row come from sorting each batch instead
+    for first in range(rows):
+        one_by_one.add(first, neighbors[first:first + 1], scores[first:first + 1])
+    assert np.array_equal(one_by_one.in_degree, degree) and np.array_equal(one_by_one.scores, stats.scores)
     # Memory: one counter per row plus fixed-size histograms, whatever k.
     held = sum(v.nbytes for v in vars(stats).values() if isinstance(v, np.ndarray))
     assert held == rows * 4 + 2 * report.SCORE_BINS * 8 + (k + 1) * 8

@@ -51,8 +51,12 @@ class Stats:
         self.per_row += np.bincount(counts, minlength=self.k + 1)
         if len(self.without) < SAMPLE_ROWS:
             self.without += (first + np.flatnonzero(counts == 0)[:SAMPLE_ROWS - len(self.without)]).tolist()
-        items, times = np.unique(neighbors[found], return_counts=True)  # sorting one batch, not N-sized work
-        self.in_degree[items] += times.astype(np.uint32)
+        listed = neighbors[found]
+        if self.rows <= 4 * listed.size:  # a count per row costs less than sorting the batch, and as much memory
+            self.in_degree += np.bincount(listed, minlength=self.rows).astype(np.uint32)
+        else:  # many rows, a small batch: sort the batch, not N-sized work
+            items, times = np.unique(listed, return_counts=True)
+            self.in_degree[items] += times.astype(np.uint32)
         if kept.size:
             self.pairs += int(kept.size)
             self.score_sum += float(kept.astype(np.float64).sum())
