@@ -261,12 +261,12 @@ def plan(spec_path, params: Sequence[str], *, rows: int | None = None, dim: int 
     else:
         measured = planner.calibrate(job.dim, job.k, settings.memory_budget_mb, job.rows)
         speed, cores = planner.Throughput.measured(measured), measured["cores"]
-        each = lambda gflops: gflops / measured["cores"]  # noqa: E731
+        (quarter, at_quarter), (half, at_half) = measured["points"]
         calibration = (f"measured here on {measured['cores']} core{'s' if measured['cores'] != 1 else ''} at dim "
                        f"{job.dim}, k {measured['k']}, in {measured['seconds']:.1f} s (steps/calibrate.py): "
-                       f"{each(measured['gflops_share']):,.1f} GFLOP/s per core for a host's eighth of "
-                       f"{measured['corpus_rows']:,} rows, {each(measured['gflops_self']):,.1f} for one host holding "
-                       f"them all (each pair inside a host's group of rows is computed once)")
+                       f"{at_quarter / measured['cores']:,.1f} GFLOP/s per core for a quarter of "
+                       f"{measured['corpus_rows']:,} rows, {at_half / measured['cores']:,.1f} for half of them "
+                       "(each pair inside a host's group of rows is computed once)")
     chosen = (str(values["InstanceType"]), int(values["InstanceCount"]))
     names = [t.name for t in facts().types] if all_types or not spec.instance_types else list(spec.instance_types)
     candidates = names + ([chosen[0]] if chosen[0] not in names else [])

@@ -181,12 +181,13 @@ class Throughput:
 
     @classmethod
     def measured(cls, calibration: dict) -> "Throughput":
-        """From steps/calibrate.py's two points: GFLOP/s when a group holds `share_rows` of the `corpus_rows`, and
-        all of them (measured on `cores` cores)."""
-        cores, part = calibration["cores"], calibration["share_rows"] / calibration["corpus_rows"]
-        share_cost, self_cost = cores / calibration["gflops_share"], cores / calibration["gflops_self"]
-        saving = max(0.0, (share_cost - self_cost) / (1.0 - part))  # noise must not make a larger share slower
-        return cls(share_cost + saving * part, saving, calibration.get("group_rows"))
+        """From steps/calibrate.py: GFLOP/s at two parts of the corpus (measured on `cores` cores), a line through
+        their costs per operation."""
+        (part_a, gflops_a), (part_b, gflops_b) = sorted(calibration["points"])
+        cores = calibration["cores"]
+        cost_a, cost_b = cores / gflops_a, cores / gflops_b
+        saving = max(0.0, (cost_a - cost_b) / (part_b - part_a)) if part_b > part_a else 0.0
+        return cls(cost_a + saving * part_a, saving, calibration.get("group_rows"))  # noise never makes more slower
 
     def seconds_per_gflop(self, part: float) -> float:
         return self.base - self.saving * min(max(part, 0.0), 1.0)

@@ -1,21 +1,22 @@
-"""The kernel's throughput on this machine, measured in about two seconds: what the planner scales to instances.
+"""The kernel's throughput on this machine, measured in a few seconds: what the planner scales to instances.
 
     python -m steps.calibrate --dim D --k K [--memory-budget-mb B] [--rows N] [--seconds S]
 
 Runs the real kernel (top_k, every core) on random unit rows of the job's dimension and k with the job's score
 budget, and prints one JSON line. Throughput is GFLOP/s as the progress lines count it (2 x corpus rows x dim per
-query row, so the plan and the hosts' live GFLOP/s are one unit), measured twice on one corpus:
+query row, so the plan and the hosts' live GFLOP/s are one unit), measured at two points on one corpus, as
+`points`: [part of the corpus the query rows are, GFLOP/s]:
 
-- `gflops_share`: whole top_k calls for an eighth of the corpus (a host among several), after an untimed one
-  (page faults, thread start-up), until `seconds` have passed;
-- `gflops_self`: one call for the whole corpus, as one host holding all rows: inside a share (a group of
-  query rows, `group_rows`) each pair's product is computed once and serves both rows, so it runs faster.
+- a quarter of the corpus (a host among four): whole top_k calls, after an untimed one (page faults, thread
+  start-up), until `seconds` have passed;
+- half of it, once: inside a group of query rows (`group_rows`) each pair's product is computed once and
+  serves both rows, so a larger part runs faster per row; on this kernel the cost per operation falls in a
+  straight line with the part, which the planner extends to the job's hosts.
 
-The planner draws a line through the two (cost per row and corpus row falls with the share of the corpus a group
-holds) and reads the job's hosts off it, with `group_rows` as the kernel would block the job's rows. The corpus
-is sized so the whole-corpus call is about SELF_FLOP of products: a larger corpus lets fewer candidates past
-each row's bar and spreads each row's fixed costs wider, so the estimate errs on the slow side. The planner
-(pipeline/plan.py) runs this as a subprocess: pipeline/ never imports the kernel.
+The corpus is sized so the half call is about HALF_FLOP of products, enough tiles for the workers to keep busy;
+a larger corpus lets fewer candidates past each row's bar, so for a large job the estimate errs on the slow
+side. `group_rows` is how the kernel would block the job's own rows. The planner (pipeline/plan.py) runs this
+as a subprocess: pipeline/ never imports the kernel.
 """
 from __future__ import annotations
 
@@ -31,9 +32,8 @@ import numpy as np
 from .kernel import Corpus, KernelConfig, QueryRows, top_k
 from .kernel.blocking import Plan, default_threads
 
-SELF_FLOP = 1 << 36  # the whole-corpus call's products: corpus rows x corpus rows x dim x 2
+HALF_FLOP = 1 << 36  # the half call's products: corpus rows / 2 x corpus rows x dim x 2
 MIN_ROWS = 1024
-SHARE = 8  # the share call queries corpus rows / SHARE
 
 
 def threads_per_core() -> int:
@@ -56,35 +56,34 @@ def group_rows(rows: int, dim: int, k: int, budget_mb: int) -> int:
 
 
 def calibrate(dim: int, k: int, budget_mb: int = 1024, rows: int | None = None, seconds: float = 1.0) -> dict:
-    corpus_rows = max(MIN_ROWS, int((SELF_FLOP / (2 * dim)) ** 0.5))  # 23,170 rows of dim 64, 6,689 of dim 768
-    corpus_rows = max(2, min(corpus_rows, rows or corpus_rows))
-    share = max(1, corpus_rows // SHARE)
+    corpus_rows = max(MIN_ROWS, int((HALF_FLOP / dim) ** 0.5))  # 32,768 rows of dim 64, 9,459 of dim 768
+    corpus_rows = max(4, min(corpus_rows, rows or corpus_rows))
     matrix = np.random.default_rng(0).standard_normal((corpus_rows, dim), dtype=np.float32)
     matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
     corpus = Corpus([matrix])
     config = KernelConfig(min(k, corpus_rows - 1), None, budget_mb << 20, 0)
     zero = corpus.zero_mask()
-
-    def timed(queries: int) -> float:
-        began = time.perf_counter()
-        for _ in top_k(corpus, QueryRows(0, queries), config, zero):
-            pass
-        return time.perf_counter() - began
-
-    timed(share)  # warm-up
-    calls, elapsed = 0, 0.0
-    while calls < 1 or elapsed < seconds:
-        elapsed += timed(share)
-        calls += 1
-    whole = timed(corpus_rows)
     flop_per_row = 2.0 * corpus_rows * dim
+
+    def gflops(queries: int, repeat: float = 0.0) -> float:
+        calls, elapsed = 0, 0.0
+        while calls < 1 or elapsed < repeat:
+            began = time.perf_counter()
+            for _ in top_k(corpus, QueryRows(0, queries), config, zero):
+                pass
+            elapsed += time.perf_counter() - began
+            calls += 1
+        return calls * queries * flop_per_row / elapsed / 1e9
+
+    quarter, half = max(1, corpus_rows // 4), max(2, corpus_rows // 2)
+    began = time.perf_counter()
+    gflops(quarter)  # warm-up
+    points = [[quarter / corpus_rows, round(gflops(quarter, seconds), 3)], [half / corpus_rows, round(gflops(half), 3)]]
     threads = default_threads()
-    cores = max(1, threads // threads_per_core())
-    return {"gflops_share": round(calls * share * flop_per_row / elapsed / 1e9, 3),
-            "gflops_self": round(corpus_rows * flop_per_row / whole / 1e9, 3),
-            "threads": threads, "cores": cores, "corpus_rows": corpus_rows, "share_rows": share, "dim": dim,
-            "k": config.k, "group_rows": group_rows(rows or corpus_rows, dim, k, budget_mb),
-            "seconds": round(elapsed + whole, 3)}
+    return {"points": points, "threads": threads, "cores": max(1, threads // threads_per_core()),
+            "corpus_rows": corpus_rows, "dim": dim, "k": config.k,
+            "group_rows": group_rows(rows or corpus_rows, dim, k, budget_mb),
+            "seconds": round(time.perf_counter() - began, 3)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -88,21 +88,20 @@ def test_the_fewest_hosts_that_fit_and_finish_in_time():
 
 
 def test_a_host_whose_group_holds_more_of_the_rows_runs_faster_per_row():
-    # Calibrated: 10 GFLOP/s per core for an eighth of the corpus, 20 for all of it (2 cores measured).
-    speed = plan.Throughput.measured({"cores": 2, "gflops_share": 20.0, "gflops_self": 40.0, "corpus_rows": 8000,
-                                      "share_rows": 1000, "group_rows": 2_000_000})
-    assert speed.seconds_per_gflop(1 / 8) == pytest.approx(1 / 10) and speed.seconds_per_gflop(1) == pytest.approx(1 / 20)
+    # Calibrated on 2 cores: 10 GFLOP/s per core for a quarter of the corpus, 12.5 for half: cost 0.1 and 0.08.
+    speed = plan.Throughput.measured({"cores": 2, "points": [[0.25, 20.0], [0.5, 25.0]], "group_rows": 2_000_000})
+    assert speed.seconds_per_gflop(0.25) == pytest.approx(0.1) and speed.seconds_per_gflop(0.5) == pytest.approx(0.08)
+    assert speed.seconds_per_gflop(1) == pytest.approx(0.04)  # the line, extended
     job = plan.job_from_size(1_000_000, 100, 10)
     one = plan.similarity_seconds(job, 1, 1, speed)  # the whole share is one group: all the rows
-    assert one == pytest.approx(1_000_000 * 2 * 1_000_000 * 100 / 1e9 / 20)
+    assert one == pytest.approx(1_000_000 * 2 * 1_000_000 * 100 / 1e9 * 0.04)
     four = plan.similarity_seconds(job, 4, 1, speed)  # a quarter of the rows each
     assert four == pytest.approx(250_000 * 2 * 1_000_000 * 100 / 1e9 * speed.seconds_per_gflop(0.25))
     grouped = replace(speed, group_rows=100_000)  # a share blocked in groups of a tenth of the rows
     assert plan.similarity_seconds(job, 1, 1, grouped) == pytest.approx(
         1_000_000 * 2 * 1_000_000 * 100 / 1e9 * speed.seconds_per_gflop(0.1))
-    noisy = plan.Throughput.measured({"cores": 1, "gflops_share": 20.0, "gflops_self": 15.0, "corpus_rows": 8,
-                                      "share_rows": 1})
-    assert noisy.saving == 0 and noisy.seconds_per_gflop(1) == pytest.approx(1 / 20)  # never slower for a larger share
+    noisy = plan.Throughput.measured({"cores": 1, "points": [[0.5, 15.0], [0.25, 20.0]]})
+    assert noisy.saving == 0 and noisy.seconds_per_gflop(1) == pytest.approx(1 / 20)  # never slower for a larger part
 
 
 def test_the_fit_check_names_what_does_not_fit_and_the_fix():
@@ -196,7 +195,7 @@ def test_plan_reads_the_shape_of_the_local_input_and_calibrates_here(capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[0].endswith("data/sample/embeddings.parquet: 3,000 rows x 64 (exact; 1 parquet file, 0.8 MB); k 10")
     assert out[1].startswith("kernel: measured here on ") and "(steps/calibrate.py): " in out[1]
-    assert " GFLOP/s per core for a host's eighth of 3,000 rows, " in out[1]
+    assert " GFLOP/s per core for a quarter of 3,000 rows, " in out[1] and " for half of them " in out[1]
     assert any(line.startswith("this machine: `python -m pipeline run` would compute the similarity step in about ")
                for line in out)
     assert main(["plan", "--rows", "10"]) == 2
