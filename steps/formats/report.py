@@ -121,11 +121,12 @@ def render(stats: Stats, manifest: dict, ids) -> str:
               "<h2>Score distribution</h2><p>No pair was kept.</p>"]
     if stats.pairs:
         parts.append(_score_chart(stats))
+    above = f" scoring at least MinScore {threshold:g}" if threshold is not None else ""
+    short = f"{counts.get('rows_with_fewer_than_k', 0):,} rows have fewer than k."
     parts += ["<h2>Neighbours per row</h2>", _rows_chart(stats),
-              f"<p>{none:,} of {stats.rows:,} rows have no neighbour"
-              + (f" scoring at least MinScore {threshold:g}" if threshold is not None else "")
-              + f" ({counts.get('zero_rows', 0):,} of them all-zero rows, which have no direction);"
-              f" {counts.get('rows_with_fewer_than_k', 0):,} rows have fewer than k.</p>"]
+              f"<p>{none:,} of {stats.rows:,} rows have no neighbour{above} ({counts.get('zero_rows', 0):,} of them "
+              f"all-zero rows, which have no direction); {short}</p>" if none else
+              f"<p>Every row has a neighbour{above}; {short}</p>"]
     if stats.without:
         parts.append("<p>The first of them: " + ", ".join(f"<code>{e(str(ids[r].as_py()))}</code>"
                                                             for r in stats.without) + "</p>")
