@@ -19,7 +19,7 @@ from pipeline.errors import UsageError
 from pipeline.spec import load_spec
 from steps import similarity
 from steps.input_shape import MAX_FILES_READ, is_skipped, local_input, read_shape
-from steps.instances import PROGRAM_MB, Facts, InstanceType, facts
+from steps.instances import PROGRAM_MB, Facts, facts
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC = load_spec(REPO / "pipeline.yaml")
