@@ -124,9 +124,7 @@ def main() -> None:
             link = merge / "processing/input" / name
             if not link.exists():
                 link.symlink_to(target)
-        seconds, rss = run_step(
-            "steps.merge", merge,
-            ["--execution-id", "bench", "--artifact-uri", str(merge)])
+        seconds, rss = run_step("steps.merge", merge, ["--execution-id", "bench", "--artifact-uri", str(merge)])
         edges_mb = args.rows * args.k * 12 / MB
         print(f"{'Merge':<11} {seconds:>8.1f} {rss:>12.0f}   N x k results {edges_mb:.0f} MB "
               f"({args.rows * args.k:,} edges); the 4 hosts' partial lists {list_rows * args.k * 12 / MB:.0f} MB "

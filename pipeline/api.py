@@ -65,36 +65,39 @@ def validate(spec_path: str | Path) -> str:
 
 
 def run(spec_path: str | Path, params: Sequence[str], workdir: str | Path | None, echo: Say | None,
-        progress: Say | None):
-    """A new local execution of the spec's definition; --param values are checked before anything runs."""
+        progress: Say | None, watch=None):
+    """A new local execution of the spec's definition; --param values are checked before anything runs.
+    `watch` (pipeline/local/watch.py) follows the steps and hosts for a live display."""
     from pipeline.definition.parameters import checked_values
     from pipeline.local import run_local
 
     spec, text = load(spec_path)
     given = command_line_overrides(params)
     values = checked_values(json.loads(text), spec_overrides(spec) + given, spec.value_problem(local=True))
+    check_fit(spec, values, progress)  # as strict as the cloud: the InstanceType's memory, each step's volume
     return run_local(text, values, workdir=workdir or spec.local.workdir, pipeline_name=spec.name,
-                     region=spec.region, echo=echo, progress=progress)
+                     region=spec.region, echo=echo, progress=progress, watch=watch)
 
 
 def resume(execution_id: str, spec_path: str | Path, workdir: str | Path | None, echo: Say | None,
-           progress: Say | None):
+           progress: Say | None, watch=None):
     """Finish a Stopped or Failed execution: the record holds all it needs; the spec only supplies the workdir."""
     from pipeline.local import check_execution_id, resume_local
 
     check_execution_id(execution_id)  # before the spec is read: the id is refused whatever the spec
 
     return resume_local(execution_id, workdir=workdir or load_spec(spec_path).local.workdir, echo=echo,
-                        progress=progress)
+                        progress=progress, watch=watch)
 
 
 def run_summary(execution) -> list[str]:
-    """What a finished local run prints: where the artifact is, its registry entry, the record."""
+    """What a finished local run prints: where the artifact is, its report, its registry entry, the record."""
     from pipeline.compile import ARTIFACT_OUTPUT, MERGE
     from pipeline.local import read_registration
+    from steps.contract import REPORT_HTML
 
     artifact = execution.output_uri(MERGE, ARTIFACT_OUTPUT)
-    lines = [f"artifact: {artifact}"]
+    lines = [f"artifact: {artifact}", f"report: {artifact.rstrip('/')}/{REPORT_HTML}"]
     registration = read_registration(artifact)
     if registration:
         lines.append(f"registered: {registration.get('model_package_arn')} ({registration.get('approval_status')})")
@@ -310,9 +313,10 @@ def diff(spec_path, region=None, profile=None, role_arn=None) -> tuple[str, list
     return spec.name, aws.diff(connect(spec, region, profile, role_arn), spec, text)
 
 
-def start(spec_path, params: Sequence[str], region=None, profile=None, role_arn=None):
+def start(spec_path, params: Sequence[str], region=None, profile=None, role_arn=None, say: Say | None = None):
     """Start an execution; returns (target, execution ARN, Studio link). Every --param value is checked first:
-    its type by the definition, its range by the spec's rule, its length by the service's limits."""
+    its type by the definition, its range by the spec's rule, its length by the service's limits; then whether
+    the job fits its instances and volumes (the input's shape read from S3: a listing and a few byte ranges)."""
     from pipeline import aws
     from pipeline.definition.limits import check_definition
     from pipeline.definition.parameters import checked_values, parse_param_args
@@ -323,6 +327,7 @@ def start(spec_path, params: Sequence[str], region=None, profile=None, role_arn=
     given = {o.name: o.origin for o in overrides}
     check_definition(text, values, lambda name: given.get(name) or spec.where(""))
     target = connect(spec, region, profile, role_arn)
+    check_fit(spec, values, say, s3=lambda uri: aws.input_objects(target, uri))
     arn, link = aws.start(target, spec, overrides, values)
     return target, arn, link
 
@@ -343,6 +348,17 @@ def status(spec_path, execution: str | None, region=None, profile=None, role_arn
     return aws.status(target, aws.execution_arn(target, spec, execution)).lines()
 
 
+def watch_status(spec_path, execution: str | None, show: Callable[[list[str]], None], interval: float = 15.0,
+                 region=None, profile=None, role_arn=None) -> str:
+    """Follow an execution (ARN, id, or the latest) to its end, handing `show` its status lines (steps, and the
+    similarity hosts' latest metrics) every `interval` seconds; returns the final status."""
+    from pipeline import aws
+
+    spec = load_spec(spec_path)
+    target = connect(spec, region, profile, role_arn)
+    return aws.watch(target, aws.execution_arn(target, spec, execution), lambda state: show(state.lines()), interval)
+
+
 def image_build(repository: str, tag: str | None) -> str:
     from pipeline import image
 
@@ -361,6 +377,77 @@ def image_push(spec_path, repository: str, tag: str | None, say: Say, region=Non
     uri = aws.ecr_repository(target, repository)
     image.push(uri, tag, aws.ecr_login(target), say)
     return f"image: {uri}@{aws.ecr_digest(target, repository, tag)}    # put this line in pipeline.yaml"
+
+
+# ---- sizing -----------------------------------------------------------------------------------------------------
+
+
+def check_fit(spec, values: dict, say: Say | None, s3=None) -> None:
+    """Refuse (UsageError) parameters whose job cannot fit its instances' memory or its steps' volumes, when the
+    input's shape is known cheaply and exactly; with an estimated shape (a CSV) warn instead; when the shape
+    cannot be read, say so: then each step finds out when it runs (the similarity hosts check memory first)."""
+    from pipeline import plan as planner
+
+    job, why = planner.job_of_input(str(values["InputData"]), int(values["TopK"]), spec.input.id_column, s3)
+    if job is None:
+        if say:
+            say(f"note: no fit check before the run: {why}; each step checks what it can as it starts "
+                "(`python -m pipeline plan --rows N --dim D` sizes the job)")
+        return
+    fit = planner.check_fit(job, planner.Settings.of(spec), str(values["InstanceType"]), int(values["InstanceCount"]),
+                            spec.where)
+    planner.enforce(fit, job.exact, say)
+
+
+def plan(spec_path, params: Sequence[str], *, rows: int | None = None, dim: int | None = None, k: int | None = None,
+         density: float = 1.0, hours: float | None = None, gflops_per_core: float | None = None, cloud: bool = False,
+         all_types: bool = False, region=None, profile=None) -> list[str]:
+    """The plan's lines: sizes, disk per step, each candidate instance type's fewest hosts, time and cost, the
+    recommendation and what these parameters would meet. The shape: --rows/--dim, else read from InputData
+    (run's values, or with `cloud` the spec's cloud defaults: an s3:// input is read through pipeline/aws.py)."""
+    from pipeline import plan as planner
+    from pipeline.definition.parameters import checked_values, parse_param_args
+    from steps.instances import facts
+
+    spec, text = load(spec_path)
+    if cloud:
+        values = checked_values(json.loads(text), parse_param_args(params), spec.value_problem(local=False))
+    else:
+        values = checked_values(json.loads(text), spec_overrides(spec) + command_line_overrides(params),
+                                spec.value_problem(local=True))
+    k = k or int(values["TopK"])
+    if k < 1 or density <= 0 or density > 1 or (hours is not None and hours <= 0):
+        raise UsageError("--k must be at least 1, --density in (0, 1] and --hours above 0")
+    if rows is not None or dim is not None:
+        if not rows or not dim or rows < 1 or dim < 1:
+            raise UsageError("--rows and --dim go together, both at least 1 (or give neither: the shape is read "
+                             "from InputData)")
+        job = planner.job_from_size(rows, dim, k, density)
+    else:
+        from pipeline import aws
+
+        job, why = planner.job_of_input(str(values["InputData"]), k, spec.input.id_column,
+                                        lambda uri: aws.input_objects(connect(spec, region, profile, None), uri))
+        if job is None:
+            raise UsageError(f"cannot read the input's shape ({why}); give it: --rows N --dim D")
+    settings = planner.Settings.of(spec)
+    cores = None
+    if gflops_per_core:
+        speed = planner.Throughput.flat(gflops_per_core)
+        calibration = f"{gflops_per_core:g} GFLOP/s per core (given, not measured)"
+    else:
+        measured = planner.calibrate(job.dim, job.k, settings.memory_budget_mb, job.rows)
+        speed, cores = planner.Throughput.measured(measured), measured["cores"]
+        calibration = (f"measured here on {measured['cores']} core{'s' if measured['cores'] != 1 else ''} at dim "
+                       f"{job.dim}, k {measured['k']}, in {measured['seconds']:.1f} s (steps/calibrate.py): "
+                       f"{measured['gflops'] / measured['cores']:,.1f} GFLOP/s per core on "
+                       f"{measured['corpus_rows']:,} rows (each pair's product once)")
+    chosen = (str(values["InstanceType"]), int(values["InstanceCount"]))
+    names = [t.name for t in facts().types] if all_types or not spec.instance_types else list(spec.instance_types)
+    candidates = names + ([chosen[0]] if chosen[0] not in names else [])
+    target = hours * 3600 if hours else settings.max_runtime_seconds / 2
+    return planner.plan_lines(job, settings, candidates, chosen, speed, target, spec.where, calibration,
+                              local_cores=cores)
 
 
 def refuse_resume_with_params(execution_id: str, params: Sequence[str]) -> None:

@@ -22,6 +22,7 @@ from pipeline.definition.parameters import resolve_parameters
 from pipeline.errors import AwsError, UsageError
 from pipeline.sdk import CHATTY_LOGGERS
 from pipeline.spec import Spec
+from steps.contract import METRIC_DEFINITIONS, METRICS_NAMESPACE
 
 # 123456789012 is the account of AWS's documentation examples, and of the shipped pipeline.yaml.
 PLACEHOLDER_ACCOUNT = "123456789012"
@@ -178,6 +179,42 @@ def ecr_digest(target: Target, repository: str, tag: str) -> str:
     images = call(f"ECR describe_images {repository}:{tag}", target.client("ecr").describe_images,
                   repositoryName=repository, imageIds=[{"imageTag": tag}])["imageDetails"]
     return images[0]["imageDigest"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The input's shape, read cheaply (the fit check of `start`): a listing and a few byte ranges
+
+MAX_INPUT_KEYS = 10000  # listed at most; steps/input_shape.py extrapolates past the files it reads
+
+
+def input_objects(target: Target, uri: str) -> tuple[list[tuple[str, int]], Callable[[str, int, int], bytes]]:
+    """The objects of an s3:// file or prefix as (key relative to it, bytes), and a reader of their byte ranges
+    (a negative offset counts from the end), for steps.input_shape.read_shape."""
+    match = re.fullmatch(r"s3://([^/]+)/?(.*)", uri)
+    if not match:
+        raise UsageError(f"{uri}: not an s3:// URI")
+    bucket, key = match.group(1), match.group(2)
+    s3 = target.client("s3")
+    prefix = key if not key or key.endswith("/") else key + "/"
+    files: list[tuple[str, int]] = []
+    token = None
+    while len(files) < MAX_INPUT_KEYS:
+        page = call(f"S3 list_objects_v2 {uri}", s3.list_objects_v2, Bucket=bucket, Prefix=prefix,
+                    **({"ContinuationToken": token} if token else {}))
+        files += [(o["Key"][len(prefix):], o["Size"]) for o in page.get("Contents", []) if o["Key"] != prefix]
+        token = page.get("NextContinuationToken")
+        if not token:
+            break
+    base = prefix
+    if not files and key:  # a single object
+        head = call(f"S3 head_object {uri}", s3.head_object, Bucket=bucket, Key=key)
+        files, base = [(key.rsplit("/", 1)[-1], head["ContentLength"])], key[:len(key) - len(key.rsplit("/", 1)[-1])]
+
+    def read(name: str, offset: int, length: int) -> bytes:
+        span = f"bytes=-{-offset}" if offset < 0 else f"bytes={offset}-{offset + length - 1}"
+        body = call(f"S3 get_object {uri}", s3.get_object, Bucket=bucket, Key=base + name, Range=span)["Body"]
+        return body.read()[:length]
+    return files, read
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -354,6 +391,16 @@ class StepState:
     name: str
     status: str
     reason: str
+    training_job: str = ""  # a training step's job name, once it has one
+
+
+@dataclass(frozen=True)
+class HostMetrics:
+    """A similarity host's latest value of each metric the training step defines (contract.METRIC_DEFINITIONS)."""
+
+    host: str
+    values: dict  # metric name -> latest value
+    at: Any = None  # when the latest of them was taken
 
 
 @dataclass(frozen=True)
@@ -363,15 +410,34 @@ class ExecutionState:
     reason: str
     steps: tuple[StepState, ...]
     steps_unavailable: str = ""  # why the steps could not be listed (the execution's state still shows)
+    metrics: tuple[HostMetrics, ...] = ()  # the similarity hosts', when its training job is known
+    metrics_note: str = ""  # why there are none (yet)
 
     def lines(self) -> list[str]:
         head = f"{self.arn}: {self.status}" + (f" ({self.reason})" if self.reason else "")
         width = max((len(s.name) for s in self.steps), default=0)
-        steps = [f"  {s.name:<{width}}  {s.status}" + (f": {s.reason}" if s.reason else "") for s in self.steps]
-        return [head] + steps + ([f"  steps unavailable: {self.steps_unavailable}"] if self.steps_unavailable else [])
+        lines = [head]
+        for s in self.steps:
+            lines.append(f"  {s.name:<{width}}  {s.status}" + (f": {s.reason}" if s.reason else ""))
+            if s.training_job:
+                lines += [f"    {m.host}: {metric_text(m)}" for m in self.metrics]
+                lines += [f"    metrics: {self.metrics_note}"] if self.metrics_note else []
+        return lines + ([f"  steps unavailable: {self.steps_unavailable}"] if self.steps_unavailable else [])
+
+
+def metric_text(m: HostMetrics) -> str:
+    """`progress 37.5% rows 4,608 rows/s 2,210 GFLOP/s 28.3 eta 3 s (at 11:02:05 UTC)`, what the host had said."""
+    shown = {"progress_percent": "progress {:.1f}%", "rows_done": "rows {:,.0f}", "rows_per_second": "rows/s {:,.0f}",
+             "gflops": "GFLOP/s {:.1f}", "eta_seconds": "eta {:,.0f} s"}
+    parts = [shown.get(name, name + " {:g}").format(m.values[name]) for name, _ in METRIC_DEFINITIONS if name in m.values]
+    import datetime
+
+    at = f" (at {m.at.astimezone(datetime.timezone.utc):%H:%M:%S} UTC)" if m.at else ""
+    return " ".join(parts) + at
 
 
 def status(target: Target, arn: str) -> ExecutionState:
+    """The execution, its steps and, once the Similarity step's training job exists, its hosts' latest metrics."""
     sm = target.client("sagemaker")
     found = call(f"SageMaker describe_pipeline_execution {arn}", sm.describe_pipeline_execution,
                  PipelineExecutionArn=arn)
@@ -379,7 +445,63 @@ def status(target: Target, arn: str) -> ExecutionState:
         steps, unavailable = tuple(_steps(sm, arn)), ""
     except AwsError as exc:  # e.g. no sagemaker:ListPipelineExecutionSteps permission: still show the state
         steps, unavailable = (), str(exc)
-    return ExecutionState(arn, found["PipelineExecutionStatus"], found.get("FailureReason", ""), steps, unavailable)
+    job = next((s.training_job for s in steps if s.training_job), "")
+    metrics, note = training_metrics(target, job) if job else ((), "")
+    return ExecutionState(arn, found["PipelineExecutionStatus"], found.get("FailureReason", ""), steps, unavailable,
+                          metrics, note)
+
+
+METRICS_PERIOD = 60  # seconds: SageMaker publishes training metrics to CloudWatch at about this resolution
+MAX_QUERIES = 500  # GetMetricData's queries per call
+
+
+def training_metrics(target: Target, job: str) -> tuple[tuple[HostMetrics, ...], str]:
+    """Each host's latest metric values from CloudWatch (namespace /aws/sagemaker/TrainingJobs, dimension Host =
+    <job>/algo-N), or () and why there are none: not running yet, nothing published yet (CloudWatch gets them
+    about once a minute, and not at all for a job that ends sooner), or the call refused."""
+    import datetime
+
+    try:
+        described = call(f"SageMaker describe_training_job {job}", target.client("sagemaker").describe_training_job,
+                         TrainingJobName=job)
+        hosts = int((described.get("ResourceConfig") or {}).get("InstanceCount") or 1)
+        began = described.get("TrainingStartTime") or described.get("CreationTime")
+        now = datetime.datetime.now(datetime.timezone.utc)
+        queries = [{"Id": f"m{h}_{i}", "ReturnData": True, "MetricStat": {
+            "Metric": {"Namespace": METRICS_NAMESPACE, "MetricName": name,
+                       "Dimensions": [{"Name": "Host", "Value": f"{job}/algo-{h}"}]},
+            "Period": METRICS_PERIOD, "Stat": "Maximum"}}
+            for h in range(1, hosts + 1) for i, (name, _) in enumerate(METRIC_DEFINITIONS)]
+        latest: dict[tuple[int, int], tuple[Any, float]] = {}
+        cloudwatch = target.client("cloudwatch")
+        for first in range(0, len(queries), MAX_QUERIES):
+            token = None
+            while True:
+                page = call("CloudWatch get_metric_data", cloudwatch.get_metric_data,
+                            MetricDataQueries=queries[first:first + MAX_QUERIES], ScanBy="TimestampDescending",
+                            StartTime=(began or now - datetime.timedelta(days=1)) - datetime.timedelta(minutes=5),
+                            EndTime=now + datetime.timedelta(minutes=1), **({"NextToken": token} if token else {}))
+                for result in page.get("MetricDataResults", []):
+                    h, i = (int(x) for x in result["Id"][1:].split("_"))
+                    for at, value in zip(result.get("Timestamps", []), result.get("Values", [])):
+                        if (h, i) not in latest or at > latest[(h, i)][0]:
+                            latest[(h, i)] = (at, value)
+                token = page.get("NextToken")
+                if not token:
+                    break
+    except AwsError as exc:
+        return (), f"unavailable: {exc}"
+    metrics = []
+    for h in range(1, hosts + 1):
+        mine = {METRIC_DEFINITIONS[i][0]: latest[(h, i)] for i in range(len(METRIC_DEFINITIONS)) if (h, i) in latest}
+        if mine:
+            metrics.append(HostMetrics(f"algo-{h}", {name: value for name, (_, value) in mine.items()},
+                                       max(at for at, _ in mine.values())))
+    if metrics:
+        return tuple(metrics), ""
+    state = described.get("SecondaryStatus") or described.get("TrainingJobStatus")
+    return (), (f"none yet for {job} ({state}): SageMaker sends the hosts' progress lines to CloudWatch about once a "
+                "minute while they run")
 
 
 def _steps(sm: Any, arn: str) -> list[StepState]:
@@ -389,10 +511,28 @@ def _steps(sm: Any, arn: str) -> list[StepState]:
         kwargs = {"PipelineExecutionArn": arn, "SortOrder": "Ascending", **({"NextToken": token} if token else {})}
         page = call("SageMaker list_pipeline_execution_steps", sm.list_pipeline_execution_steps, **kwargs)
         steps += [StepState(s.get("StepDisplayName") or s["StepName"], s.get("StepStatus", "?"),
-                            s.get("FailureReason", "")) for s in page.get("PipelineExecutionSteps", [])]
+                            s.get("FailureReason", ""), _training_job(s)) for s in page.get("PipelineExecutionSteps", [])]
         token = page.get("NextToken")
         if not token:
             return steps
+
+
+def _training_job(step: dict) -> str:
+    """The training job's name from a listed step's Metadata.TrainingJob.Arn (arn:...:training-job/<name>)."""
+    arn = ((step.get("Metadata") or {}).get("TrainingJob") or {}).get("Arn") or ""
+    return arn.rsplit("/", 1)[-1] if arn else ""
+
+
+def watch(target: Target, arn: str, show: Callable[[ExecutionState], None], interval: float = 15.0,
+          sleep: Callable[[float], None] = time.sleep) -> str:
+    """Show the execution's state, its steps and its hosts' metrics every `interval` seconds until it ends;
+    returns its final status."""
+    while True:
+        state = status(target, arn)
+        show(state)
+        if state.status in TERMINAL:
+            return state.status
+        sleep(interval)
 
 
 def wait(target: Target, arn: str, say: Say, poll: float = 5.0, max_poll: float = 30.0,

@@ -13,7 +13,8 @@ import threading
 import traceback
 from typing import Sequence
 
-from pipeline import api
+from pipeline import api, display
+from pipeline.display import printable
 from pipeline.errors import AllpairsError, Stopped, UsageError, os_problem
 
 _print_lock = threading.Lock()
@@ -64,6 +65,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", metavar="EXECUTION_ID",
                      help="finish a Stopped or Failed execution: finished steps are kept, Similarity resumes from its checkpoints")
     run.set_defaults(handler=cmd_run)
+
+    plan = commands.add_parser("plan", parents=[common], help="size the job: memory, disk, time and cost per instance type")
+    plan.add_argument("--param", action="append", default=[], metavar="Name=value", help="override a parameter (repeatable)")
+    plan.add_argument("--rows", type=int, help="the matrix's rows (default: read from InputData)")
+    plan.add_argument("--dim", type=int, help="its columns (with --rows)")
+    plan.add_argument("--k", type=int, help="neighbours per row (default: TopK)")
+    plan.add_argument("--density", type=float, default=1.0, help="share of nonzero values: sizes a sparse input (default 1)")
+    plan.add_argument("--hours", type=float, help="finish the similarity step within this (default: half its max runtime)")
+    plan.add_argument("--gflops-per-core", type=float, help="skip the calibration: the kernel's GFLOP/s per core")
+    plan.add_argument("--cloud", action="store_true", help="the spec's cloud parameters, not local.parameters")
+    plan.add_argument("--all-types", action="store_true", help="every type in steps/instances.json, not instance_types")
+    plan.add_argument("--region", help="AWS region, to read an s3:// input (default: as the cloud commands)")
+    plan.add_argument("--profile", help="AWS profile, to read an s3:// input")
+    plan.set_defaults(handler=cmd_plan)
 
     registry = commands.add_parser("registry", parents=[common],
                                    help="the registered artifact versions: list, show, approve, reject")
@@ -116,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     start.set_defaults(handler=cmd_start)
     status = commands.add_parser("status", parents=[cloud], help="an execution's state and its steps' (default: the latest)")
     status.add_argument("execution", nargs="?", help="execution ARN or id")
+    status.add_argument("--watch", action="store_true", help="follow it to its end: steps and the hosts' latest metrics")
+    status.add_argument("--interval", type=float, default=15.0, help="with --watch: seconds between looks (default 15)")
     status.set_defaults(handler=cmd_status)
     image = commands.add_parser("image", parents=[cloud], help="build the container image, or push it to ECR")
     image.add_argument("action", choices=["build", "push"])
@@ -137,12 +154,19 @@ def cmd_definition(args) -> int:
 
 def cmd_run(args) -> int:
     api.refuse_resume_with_params(args.resume, args.param)
-    echo = say if args.verbose else None
-    if args.resume is not None:  # `--resume ''` is refused by the resume, not taken for a new run
-        execution = api.resume(args.resume, args.spec, args.workdir, echo, say)
-    else:
-        execution = api.run(args.spec, args.param, args.workdir, echo, say)
-    emit(api.run_summary(execution))
+    with display.RunDisplay(verbose=args.verbose) as shown:  # live in a terminal, plain lines elsewhere
+        if args.resume is not None:  # `--resume ''` is refused by the resume, not taken for a new run
+            execution = api.resume(args.resume, args.spec, args.workdir, shown.echo, shown.say, shown.watch)
+        else:
+            execution = api.run(args.spec, args.param, args.workdir, shown.echo, shown.say, shown.watch)
+    emit(api.run_summary(execution) + display.summary_lines(execution))
+    return 0
+
+
+def cmd_plan(args) -> int:
+    emit(api.plan(args.spec, args.param, rows=args.rows, dim=args.dim, k=args.k, density=args.density,
+                  hours=args.hours, gflops_per_core=args.gflops_per_core, cloud=args.cloud, all_types=args.all_types,
+                  region=args.region, profile=args.profile))
     return 0
 
 
@@ -235,11 +259,6 @@ def emit(lines, stream=None) -> None:
         pass
 
 
-def printable(line: str) -> str:
-    """Control and format characters (newlines, ESC, bidi overrides) written as escapes: one line stays one."""
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(line))
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Cloud commands (pipeline/aws.py through pipeline/api.py)
 
@@ -264,7 +283,7 @@ def cmd_diff(args) -> int:
 
 
 def cmd_start(args) -> int:
-    target, arn, link = api.start(args.spec, args.param, **cloud(args))
+    target, arn, link = api.start(args.spec, args.param, **cloud(args), say=say)
     emit([arn, link])
     if not args.wait:
         return 0
@@ -274,8 +293,12 @@ def cmd_start(args) -> int:
 
 
 def cmd_status(args) -> int:
-    emit(api.status(args.spec, args.execution, **cloud(args)))
-    return 0
+    if not args.watch:
+        emit(api.status(args.spec, args.execution, **cloud(args)))
+        return 0
+    with display.StatusDisplay() as shown:  # redrawn in a terminal; elsewhere printed when it changes
+        final = api.watch_status(args.spec, args.execution, shown.show, args.interval, **cloud(args))
+    return 0 if final == "Succeeded" else 1
 
 
 def cmd_image(args) -> int:

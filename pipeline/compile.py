@@ -18,8 +18,8 @@ from pipeline.errors import AllpairsError, CompileError
 from pipeline.sdk import SDK_CONFIG, offline_boto_session, quiet_sdk
 from pipeline.spec import PARAMETERS, Spec
 from steps.contract import (APPROVAL_STATUSES, ARTIFACT, CHECKPOINT_PATH, CHECKPOINT_SECONDS_ENV, MATRIX,
-                            MEMORY_BUDGET_MB, MIN_SCORE, NORMALIZED, REGISTRATION, SHARDS, THREADS, TOP_K,
-                            processing_input_path, processing_output_path)
+                            MEMORY_BUDGET_MB, METRIC_DEFINITIONS, MIN_SCORE, NORMALIZED, REGISTRATION, SHARDS, THREADS,
+                            TOP_K, processing_input_path, processing_output_path)
 
 if TYPE_CHECKING:  # pragma: no cover
     import boto3
@@ -252,6 +252,7 @@ def _similarity_step(spec: Spec, session: Any, params: dict[str, Any], preproces
         CheckpointConfig,
         Compute,
         InputData,
+        MetricDefinition,
         Networking,
         OutputDataConfig,
         S3DataSource,
@@ -303,6 +304,8 @@ def _similarity_step(spec: Spec, session: Any, params: dict[str, Any], preproces
             THREADS: "0",
         },
     )
+    # The hosts' progress lines become Studio charts (per host): SageMaker applies these regexes to their output.
+    trainer.with_metric_definitions([MetricDefinition(name=name, regex=regex) for name, regex in METRIC_DEFINITIONS])
     channel = InputData(
         channel_name=NORMALIZED,
         data_source=S3DataSource(

@@ -109,17 +109,54 @@ IDS_FILE = "ids.parquet"
 REGISTRATION_FILE = "registration.json"
 NEIGHBORS_PARQUET, NEIGHBORS_NPY, SCORES_NPY = "neighbors.parquet", "neighbors.npy", "scores.npy"
 ROWS_PARQUET, ID_INDEX_PARQUET = "rows.parquet", "id_index.parquet"  # the artifact's rows; its ids, sorted
+REPORT_HTML = "report.html"  # the artifact at a glance, for a browser (steps/formats/report.py)
+# The result: the same bytes whatever the host count, budget or resume (steps/formats/artifact.py).
 ARTIFACT_DATA_FILES = (NEIGHBORS_PARQUET, NEIGHBORS_NPY, SCORES_NPY, ROWS_PARQUET, ID_INDEX_PARQUET)
-ARTIFACT_FILES = (*ARTIFACT_DATA_FILES, MANIFEST)  # moved into place in this order: the manifest last
+# Moved into place in this order, the manifest last; the report describes the run too (hosts, times).
+ARTIFACT_FILES = (*ARTIFACT_DATA_FILES, REPORT_HTML, MANIFEST)
 
 NORMALIZED_FORMAT = ("allpairs.normalized", 2)  # 2: ids.parquet carries each row's input_row
 SHARD_FORMAT = ("allpairs.shard", 2)  # 2: partial lists, each covering some column blocks of the grid
 CHECKPOINT_FORMAT = ("allpairs.checkpoint", 2)  # 2: per pass of the grid, its lists and its state
 ARTIFACT_FORMAT = ("allpairs.artifact", 2)  # 2: self-contained (rows.parquet, id_index.parquet), fixed parquet layout
 
-# One progress line shape, parsed by the local runner (ALLPAIRS_FAULTS at=P%) and by the training step's metrics:
+# ---- progress lines and the training step's metrics ---------------------------------------------------------
+
+# One progress line shape for every step (written by steps/progress.py), parsed by the local runner (ALLPAIRS_FAULTS
+# at=P%, the live display, the run's summary) and, in the cloud, by the training step's metric definitions:
 #   algo-1: progress 37.5% rows 4608/12288 rows/s 2210 GFLOP/s 28.3 eta 3 s
-PROGRESS_LINE = re.compile(r"progress (?P<percent>\d+(?:\.\d+)?)% rows (?P<done>\d+)/(?P<total>\d+)")
+#   preprocess: progress 12.0% rows 7864/~65536 rows/s 81000 eta 1 s
+# `~` marks an estimated total (a CSV's rows before it is read); GFLOP/s only where the work is the kernel's
+# (similarity hosts: 2 x corpus rows x dim per row); eta is `?` while no rate is known.
+PROGRESS_LINE = re.compile(
+    r"progress (?P<percent>\d+(?:\.\d+)?)% rows (?P<done>\d+)/(?P<total>~?\d+) rows/s (?P<rate>\d+)"
+    r"(?: GFLOP/s (?P<gflops>\d+(?:\.\d+)?))? eta (?P<eta>\d+|\?) s")
+
+
+def progress_line(done: int, total: int, rate: float, eta: float | None, gflops: float | None = None,
+                  estimated: bool = False) -> str:
+    """The line PROGRESS_LINE parses (without its `<host>: ` prefix). An estimated total never shows 100%."""
+    percent = 100.0 * done / total if total else 100.0
+    if estimated:
+        percent = min(percent, 99.9)
+    flops = f" GFLOP/s {gflops:.1f}" if gflops is not None else ""
+    shown_eta = "?" if eta is None or eta != eta else f"{eta:.0f}"  # eta != eta: NaN
+    return (f"progress {percent:.1f}% rows {done}/{'~' if estimated else ''}{total} rows/s {rate:.0f}{flops} "
+            f"eta {shown_eta} s")
+
+
+# The training step's AlgorithmSpecification.MetricDefinitions (at most 40 per job; regex at most 500 characters):
+# SageMaker searches each host's output with each regex and charts the first group, per host (CloudWatch
+# namespace /aws/sagemaker/TrainingJobs, dimension Host = <training job>/algo-N). Plain regex syntax common to
+# Python's and Java's dialects; tests/test_progress.py runs the compiled ones on lines real hosts printed.
+METRICS_NAMESPACE = "/aws/sagemaker/TrainingJobs"
+METRIC_DEFINITIONS = (
+    ("progress_percent", r"progress (\d+(?:\.\d+)?)% rows "),
+    ("rows_done", r"progress \d+(?:\.\d+)?% rows (\d+)/"),
+    ("rows_per_second", r" rows/s (\d+) GFLOP/s "),
+    ("gflops", r" GFLOP/s (\d+(?:\.\d+)?) eta "),
+    ("eta_seconds", r" GFLOP/s \S+ eta (\d+) s"),
+)
 
 # ---- host identity -------------------------------------------------------------------------------------------
 

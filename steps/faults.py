@@ -42,11 +42,10 @@ class Fault:
     def _fire(self, what: str, log: Log) -> None:
         self.fired = True
         if self.when == "hang":
-            log(f"{FAULT_MARKER} {what}; hanging until stopped")
-
             def stopped(signum, frame):  # the host's own handler only flags a stop for its next step
                 raise Terminated(f"{what} by an injected fault")
-            signal.signal(signal.SIGTERM, stopped)
+            signal.signal(signal.SIGTERM, stopped)  # before the marker: a stop may follow it at once
+            log(f"{FAULT_MARKER} {what}; hanging until stopped")
             while True:
                 time.sleep(3600)
         log(f"{FAULT_MARKER} {what}; sending {signal.Signals(self.sig).name} to this host")

@@ -3,8 +3,9 @@
     python3 -m steps.merge --execution-id <PipelineExecutionId> --artifact-uri <where the output lands>
                            [--parameter Name=value ...]   (the execution's pipeline parameters, for the record)
 
-Streams shard by shard and batch by batch: memory holds the row ids (N) and one batch, never N x k. Nothing
-is trusted (steps/formats/shards.py says what is checked); no artifact file is written unless every shard passes.
+Streams shard by shard and batch by batch: memory holds the row ids (N), one counter per row for the report
+(steps/formats/report.py) and one batch, never N x k. Nothing is trusted (steps/formats/shards.py says what is
+checked); no artifact file is written unless every shard passes. Progress lines as every step's (steps/progress.py).
 
 Output: the files are built in a staging folder and moved into the `artifact` output only when all are
 complete (the manifest, with every file's size and SHA-256, last). The service uploads them after the
@@ -19,11 +20,14 @@ from pathlib import Path
 from typing import Sequence
 
 from .contract import (ARTIFACT, ARTIFACT_FILES, MIN_SCORE_PARAMETER, NO_THRESHOLD, NORMALIZED, PROCESSING,
-                       SCRATCH_PATH, SHARDS, TOP_K_PARAMETER, here, processing_input_path, processing_output_path)
+                       REPORT_HTML, SCRATCH_PATH, SHARDS, TOP_K_PARAMETER, here, processing_input_path,
+                       processing_output_path)
 from .errors import StepArgumentParser, StepError, run_step
-from .formats import artifact, shards
+from .formats import artifact, report, shards
 from .formats.normalized import load_normalized, read_id_columns
+from .io import write_bytes
 from .order import combine
+from .progress import Progress, tracked
 
 
 def parse_parameters(items: Sequence[str]) -> dict[str, str]:
@@ -75,9 +79,12 @@ def merge(shards_dir: Path, normalized_dir: Path, out: Path, scratch: Path, args
     # Each row's partial lists combined (exact: steps/order.py), in row order, a bounded batch at a time.
     lists_per_row = max(len(refs) for refs in found.by_block.values()) if found.by_block else 1
     batches = found.batches(artifact.batch_rows(k * lists_per_row), lambda parts: combine(parts, k))
+    progress = Progress(normalized.rows, None, lambda line: print(f"merge: {line}", flush=True))
+    stats = report.Stats(normalized.rows, k)  # the report's figures, gathered as the batches pass
     rows = read_id_columns(normalized)
-    counts = artifact.write_files(batches, rows.column("id").combine_chunks(), normalized.rows, k, out,
-                                  input_rows=rows.column("input_row").combine_chunks())
+    ids = rows.column("id").combine_chunks()
+    counts = artifact.write_files(stats.observe(tracked(batches, progress, lambda b: len(b[1]))), ids,
+                                  normalized.rows, k, out, input_rows=rows.column("input_row").combine_chunks())
     pre = normalized.manifest
     top_k = found.top_k  # TopK as asked; k is less when no row could have that many
     manifest = {
@@ -101,6 +108,7 @@ def merge(shards_dir: Path, normalized_dir: Path, out: Path, scratch: Path, args
                     "similarity_cpu_seconds": round(sum(s.meta.get("cpu_seconds") or 0 for s in found.shards), 3),
                     "merge_seconds": round(time.time() - began, 3)},
     }
+    write_bytes(out / REPORT_HTML, report.render(stats, manifest, ids).encode())
     artifact.write_manifest(out, manifest)
     return manifest
 

@@ -37,7 +37,9 @@ from .contract import (DEFAULT_CHUNK_ROWS, DEFAULT_PREPROCESS_BUDGET_MB, MATRIX,
                        PROCESSING, here, processing_input_path, processing_output_path)
 from .errors import StepArgumentParser, StepError, run_step
 from .formats.normalized import NormalizedWriter, publish
+from .input_shape import ShapeUnknown, file_reader, read_shape
 from .io import sha256_file, sha256_text
+from .progress import Progress
 from .readers import MatrixBatch, MatrixPlan, batch_rows_for, describe_row, iter_matrix, plan_matrix
 
 STAGING_DIR = ".partial"
@@ -213,8 +215,10 @@ def _write_normalized(plan: MatrixPlan, staging: Path, input_uri: str, non_finit
     counts = Counts(rows_per_file={f.key: 0 for f in plan.files})
     integers = np.dtype(plan.source_dtype).kind in "iub"
     input_row = 0  # the position in the whole input (files in key order) of the batch's first row
+    progress = _progress(plan)
     try:
         for batch in iter_matrix(plan, batch_rows):
+            progress.computed_rows(len(batch.values))
             counts.rows_per_file[batch.key] += len(batch.values)
             if integers:
                 counts.large_integers += int((np.abs(batch.values) > FLOAT32_EXACT_INTEGER).sum())
@@ -227,10 +231,22 @@ def _write_normalized(plan: MatrixPlan, staging: Path, input_uri: str, non_finit
             input_row += len(batch.values)
     finally:
         out.close()
+    progress.finish()
     if duplicates:
         duplicates.raise_if_any(plan, batch_rows, non_finite)
     _check_not_empty(plan, out.rows_written, counts)
     return _manifest(plan, input_uri, non_finite, out, counts)
+
+
+def _progress(plan: MatrixPlan) -> Progress:
+    """Progress over the input's rows, their total read cheaply (headers, footers; a CSV's estimated)."""
+    try:
+        shape = read_shape([(f.key, f.bytes) for f in plan.files], file_reader({f.key: f.path for f in plan.files}),
+                           plan.id_column)
+        total, estimated = shape.rows, not shape.exact
+    except ShapeUnknown:
+        total, estimated = 0, True
+    return Progress(total, None, lambda line: print(f"preprocess: {line}", flush=True), estimated=estimated)
 
 
 def _kept_rows(plan: MatrixPlan, batch: MatrixBatch, non_finite: str, counts: Counts) -> np.ndarray:

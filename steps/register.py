@@ -21,8 +21,8 @@ import sys
 from typing import Sequence
 
 from . import registry
-from .contract import (APPROVAL_STATUSES, ARTIFACT, MANIFEST, PROCESSING, REGISTRATION, REGISTRATION_FILE, here, processing_input_path,
-                       processing_output_path)
+from .contract import (APPROVAL_STATUSES, ARTIFACT, MANIFEST, PROCESSING, REGISTRATION, REGISTRATION_FILE, REPORT_HTML, here,
+                       processing_input_path, processing_output_path)
 from .errors import StepArgumentParser, run_step
 from .formats import artifact
 from .io import sha256_file, sha256_text, write_json
@@ -31,7 +31,8 @@ from .io import sha256_file, sha256_text, write_json
 def registry_metadata(manifest: dict, manifest_sha256: str) -> dict[str, str]:
     counts, params = manifest["counts"], manifest["parameters"]
     flat = {
-        "artifact_uri": manifest["artifact_uri"], "execution_id": manifest["execution_id"],
+        "artifact_uri": manifest["artifact_uri"], "report_uri": report_uri(manifest),
+        "execution_id": manifest["execution_id"],
         "format_version": f"{artifact.FORMAT}/{artifact.VERSION}", "rows": manifest["rows"], "dim": manifest["dim"],
         "k": manifest["k"], "threshold": manifest["threshold"],
         "input_uri": manifest["input"]["uri"], "input_fingerprint": manifest["input"]["fingerprint"],
@@ -40,6 +41,15 @@ def registry_metadata(manifest: dict, manifest_sha256: str) -> dict[str, str]:
         **{f"param_{key}": value for key, value in sorted(params.items())[:30]},
     }
     return registry.customer_metadata(flat)
+
+
+def report_uri(manifest: dict) -> str:
+    """Where report.html is: its full URI, or, when that would pass a metadata value's 256 characters (an
+    artifact_uri within 12 of them), its name, which is then relative to artifact_uri."""
+    if REPORT_HTML not in manifest.get("files", {}):
+        return "none"  # an artifact written before the report existed
+    uri = f"{manifest['artifact_uri'].rstrip('/')}/{REPORT_HTML}"
+    return uri if len(uri) <= registry.MAX_VALUE else REPORT_HTML
 
 
 def main(argv: Sequence[str]) -> None:

@@ -27,15 +27,12 @@ from .contract import (CHECKPOINT_PATH, HYPERPARAMETERS, MEMORY_BUDGET_MB, MIN_S
                        NORMALIZED, THREADS, TOP_K, TRAINING, TRAINING_CONFIG_PATH, Host, channel_path, here, read_host)
 from .errors import StepError, run_step
 from .formats.normalized import load_normalized, read_manifest
+from .instances import PROGRAM_MB, facts
 from .kernel import Corpus, KernelConfig
 
-PROGRAM_MB = 256  # the interpreter, numpy and the kernel's bookkeeping, beside the matrix and the budget
-# Memory (GiB) of common training instance types, smallest first: what the memory check suggests.
-INSTANCE_MEMORY_GIB = [
-    ("ml.c5.xlarge", 8), ("ml.c5.2xlarge", 16), ("ml.m5.2xlarge", 32), ("ml.m5.4xlarge", 64),
-    ("ml.c5.9xlarge", 72), ("ml.r5.4xlarge", 128), ("ml.c5.18xlarge", 144), ("ml.m5.12xlarge", 192),
-    ("ml.r5.8xlarge", 256), ("ml.m5.24xlarge", 384), ("ml.r5.16xlarge", 512), ("ml.r5.24xlarge", 768),
-]
+# Memory (GiB) of common training instance types, smallest first: what the memory check suggests (the one
+# table of instance facts, steps/instances.json, which the planner reads too).
+INSTANCE_MEMORY_GIB = [(t.name, t.memory_gib) for t in facts().types]
 
 
 @dataclass(frozen=True)
@@ -167,7 +164,7 @@ def memory_message(rows: int, dim: int, budget_mb: int, available: int | None, h
     if need_mb <= have_mb:
         return None
     where = f"host {host.name}" + (f" ({host.instance_type})" if host.instance_type else "")
-    fits = [name for name, gib in INSTANCE_MEMORY_GIB if gib * 1024 * 0.9 >= need_mb]  # 10% for the OS
+    fits = [t.name for t in facts().types if t.usable_mb >= need_mb]  # 10% for the OS
     smaller = have_mb - matrix_mb - PROGRAM_MB
     fixes = [f"use an InstanceType with more memory (at least {fits[0]}, {dict(INSTANCE_MEMORY_GIB)[fits[0]]} GiB)"]\
         if fits else []

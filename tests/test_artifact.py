@@ -140,6 +140,7 @@ def write(out, nb, sc, ids, cuts):
     bounds = [0, *cuts, len(nb)]
     batches = ((lo, nb[lo:hi], sc[lo:hi]) for lo, hi in zip(bounds, bounds[1:]))
     counts = fmt.write_files(batches, ids, len(nb), nb.shape[1], out, input_rows=pa.array(np.arange(len(nb)) * 2))
+    (out / "report.html").write_text("<html></html>")  # Merge writes one beside the data files
     fmt.write_manifest(out, {"rows": len(nb), "dim": 8, "k": nb.shape[1], "top_k": nb.shape[1], "threshold": None,
                              "ids": {"source": "column id", "type": "string"}, "input": {"uri": "x"},
                              "counts": {"zero_rows": 0, "dropped_rows": 0, **counts}})

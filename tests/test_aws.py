@@ -502,6 +502,9 @@ def test_cli_upsert_start_wait_status_through_a_moto_server(moto_server, tmp_pat
     assert done.stderr.strip().endswith("Succeeded")
     done = cli("status")
     assert done.returncode == 0 and done.stdout.splitlines()[0] == f"{arn}: Succeeded"
+    done = cli("status", "--watch", "--interval", "0")  # not a terminal: plain lines; the steps say why they are missing
+    stamp, *lines = done.stdout.splitlines()
+    assert done.returncode == 0 and stamp.startswith("--- ") and lines == [f"{arn}: Succeeded", *steps]
     recorded = boto3.client("sagemaker", region_name="us-east-1", endpoint_url=moto_server)
     sent = recorded.list_pipeline_parameters_for_execution(PipelineExecutionArn=arn)["PipelineParameters"]
     assert [(p["Name"], p["Value"]) for p in sent] == [("TopK", "20")]

@@ -19,6 +19,7 @@ import pytest
 from pipeline.compile import STEP_NAMES, compile_definition
 from pipeline.errors import CompileError
 from pipeline.spec import PARAMETER_NAMES, load_spec
+from steps.contract import METRIC_DEFINITIONS
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "pipeline.yaml"
@@ -253,10 +254,11 @@ def test_preprocess_step(steps):
 
 def test_similarity_step(steps):
     args = steps["Similarity"]["Arguments"]
-    # No ContainerEntrypoint: SageMaker runs the image as `train`.
+    # No ContainerEntrypoint: SageMaker runs the image as `train`. The hosts' progress lines are its metrics.
     assert args["AlgorithmSpecification"] == {
         "TrainingInputMode": "File",
         "TrainingImage": "123456789012.dkr.ecr.us-east-1.amazonaws.com/allpairs:latest",
+        "MetricDefinitions": [{"Name": name, "Regex": regex} for name, regex in METRIC_DEFINITIONS],
     }
     to_string = lambda name: {"Std:Join": {"On": "", "Values": [get(name)]}}  # noqa: E731
     assert args["HyperParameters"] == {

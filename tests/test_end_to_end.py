@@ -12,7 +12,7 @@ import pytest
 
 from pipeline.cli import main
 from steps.contract import ARTIFACT_DATA_FILES, ARTIFACT_FILES
-from steps.formats.artifact import RUN_KEYS
+from steps.formats.artifact import result_view
 from tests.brute import brute_force, normalize
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,9 +39,8 @@ def sha256(path):
 
 
 def fingerprint(artifact):
-    """Every data file's sha256, and the manifest's bytes without the facts of the run (RUN_KEYS)."""
-    manifest = json.loads((artifact / "manifest.json").read_text())
-    result = {key: value for key, value in manifest.items() if key not in RUN_KEYS}
+    """Every data file's sha256, and the manifest's bytes without the facts of the run."""
+    result = result_view(json.loads((artifact / "manifest.json").read_text()))
     return {**{name: sha256(artifact / name) for name in ARTIFACT_DATA_FILES},
             "manifest.json": json.dumps(result, sort_keys=True)}
 

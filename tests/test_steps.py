@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from steps import merge, preprocess, register, similarity
-from steps.contract import ARTIFACT_DATA_FILES
+from steps.formats import artifact
 from steps.errors import run_step
 from tests.brute import brute_force, normalize
 
@@ -202,7 +202,7 @@ def _flip(artifact, name):
 
 
 @pytest.mark.parametrize("damage", [_lose, _cut, _flip], ids=["missing", "truncated", "altered"])
-@pytest.mark.parametrize("name", ARTIFACT_DATA_FILES)
+@pytest.mark.parametrize("name", artifact.DATA_FILES)  # every file the manifest vouches for
 def test_register_refuses_an_artifact_not_complete_where_it_landed(monkeypatch, tmp_path, merged_artifact, damage,
                                                                    name):
     expected = damage(merged_artifact, name)

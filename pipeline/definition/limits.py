@@ -21,6 +21,7 @@ MAX_DISPLAY_NAME, MAX_DESCRIPTION = 256, 3072
 # the service's own limit is 1 MiB.
 MAX_DEFINITION_BYTES = 100 * 1024
 MAX_PROCESSING_INPUTS, MAX_PROCESSING_OUTPUTS, MAX_CHANNELS = 10, 10, 20
+MAX_METRIC_DEFINITIONS, MAX_METRIC_NAME, MAX_METRIC_REGEX = 40, 255, 500  # AlgorithmSpecification.MetricDefinitions
 EXECUTION_ID_LENGTH = 12  # PipelineExecutionId, e.g. "a1b2c3d4e5f6"
 # Execution variables as a job would see them; the id at its real length, the others (ARNs) unknown: empty.
 _EXECUTION = {**{name: "" for name in EXECUTION_VARIABLES}, "PipelineExecutionId": "x" * EXECUTION_ID_LENGTH}
@@ -66,6 +67,12 @@ def _check_step(step: Mapping, values: Mapping[str, Any], where: Where) -> None:
         _count(name, "ProcessingOutputConfig.Outputs", outputs, MAX_PROCESSING_OUTPUTS, where)
     elif step["Type"] == "Training":
         _count(name, "InputDataConfig", args.get("InputDataConfig"), MAX_CHANNELS, where)
+        metrics = (args.get("AlgorithmSpecification") or {}).get("MetricDefinitions")
+        _count(name, "AlgorithmSpecification.MetricDefinitions", metrics, MAX_METRIC_DEFINITIONS, where)
+        for metric in metrics or []:
+            if not 1 <= len(metric["Name"]) <= MAX_METRIC_NAME or not 1 <= len(metric["Regex"]) <= MAX_METRIC_REGEX:
+                raise CompileError(f"{where(None)}: step {name}: metric {metric['Name'][:40]!r}: a name takes 1-"
+                                   f"{MAX_METRIC_NAME} characters, a regex 1-{MAX_METRIC_REGEX} (a compiler bug)")
     for dotted, kind, max_entries, max_key, max_value in _FIELDS.get(step["Type"], []):
         container = _dig(args, dotted)
         if not container:

@@ -39,6 +39,7 @@ from .lock import ExecutionLock
 from pipeline.definition.parameters import ParameterOverride, resolve_parameters
 from pipeline.definition.graph import StepPlan, load_definition, output_uri_property, plan_steps
 from .storage import is_s3, join_uri, local_path, one_line, s3_client, signature_change, split_s3, tree_signature
+from .watch import Watch
 
 REGISTRY_ENV = LOCAL_REGISTRY_ENV  # the container contract, section 3
 REGISTRY_FILE = "registry.sqlite"
@@ -129,6 +130,7 @@ def run_local(
     echo: Progress | None = None,
     progress: Progress | None = None,
     faults: str | None = None,
+    watch: Watch | None = None,
 ) -> Execution:
     """Run a compiled definition on this machine. Everything is checked before the first step starts.
 
@@ -136,7 +138,8 @@ def run_local(
     typed as the definition declares them; whether a value is in range is the product's rule, checked where the
     value entered (pipeline/api.py), since the runner interprets any definition;
     `echo` receives every process output line ("[Similarity algo-2] ..."); `progress` one line per step event;
-    `faults` is an ALLPAIRS_FAULTS value (default: that environment variable).
+    `faults` is an ALLPAIRS_FAULTS value (default: that environment variable); `watch` (pipeline/local/watch.py)
+    follows the steps and every host as they run, for a live display.
     Raises LocalRunError when a step fails (the record in <workdir>/executions/<id>/execution.json says more),
     KeyboardInterrupt when stopped by Ctrl-C (the execution is then Stopped and can be resumed).
     """
@@ -151,7 +154,7 @@ def run_local(
         execution = start_execution(definition, plans, values, Path(workdir), pipeline_name, region)
     except OSError as exc:  # a file where the folder should be, read-only, a name too long, a full disk
         raise UsageError(f"run directory {workdir}: {os_problem(exc)}") from exc
-    return run_execution(execution, plans, echo, progress, injected)
+    return run_execution(execution, plans, echo, progress, injected, watch=watch)
 
 
 def resume_local(
@@ -161,6 +164,7 @@ def resume_local(
     echo: Progress | None = None,
     progress: Progress | None = None,
     faults: str | None = None,
+    watch: Watch | None = None,
 ) -> Execution:
     """Run a Stopped or Failed execution again under its own id: steps that Succeeded are skipped, the others
     run again (Similarity resumes from the execution's checkpoints). Everything it needs is in the execution's
@@ -168,7 +172,7 @@ def resume_local(
     check_execution_id(execution_id)
     execution, definition = load_execution(Path(os.path.abspath(workdir)), execution_id)
     plans = plan_steps(definition)
-    return run_execution(execution, plans, echo, progress, injected_faults(faults, plans), resuming=True)
+    return run_execution(execution, plans, echo, progress, injected_faults(faults, plans), resuming=True, watch=watch)
 
 
 def injected_faults(faults: str | None, plans: list[StepPlan]) -> list[Fault]:
@@ -203,16 +207,19 @@ def load_execution(workdir: Path, execution_id: str) -> tuple[Execution, dict]:
 
 
 def run_execution(execution: Execution, plans: list[StepPlan], echo: Progress | None,
-                  progress: Progress | None, faults: list[Fault], resuming: bool = False) -> Execution:
+                  progress: Progress | None, faults: list[Fault], resuming: bool = False,
+                  watch: Watch | None = None) -> Execution:
     try:
-        return _run_execution(execution, plans, echo, progress, faults, resuming)
+        return _run_execution(execution, plans, echo, progress, faults, resuming, watch)
     except OSError as exc:  # the runner's own files (record, lock, staging, publishing): a full disk, a permission
         raise LocalRunError(f"execution {execution.id}: {os_problem(exc)} (record: {execution.record_path})") from exc
 
 
 def _run_execution(execution: Execution, plans: list[StepPlan], echo: Progress | None,
-                   progress: Progress | None, faults: list[Fault], resuming: bool) -> Execution:
+                   progress: Progress | None, faults: list[Fault], resuming: bool, watch: Watch | None) -> Execution:
     say = progress or (lambda line: None)
+    if watch:
+        watch.planned([plan.name for plan in plans])
     with execution_lock(execution) as lock, graceful_sigint() as stop:
         say(f"execution {execution.id}: {execution.directory}" + (" (resumed)" if resuming else ""))
         if resuming:
@@ -224,9 +231,11 @@ def _run_execution(execution: Execution, plans: list[StepPlan], echo: Progress |
                 if record.status == "Succeeded":  # only when resuming: its outputs are where it put them
                     scope.properties[plan.name] = record.properties
                     say(f"{plan.name}: Succeeded before, skipped")
+                    if watch:
+                        watch.step_ended(plan.name, "Skipped", record.seconds)
                     continue
                 stop.raise_if_requested()
-                run_step(plan, execution, scope, echo, say, faults, lock)
+                run_step(plan, execution, scope, echo, say, faults, lock, watch)
         except KeyboardInterrupt:
             finish(execution, "Stopped", "interrupted")
             say(f"execution {execution.id}: Stopped; nothing was published or registered. {resume_hint(execution)}")
@@ -321,15 +330,17 @@ def execution_variables(execution: Execution) -> dict[str, str]:
 
 
 def run_step(plan: StepPlan, execution: Execution, scope: Scope, echo: Progress | None, say: Progress,
-             faults: list[Fault] = (), lock: ExecutionLock | None = None) -> None:
+             faults: list[Fault] = (), lock: ExecutionLock | None = None, watch: Watch | None = None) -> None:
     record = execution.steps[plan.name]
     record.job_name = job_name(execution.pipeline_name, plan, execution.id.rsplit("-", 1)[1])
     record.status, record.started = "Executing", utc_text(datetime.now(timezone.utc))
     execution.save()
     say(f"{plan.name}: started ({plan.type} job {record.job_name})")
+    if watch:
+        watch.step_started(plan.name, record.job_name)
     clock = time.monotonic()
     ctx = JobContext(execution.directory / plan.name, record.job_name, Path.cwd(), step_environment(plan, execution), echo,
-                     faults=list(faults), lock=lock)
+                     faults=list(faults), lock=lock, watch=watch)
     try:
         job_scope = scope.for_job(JOB_NAME_VARIABLE[plan.type], record.job_name)
         record.arguments = job_scope.resolve(plan.arguments, f"step {plan.name}, Arguments")
@@ -339,6 +350,8 @@ def run_step(plan: StepPlan, execution: Execution, scope: Scope, echo: Progress 
                   if isinstance(exc, OSError) else f"step {plan.name}: {one_line(exc)}")
         end_step(record, ctx, clock, "Stopped" if isinstance(exc, KeyboardInterrupt) else "Failed", reason)
         save_if_possible(execution)
+        if watch:
+            watch.step_ended(plan.name, record.status, record.seconds)
         say(f"{plan.name}: {record.status} after {record.seconds:.1f} s")
         if isinstance(exc, (AllpairsError, KeyboardInterrupt)):
             raise
@@ -347,6 +360,8 @@ def run_step(plan: StepPlan, execution: Execution, scope: Scope, echo: Progress 
     record.published = {uri: tree_signature(uri, f"step {plan.name}") for uri in ctx.published}
     scope.properties[plan.name] = record.properties
     execution.save()
+    if watch:
+        watch.step_ended(plan.name, "Succeeded", record.seconds)
     say(f"{plan.name}: Succeeded in {record.seconds:.1f} s")
 
 
@@ -355,7 +370,9 @@ def end_step(record: StepRecord, ctx: JobContext, clock: float, status: str, rea
     record.ended = utc_text(datetime.now(timezone.utc))
     record.seconds = round(time.monotonic() - clock, 3)
     record.hosts = {r.host: {"exit_code": r.exit_code, "log": str(r.log), "reason": r.reason,
-                             **({"restarts": r.restarts} if r.restarts else {})}  # restarts: injected faults
+                             **({"restarts": r.restarts} if r.restarts else {}),  # restarts: injected faults
+                             "seconds": r.seconds, "peak_rss_bytes": r.peak_rss,  # measured by the runner
+                             **({"progress": r.progress} if r.progress else {})}  # its last progress line
                     for r in ctx.host_results}
 
 

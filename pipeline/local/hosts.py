@@ -3,6 +3,11 @@
 Stopping a host is what SageMaker does (StopTrainingJob, a failed job's other hosts, spot): SIGTERM, then
 SIGKILL STOP_GRACE_SECONDS (120 s) later if it is still there. A second Ctrl-C kills at once.
 
+Each host's memory is its resident set (file pages of the memory-mapped matrix included), read from
+/proc/<pid>/status while it runs: VmRSS now (for the watch, the live display) and VmHWM, the kernel's high-water
+mark of the process, which after any read past the peak is the peak itself (the execution record). Not wait4's
+ru_maxrss: on Linux a child's starts from the resident size of the runner it was forked from.
+
 Restarts (fault injection, pipeline/local/faults.py): a host hit by a fault (a signal the runner sends at a
 time or a share of the work, or one it sends itself after printing steps.contract.FAULT_MARKER) is started
 again once it has exited, with the same root (its `fresh` folders emptied, as on a new instance) and without
@@ -31,9 +36,11 @@ from steps.contract import FAULT_MARKER, HOST_FAULT_ENV, PROGRESS_LINE
 from .faults import DEFAULT_GRACE_SECONDS, Timed
 from .interrupts import STOP
 from .lock import ExecutionLock
+from .watch import Watch
 
 LOG_NAME = "job.log"  # in each host's root, beside what the container sees as /opt/ml
 STOP_GRACE_SECONDS = DEFAULT_GRACE_SECONDS  # SIGTERM, then SIGKILL this much later, as SageMaker does
+WATCH_MEMORY_SECONDS = 0.5  # how often a running host's memory is handed to the watch (it is read every tick)
 
 Echo = Callable[[str], None]
 
@@ -49,6 +56,7 @@ class HostCommand:
     fresh: tuple[Path, ...] = ()  # emptied before a restart: what a new instance would not have (model/, output/)
     timed: Timed | None = None  # a fault the runner delivers (ALLPAIRS_FAULTS at=...)
     cpus: frozenset[int] | None = None  # the cores it runs on (core_shares); None: all of them
+    step: str = ""  # the step it belongs to, for the watch
 
 
 # Thread pools that size themselves from the environment rather than from the CPU set.
@@ -83,6 +91,9 @@ class HostResult:
     log: Path
     reason: str = ""  # why it failed, one line
     restarts: int = 0  # times it was killed by an injected fault and started again
+    seconds: float | None = None  # its last start to its exit
+    peak_rss: int | None = None  # bytes: the most resident memory it held (None: not measurable here)
+    progress: dict | None = None  # its last progress line's fields (steps.contract.PROGRESS_LINE)
 
 
 @dataclass(eq=False)
@@ -96,17 +107,48 @@ class _Running:
     restarts: int = 0
     started: float = field(default_factory=time.monotonic)
     percent: float = 0.0  # the host's last progress line
+    progress: dict | None = None  # that line's fields
     kill_at: float | None = None  # SIGKILL deadline after a SIGTERM the runner sent
+    peak_rss: int | None = None  # bytes: its high-water resident set, as last read
+    watched: float = 0.0  # when its memory was last handed to the watch
+    ended: float | None = None  # when it was seen to have exited
+    watch: Watch | None = None
+
+    def poll(self) -> int | None:
+        code = self.process.poll()
+        if code is not None and self.ended is None:
+            self.ended = time.monotonic()
+        return code
+
+    def sample_memory(self, now: float) -> None:
+        """Read its resident memory (Linux /proc; elsewhere nothing is known); tell the watch now and then."""
+        rss = resident_bytes(self.process.pid)
+        if rss is None:
+            return
+        self.peak_rss = max(self.peak_rss or 0, rss[1])
+        if self.watch and now - self.watched >= WATCH_MEMORY_SECONDS:
+            self.watched = now
+            self.watch.host_memory(self.command.step, self.command.host, rss[0], self.peak_rss)
+
+
+def resident_bytes(pid: int) -> tuple[int, int] | None:
+    """(resident now, peak resident) of a live process, from /proc/<pid>/status; None where there is none."""
+    try:
+        fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+        return int(fields["VmRSS"].split()[0]) * 1024, int(fields["VmHWM"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError, IndexError):
+        return None
 
 
 def run_hosts(commands: Sequence[HostCommand], cwd: Path, echo: Echo | None = None,
               restart_scope: Mapping[str, str] | None = None, collect: list | None = None,
-              lock: ExecutionLock | None = None) -> list[HostResult]:
+              lock: ExecutionLock | None = None, watch: Watch | None = None) -> list[HostResult]:
     """Start every host, wait for all; the first failure stops the others (as a failed training job does).
     `restart_scope` maps a host given a fault to "host" (restart it alone) or "step" (restart every host);
     `collect` receives the results even when this raises (Ctrl-C), for the execution record; every host
-    inherits `lock`, the execution's (pipeline/local/lock.py)."""
-    running = [start(command, cwd, echo, lock) for command in commands]
+    inherits `lock`, the execution's (pipeline/local/lock.py); `watch` is told each host's lines, memory and
+    end as they happen."""
+    running = [start(command, cwd, echo, lock, watch) for command in commands]
     results: dict[str, HostResult] = {}
     pending = dict(restart_scope or {})
     try:
@@ -117,14 +159,18 @@ def run_hosts(commands: Sequence[HostCommand], cwd: Path, echo: Echo | None = No
                     break
                 STOP.raise_if_requested()
             deliver_timed_faults(running, results)
+            now = time.monotonic()
             for i, run in enumerate(running):
-                if run.command.host in results or run.process.poll() is None:
+                if run.command.host in results:
+                    continue
+                if run.poll() is None:
+                    run.sample_memory(now)
                     continue
                 for pump in run.pumps:  # its last lines (a fault marker) are read before deciding what it was
                     pump.join()
                 scope = pending.pop(run.command.host, None)
                 if scope and run.fault_fired:
-                    running = restart_after_fault(running, i, results, cwd, echo, scope, lock)
+                    running = restart_after_fault(running, i, results, cwd, echo, scope, lock, watch)
                     break
                 results[run.command.host] = finish(run)
                 if run.process.returncode != 0:
@@ -143,7 +189,7 @@ def deliver_timed_faults(running: Sequence[_Running], results: Mapping[str, Host
     """Send each due fault's signal, and the SIGKILL that follows an unanswered SIGTERM."""
     now = time.monotonic()
     for run in running:
-        if run.command.host in results or run.process.poll() is not None:
+        if run.command.host in results or run.poll() is not None:
             continue
         timed = run.command.timed
         if timed and not run.fault_fired and (
@@ -163,7 +209,8 @@ def deliver_timed_faults(running: Sequence[_Running], results: Mapping[str, Host
 
 
 def restart_after_fault(running: list[_Running], i: int, results: dict[str, HostResult], cwd: Path,
-                        echo: Echo | None, scope: str, lock: ExecutionLock | None = None) -> list[_Running]:
+                        echo: Echo | None, scope: str, lock: ExecutionLock | None = None,
+                        watch: Watch | None = None) -> list[_Running]:
     """The host at `i` was killed by its injected fault: start it again (scope "host"), or stop every host and
     start them all again (scope "step"), each without its fault."""
     if scope == "step":
@@ -184,8 +231,9 @@ def restart_after_fault(running: list[_Running], i: int, results: dict[str, Host
         for folder in command.fresh:
             shutil.rmtree(folder, ignore_errors=True)
             folder.mkdir(parents=True)
-        running[j] = start(command, cwd, echo, lock)
+        running[j] = start(command, cwd, echo, lock, watch)
         running[j].restarts = old.restarts + 1
+        running[j].peak_rss = old.peak_rss  # the host's peak over its restarts
     return running
 
 
@@ -199,7 +247,8 @@ def _log_line(log: Path, line: str) -> None:
         f.write(line.encode() + b"\n")
 
 
-def start(command: HostCommand, cwd: Path, echo: Echo | None, lock: ExecutionLock | None = None) -> _Running:
+def start(command: HostCommand, cwd: Path, echo: Echo | None, lock: ExecutionLock | None = None,
+          watch: Watch | None = None) -> _Running:
     """Start one host. Its stdout and stderr go straight to its job.log (not through a pipe to the runner), so
     a host that outlives its runner still logs, and its last writes (a checkpoint saved, the failure reason) do
     not fail on a broken pipe; the runner reads the log as it grows."""
@@ -220,7 +269,9 @@ def start(command: HostCommand, cwd: Path, echo: Echo | None, lock: ExecutionLoc
         )
     if lock:
         lock.note(process.pid, command.label)
-    run = _Running(command, process, log)
+    run = _Running(command, process, log, watch=watch)
+    if watch:
+        watch.host_started(command.step, command.host)
     reader = threading.Thread(target=_follow, args=(run, offset, echo), daemon=True)
     reader.start()
     run.pumps.append(reader)
@@ -255,6 +306,9 @@ def _take_line(run: _Running, raw: bytes, echo: Echo | None) -> None:
     progress = PROGRESS_LINE.search(line)
     if progress:
         run.percent = float(progress["percent"])
+        run.progress = progress.groupdict()
+    if run.watch and line.strip():
+        run.watch.host_line(run.command.step, run.command.host, line, run.progress if progress else None)
     if echo:
         echo(f"[{run.command.label}] {line}")
 
@@ -264,7 +318,17 @@ def finish(run: _Running) -> HostResult:
         pump.join()  # the last line is only known once the log is read to its end
     code = run.process.returncode
     reason = "" if code == 0 else failure_reason(run, code)
-    return HostResult(run.command.host, code, run.log, reason, run.restarts)
+    return ended(run, HostResult(run.command.host, code, run.log, reason, run.restarts))
+
+
+def ended(run: _Running, result: HostResult) -> HostResult:
+    """The result with what was measured of the host, told to the watch."""
+    result.seconds = round((run.ended or time.monotonic()) - run.started, 3)
+    result.peak_rss, result.progress = run.peak_rss, run.progress
+    if run.watch:
+        status = "done" if result.exit_code == 0 else "stopped" if result.exit_code is None else "failed"
+        run.watch.host_ended(run.command.step, run.command.host, status, result.seconds, run.peak_rss)
+    return result
 
 
 def failure_reason(run: _Running, code: int) -> str:
@@ -283,8 +347,10 @@ def failure_reason(run: _Running, code: int) -> str:
 def stop_others(running: Sequence[_Running], results: dict[str, HostResult],
                 why: str = "stopped: another host failed", grace: float = STOP_GRACE_SECONDS) -> None:
     """SIGTERM every host still running, SIGKILL those still there after `grace` seconds."""
-    alive = [r for r in running if r.command.host not in results and r.process.poll() is None]
+    alive = [r for r in running if r.command.host not in results and r.poll() is None]
+    now = time.monotonic()
     for run in alive:
+        run.sample_memory(now)  # its peak so far: once stopped, /proc has nothing left to read
         _signal_group(run.process, signal.SIGTERM if grace > 0 else signal.SIGKILL)
     deadline = time.monotonic() + grace
     for run in alive:
@@ -299,7 +365,7 @@ def stop_others(running: Sequence[_Running], results: dict[str, HostResult],
         if run in alive and run.process.returncode != 0:
             for pump in run.pumps:
                 pump.join()
-            results[run.command.host] = HostResult(run.command.host, None, run.log, why, run.restarts)
+            results[run.command.host] = ended(run, HostResult(run.command.host, None, run.log, why, run.restarts))
         else:  # it ended on its own meanwhile
             results[run.command.host] = finish(run)
 

@@ -18,6 +18,7 @@ from pipeline.spec.parameters import LOCAL_MAX_HOSTS
 from .faults import Fault, host_faults
 from .hosts import Echo, HostCommand, HostResult, core_shares, pinned, run_hosts
 from .lock import ExecutionLock
+from .watch import Watch
 from pipeline.definition.graph import StepPlan, output_uri_property
 from .storage import (deliver_file, deliver_tree, download_prefix, files_under, is_s3, join_uri, local_path, stage_input,
                       upload_tree)
@@ -37,6 +38,7 @@ class JobContext:
     faults: list[Fault] = field(default_factory=list)  # ALLPAIRS_FAULTS (pipeline/local/faults.py)
     lock: ExecutionLock | None = None  # the execution's lock: every host inherits it (pipeline/local/lock.py)
     published: list[str] = field(default_factory=list)  # the URIs this job's outputs were published at
+    watch: Watch | None = None  # told every host's lines, memory and end (the live display)
 
 
 def job_name(pipeline_name: str, plan: StepPlan, suffix: str) -> str:
@@ -130,8 +132,8 @@ def run_processing(plan: StepPlan, args: Mapping, ctx: JobContext) -> dict[str, 
     if not argv:
         raise bug(f"{where}, Arguments.AppSpecification", "no ContainerEntrypoint, and locally there is no image to fall back on")
     command = HostCommand("algo-1", f"{plan.name} algo-1", argv, host_env(ctx, args.get("Environment"), root), root,
-                          FAILURE_FILES[PROCESSING])
-    run_hosts([command], ctx.cwd, ctx.echo, collect=ctx.host_results, lock=ctx.lock)
+                          FAILURE_FILES[PROCESSING], step=plan.name)
+    run_hosts([command], ctx.cwd, ctx.echo, collect=ctx.host_results, lock=ctx.lock, watch=ctx.watch)
     raise_if_failed(plan.name, ctx.host_results)
     check_exit_message(plan.name, root)
     properties: dict[str, object] = {"ProcessingJobName": ctx.job_name}
@@ -191,10 +193,11 @@ def run_training(plan: StepPlan, args: Mapping, ctx: JobContext) -> dict[str, ob
         if fault and not fault.timed:
             env[HOST_FAULT_ENV] = fault.condition  # the host triggers it itself (steps/faults.py)
         commands.append(HostCommand(host, f"{plan.name} {host}", argv, env, root, FAILURE_FILES[TRAINING],
-                                    (root / "model", root / "output"), fault.timed if fault else None, cpus))
+                                    (root / "model", root / "output"), fault.timed if fault else None, cpus=cpus,
+                                    step=plan.name))
     try:
         run_hosts(commands, ctx.cwd, ctx.echo, {h: f.scope for h, f in faults.items() if f.scope},
-                  collect=ctx.host_results, lock=ctx.lock)
+                  collect=ctx.host_results, lock=ctx.lock, watch=ctx.watch)
     finally:
         if checkpoint_uri:  # SageMaker syncs checkpoints even for a failed or stopped job: a resume reads them
             upload_tree(shared_checkpoints, checkpoint_uri, f"{where}, checkpoints")

@@ -16,6 +16,8 @@ as gaps in `input_row`, never as shifted neighbours. The artifact alone answers 
     rows.parquet        `row, id, input_row`, one line per artifact row, in row order
     id_index.parquet    `id, row`, sorted by id, in row groups of ROWS_PER_ROW_GROUP: min/max statistics find
                         the one group that can hold an id
+    report.html         the artifact at a glance, for a browser (steps/formats/report.py); it describes the run
+                        too (hosts, times), so it is not among the byte-identical files
     manifest.json       format, counts, input and fingerprints, parameters, hosts, timings, the parquet layout,
                         and every file's size and sha256: a manifest in place vouches for the files beside it
     registration.json   the registry entry (added by Register once it has registered the files)
@@ -23,7 +25,8 @@ as gaps in `input_row`, never as shifted neighbours. The artifact alone answers 
 Byte for byte: every data file depends only on the result (the input, TopK, MinScore) and this writer, never on
 how Merge's batches arrive (host count, block budget, resumes): row groups have fixed sizes, the writer settings
 are pinned (PARQUET_WRITER) rather than library defaults. manifest.json too, except the facts of the run that
-made it (RUN_KEYS). Same software, same bytes: parquet records its writer's version (`created_by`).
+made it (RUN_KEYS, and report.html's entry in `files`: the report shows the hosts and times; `result_view`).
+Same software, same bytes: parquet records its writer's version (`created_by`).
 
 The files stream in row order: memory holds the ids (N), one batch of BATCH_EDGES edges and one row group,
 never N x k. The reader (`Artifact`, opened by `allpairs.open`) reads through any pyarrow filesystem.
@@ -42,13 +45,13 @@ import pyarrow.parquet as pq
 
 from .. import npy
 from ..contract import (ARTIFACT_DATA_FILES, ARTIFACT_FORMAT, ID_INDEX_PARQUET, MANIFEST, NEIGHBORS_NPY,
-                        NEIGHBORS_PARQUET, ROWS_PARQUET, SCORES_NPY)
+                        NEIGHBORS_PARQUET, REPORT_HTML, ROWS_PARQUET, SCORES_NPY)
 from ..errors import StepError
 from ..io import atomic_path, sha256_file, write_json
 
 FORMAT, VERSION = ARTIFACT_FORMAT
 BATCH_EDGES = 1 << 20  # edges handled at once (about 60 MB of arrays): memory follows this, not N or N*k
-DATA_FILES = ARTIFACT_DATA_FILES
+DATA_FILES = (*ARTIFACT_DATA_FILES, REPORT_HTML)  # every file the manifest vouches for
 # Row groups are what a lookup reads: 16384 edges (about 200 KB) and 16384 ids keep one lookup in a 1M-row,
 # k=10 artifact at a few ms; 4x larger groups cost 2-3x per lookup, 2x smaller ones a larger footer to open
 # (benchmarks/bench_lookup.py). Query engines scan them fine, if not at their best (they prefer 128 MB groups).
@@ -66,6 +69,13 @@ PARQUET_WRITER: dict[str, Any] = {
 EDGE_DICTIONARY, ROW_DICTIONARY = True, False
 # manifest.json keys that describe the run, not the result: they differ between two runs of the same result.
 RUN_KEYS = ("execution_id", "artifact_uri", "parameters", "training_job", "hosts", "timings")
+
+
+def result_view(manifest: dict) -> dict:
+    """The manifest without the facts of the run: what two runs of the same result share, byte for byte."""
+    view = {key: value for key, value in manifest.items() if key not in RUN_KEYS}
+    view["files"] = {name: entry for name, entry in view.get("files", {}).items() if name != REPORT_HTML}
+    return view
 
 
 def batch_rows(k: int) -> int:
