@@ -1,7 +1,8 @@
 """Preprocess step: read the matrix, validate, L2-normalize, write float32 chunks + ids + manifest.
 
     python3 -m steps.preprocess --input-uri=<InputData> [--id-column=NAME] [--non-finite=error|drop]
-                                [--chunk-rows=N] [--memory-budget-mb=MB]
+                                [--chunk-rows=N] [--memory-budget-mb=MB] [--vector-column=NAME]
+                                [--delimiter=C]
 
 Reads the channel /opt/ml/processing/input/matrix/ (see steps/readers/ for formats and file rules) and
 writes /opt/ml/processing/output/normalized/ as docs/container-contract.md section 1 says.
@@ -62,12 +63,19 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                         help="rows per output chunk, at most (wide rows make smaller chunks)")
     parser.add_argument("--memory-budget-mb", type=int, default=DEFAULT_PREPROCESS_BUDGET_MB,
                         help="bytes for the batch and chunk buffers (preprocess.memory_budget_mb)")
+    parser.add_argument("--vector-column", default=None,
+                        help="parquet: the list column holding the vectors (default: the only one)")
+    parser.add_argument("--delimiter", default=None,
+                        help="CSV/TSV: the field delimiter, one character (default: a tab for .tsv, else a comma)")
     args = parser.parse_args(list(argv))
+    if args.delimiter is not None and len(args.delimiter) != 1:
+        parser.error(f"--delimiter must be one character, got {args.delimiter!r}")
     if args.chunk_rows < 1:
         parser.error(f"--chunk-rows must be at least 1, got {args.chunk_rows}")
     if args.memory_budget_mb < 16:
         parser.error(f"--memory-budget-mb must be at least 16, got {args.memory_budget_mb}")
     args.id_column = args.id_column or None  # pipelines pass "" for an unset parameter
+    args.vector_column = args.vector_column or None
     return args
 
 
@@ -129,6 +137,8 @@ def describe_value(value: float) -> str:
 
 
 def column_label(plan: MatrixPlan, index: int) -> str:
+    if plan.vector_column:
+        return f"column {plan.vector_column!r} value {index}"
     return f"column {plan.feature_columns[index]!r}" if plan.feature_columns else f"column {index}"
 
 
@@ -185,10 +195,14 @@ class Counts:
 
 def preprocess(input_dir: Path, output_dir: Path, input_uri: str, id_column: str | None = None,
                non_finite: str = "error", chunk_rows: int = DEFAULT_CHUNK_ROWS,
-               budget_mb: int = DEFAULT_PREPROCESS_BUDGET_MB) -> dict:
+               budget_mb: int = DEFAULT_PREPROCESS_BUDGET_MB, vector_column: str | None = None,
+               delimiter: str | None = None) -> dict:
     """Run the whole step; returns the manifest it wrote."""
     started = time.monotonic()
-    plan = plan_matrix(input_dir, id_column)
+    plan = plan_matrix(input_dir, id_column, vector_column, delimiter)
+    if plan.ignored_columns:
+        print(f"preprocess: vectors from column {plan.vector_column!r}; ignored columns: "
+              f"{', '.join(plan.ignored_columns)}", flush=True)
     chunk_rows, batch_rows = buffer_rows(plan.dim, chunk_rows, budget_mb)
     staging = output_dir / STAGING_DIR
     shutil.rmtree(staging, ignore_errors=True)  # left over from a crashed run
@@ -242,7 +256,7 @@ def _progress(plan: MatrixPlan) -> Progress:
     """Progress over the input's rows, their total read cheaply (headers, footers; a CSV's estimated)."""
     try:
         shape = read_shape([(f.key, f.bytes) for f in plan.files], file_reader({f.key: f.path for f in plan.files}),
-                           plan.id_column)
+                           plan.id_column, vector_column=plan.vector_column, delimiter=plan.files[0].delimiter)
         total, estimated = shape.rows, not shape.exact
     except ShapeUnknown:
         total, estimated = 0, True
@@ -290,6 +304,9 @@ def _manifest(plan: MatrixPlan, input_uri: str, non_finite: str, out: Normalized
             "conversion": conversion_cost(plan.source_dtype, counts.large_integers),
             "columns": list(plan.feature_columns),
             "id_column": plan.id_column,
+            **({"vector_column": plan.vector_column, "ignored_columns": list(plan.ignored_columns)}
+               if plan.vector_column else {}),
+            **({"delimiter": plan.files[0].delimiter} if plan.format == "csv" else {}),
         },
         zero_rows=counts.zero_rows, dropped_rows=counts.dropped_rows, dropped_sample=counts.dropped_sample,
         non_finite=non_finite,
@@ -299,7 +316,8 @@ def _manifest(plan: MatrixPlan, input_uri: str, non_finite: str, out: Normalized
 def main(argv: Sequence[str]) -> None:
     args = parse_args(argv)
     manifest = preprocess(here(processing_input_path(MATRIX)), here(processing_output_path(NORMALIZED)),
-                          args.input_uri, args.id_column, args.non_finite, args.chunk_rows, args.memory_budget_mb)
+                          args.input_uri, args.id_column, args.non_finite, args.chunk_rows, args.memory_budget_mb,
+                          args.vector_column, args.delimiter)
     print(f"preprocess: {manifest['rows']} rows x {manifest['dim']} from {len(manifest['input']['files'])} "
           f"{manifest['input']['format']} file(s); {len(manifest['chunks'])} chunk(s); ids from "
           f"{manifest['ids']['source']}; {manifest['zero_rows']} all-zero row(s); "
