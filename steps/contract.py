@@ -105,12 +105,12 @@ DEFAULT_PREPROCESS_BUDGET_MB = 512  # Preprocess's buffers (an input batch and i
 # (pyarrow decompresses by extension); a .tsv is tab-separated, every other text file comma-separated, unless
 # input.delimiter (--delimiter) says otherwise.
 TEXT_EXTENSIONS = tuple(f"{name}{packed}" for name in (".csv", ".tsv") for packed in ("", ".gz", ".bz2", ".zst"))
-INPUT_EXTENSIONS = {".npy": "npy", ".parquet": "parquet", **{ext: "csv" for ext in TEXT_EXTENSIONS}}
-INPUT_TYPES = ".npy, .parquet, .csv or .tsv files (CSV and TSV may be compressed: .gz, .bz2, .zst)"
+INPUT_EXTENSIONS = {".npy": "npy", ".npz": "npz", ".parquet": "parquet", **{ext: "csv" for ext in TEXT_EXTENSIONS}}
+INPUT_TYPES = ".npy, .npz (scipy.sparse), .parquet, .csv or .tsv files (CSV and TSV may be compressed: .gz, .bz2, .zst)"
 
 
 def input_format(name: str) -> str | None:
-    """The input format a file name says ("npy", "parquet", "csv"), or None for a name no reader takes."""
+    """The input format a file name says ("npy", "npz", "parquet", "csv"), or None for a name no reader takes."""
     lower = name.lower()
     return next((fmt for ext, fmt in INPUT_EXTENSIONS.items() if lower.endswith(ext)), None)
 

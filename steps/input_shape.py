@@ -67,6 +67,9 @@ def read_shape(files: Sequence[tuple[str, int]], read: Read, id_column: str | No
     if len(formats) != 1 or None in formats:
         raise ShapeUnknown(f"not one format of {', '.join(sorted(INPUT_EXTENSIONS))} ({data[0][0]}, ...)")
     fmt = formats.pop()
+    if fmt == "npz":  # the sizes below (rows x dim x 4 bytes) are a dense matrix's: not a sparse one's
+        raise ShapeUnknown("sparse .npz input is not sized ahead (`python -m pipeline plan --rows N --dim D "
+                           "--density P` sizes it)")
     reader = {"npy": _npy, "parquet": _parquet, "csv": _csv}[fmt]
     rows = read_bytes = 0
     dim, exact, width = None, True, 8

@@ -238,8 +238,8 @@ BAD = [
      "mixed delimiters: a.csv is read as ','-separated but b.tsv as '\\t'-separated; put files of one kind under the "
      "input prefix, or set input.delimiter if they really share one"),
     ("an unknown compression", lambda d: (d / "m.csv.xz").write_bytes(b"x"), {},
-     "m.csv.xz: unsupported file type '.xz'; the input may hold only .npy, .parquet, .csv or .tsv files (CSV and TSV "
-     "may be compressed: .gz, .bz2, .zst) (remove or move this one)"),
+     "m.csv.xz: unsupported file type '.xz'; the input may hold only .npy, .npz (scipy.sparse), .parquet, .csv or "
+     ".tsv files (CSV and TSV may be compressed: .gz, .bz2, .zst) (remove or move this one)"),
     ("a corrupt gzip", lambda d: (d / "m.csv.gz").write_bytes(gzip.compress(b"a,b\n1,2\n")[:-12] + b"garbage!" * 2),
      {}, "m.csv.gz: cannot be read or decompressed (zlib inflate failed: invalid distance too far back); copy it "
          "again, or give it the extension of its compression (.gz, .bz2, .zst; none for plain text)"),

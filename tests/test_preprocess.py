@@ -363,8 +363,8 @@ def bad_input_cases():
          "id column 'item_id' was named (input.id_column), but the input is .npy, which has no named columns; "
          "remove input.id_column (ids are then row numbers) or provide parquet/csv with that column"),
         ("unsupported extension", text("m.json", "{}"), (),
-         "m.json: unsupported file type '.json'; the input may hold only .npy, .parquet, .csv or .tsv files "
-         "(CSV and TSV may be compressed: .gz, .bz2, .zst) (remove or move this one)"),
+         "m.json: unsupported file type '.json'; the input may hold only .npy, .npz (scipy.sparse), .parquet, .csv or "
+         ".tsv files (CSV and TSV may be compressed: .gz, .bz2, .zst) (remove or move this one)"),
         ("mixed formats", two(npy("a.npy", np.ones((2, 2))), text("b.csv", "a,b\n1,2\n")), (),
          "mixed input formats: a.npy is npy but b.csv is csv; put files of one format under the input prefix"),
         ("different dims", two(npy("a.npy", np.ones((2, 2))), npy("b.npy", np.ones((2, 3)))), (),

@@ -110,6 +110,87 @@ def admit(S, row_keys, row_bar, row0, row_zero, col_keys, col_bar, col0, col_zer
         row_bar[r] = rb
 
 
+@njit(nogil=True, cache=True)
+def admit_product(a_indptr, a_indices, a_data, b_indptr, b_indices, b_data, colmap, row_keys, row_bar, row0,
+                  row_zero, col_keys, col_bar, col0, col_zero, floor, mirrored):
+    """admit() fused with the sparse product of two CSR tiles A (the rows) and B (the columns): each pair of rows
+    that shares a column gets its float32 dot (Gustavson's row-by-row product: B inverted by column, A's values
+    scattered into an accumulator), admitted as it is made; pairs sharing no column (score exactly 0) are never
+    made: a pass calls this only when MinScore > 0 keeps them out of every list. `colmap` (dim,) int64 scratch,
+    all -1 on entry and on return. Same heaps, bars and rules as admit."""
+    n = a_indptr.shape[0] - 1
+    m = b_indptr.shape[0] - 1
+    nnz_b = b_indptr[m]
+    # B inverted: for each of its columns (numbered locally in order of appearance), its rows and values
+    cols = np.empty(nnz_b, np.int64)
+    local = 0
+    for p in range(nnz_b):
+        c = b_indices[p]
+        if colmap[c] < 0:
+            colmap[c] = local
+            cols[local] = c
+            local += 1
+    starts = np.zeros(local + 1, np.int64)
+    for p in range(nnz_b):
+        starts[colmap[b_indices[p]] + 1] += 1
+    for i in range(local):
+        starts[i + 1] += starts[i]
+    fill = starts[:local].copy()
+    inv_rows = np.empty(nnz_b, np.int64)
+    inv_vals = np.empty(nnz_b, np.float32)
+    for j in range(m):
+        for p in range(b_indptr[j], b_indptr[j + 1]):
+            lc = colmap[b_indices[p]]
+            inv_rows[fill[lc]] = j
+            inv_vals[fill[lc]] = b_data[p]
+            fill[lc] += 1
+    acc = np.zeros(m, np.float32)
+    seen = np.zeros(m, np.uint8)
+    touched = np.empty(m, np.int64)
+    scratch_u32 = np.empty(1, np.uint32)
+    scratch_f32 = scratch_u32.view(np.float32)
+    value = np.empty(1, np.float32)
+    value_bits = value.view(np.uint32)
+    for r in range(n):
+        count = 0
+        for p in range(a_indptr[r], a_indptr[r + 1]):
+            lc = colmap[a_indices[p]]
+            if lc < 0:
+                continue
+            v = a_data[p]
+            for q in range(starts[lc], starts[lc + 1]):
+                j = inv_rows[q]
+                if seen[j] == 0:
+                    seen[j] = 1
+                    touched[count] = j
+                    count += 1
+                acc[j] += v * inv_vals[q]
+        rb = row_bar[r]
+        grow = row0 + r
+        for t in range(count):
+            c = touched[t]
+            s = acc[c]
+            acc[c] = 0
+            seen[c] = 0
+            gcol = col0 + c
+            if gcol == grow:
+                continue
+            value[0] = s
+            if s >= rb and not col_zero[c]:
+                key = (np.uint64(_sortable(value_bits[0])) << np.uint64(32)) | np.uint64(gcol)
+                if key > row_keys[r, 0]:
+                    _replace_root(row_keys[r], key)
+                    rb = _bar(row_keys[r, 0], floor, scratch_u32, scratch_f32)
+            if mirrored and s >= col_bar[c] and not row_zero[r]:
+                key = (np.uint64(_sortable(value_bits[0])) << np.uint64(32)) | np.uint64(grow)
+                if key > col_keys[c, 0]:
+                    _replace_root(col_keys[c], key)
+                    col_bar[c] = _bar(col_keys[c, 0], floor, scratch_u32, scratch_f32)
+        row_bar[r] = rb
+    for i in range(local):
+        colmap[cols[i]] = -1
+
+
 def warm_up() -> None:
     """Compile (or load from the cache) every signature the kernel calls, by running it on a small matrix."""
     from .blocking import KernelConfig, all_pairs
@@ -118,4 +199,10 @@ def warm_up() -> None:
     X = np.random.default_rng(0).standard_normal((64, 4)).astype(np.float32)
     X /= np.linalg.norm(X, axis=1, keepdims=True)
     all_pairs(Corpus([X]), KernelConfig(3, None, 1 << 16, 2), hosts=2, block=16)  # own and mirrored tiles
+    import scipy.sparse as sp
+
+    from .sparse import SparseCorpus
+
+    X[np.abs(X) < 0.5] = 0  # a sparse corpus with MinScore > 0: selection from a product's stored values
+    all_pairs(SparseCorpus([sp.csr_matrix(X)], 1 << 16, "sparse"), KernelConfig(3, 0.1, 1 << 16, 2), hosts=2, block=16)
 

@@ -1,6 +1,6 @@
 """Streaming matrix readers: a directory of .npy, .parquet or .csv/.tsv files -> (ids, float64 rows) batches.
 
-One module per input format (npy.py, parquet.py, csv.py; columns.py for what parquet and CSV share), behind
+One module per input format (npy.py, npz.py: scipy.sparse, parquet.py, csv.py; columns.py for what parquet and CSV share), behind
 this dispatcher: each has FORMAT, read_schema(file), plan(schemas, id_column, vector_column) and
 iter_rows(file, plan, batch_rows).
 
@@ -42,10 +42,10 @@ import numpy as np
 
 from ..contract import INPUT_TYPES, input_delimiter, input_format
 from ..errors import StepError
-from . import csv, npy, parquet
+from . import csv, npy, npz, parquet
 from .base import FileSchema, InputFile, MatrixBatch, MatrixPlan, batch_rows_for, describe_row
 
-READERS = {module.FORMAT: module for module in (npy, parquet, csv)}
+READERS = {module.FORMAT: module for module in (npy, npz, parquet, csv)}
 
 __all__ = ["FileSchema", "InputFile", "MatrixBatch", "MatrixPlan", "batch_rows_for", "describe_row",
            "iter_matrix", "list_input_files", "plan_matrix", "read_schema"]
@@ -158,7 +158,8 @@ def iter_matrix(plan: MatrixPlan, batch_rows: int) -> Iterator[MatrixBatch]:
     global_row = 0
     for file in plan.files:
         for file_row, ids, values in reader(file, plan, batch_rows):
+            rows = values.shape[0]  # values: float64 rows, or a CSR matrix (sparse input)
             if ids is None:  # row numbers, counted across files: the row's place in the whole input
-                ids = np.arange(global_row, global_row + len(values), dtype=np.int64)
-            global_row += len(values)
+                ids = np.arange(global_row, global_row + rows, dtype=np.int64)
+            global_row += rows
             yield MatrixBatch(file.key, file_row, ids, values)

@@ -1,0 +1,131 @@
+"""A sparse corpus: the L2-normalized rows of sparse input, CSR float32 (steps/formats/sparse_chunks.py), searched by
+the same passes, partial lists and selection as a dense one (blocking.py), so checkpoints, stops, shards, Merge and
+byte-identity across host counts and budgets hold as they do for dense input.
+
+Two product kernels, chosen once per corpus from its density (`choose_kernel`), logged and recorded in the shards:
+
+- "sparse": only pairs of rows that share a column are multiplied. When MinScore is above zero (so a pair that
+  shares no column, score exactly 0, can never be listed), the product is fused with selection
+  (compiled.admit_product: Gustavson's row-by-row product, each pair admitted as it is made, never stored);
+  otherwise scipy's CSR x CSR^T (float32) is densified into the tile the dense selection reads, zeros included.
+- "dense": blocks are densified and multiplied by BLAS, for rows dense enough that BLAS over every column beats
+  the sparse product (DENSE_DENSITY), when a densified tile fits the memory budget.
+
+Either way an approximate score is within dot_error_bound(dot_terms) of the canonical one, dot_terms being the
+most values a row holds: in a float32 dot over a row's zeros only the products of shared columns round (adding
+an exact zero is exact), whatever the summation order. Canonical scores (exact.py's definition: the correctly
+rounded sum of the products of the stored float32 values) are computed from the sparse rows: a dense row's zeros
+add nothing to that sum, so the sparse and the dense form of one matrix get the same bits, and the same artifact.
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterator, Sequence
+
+import numpy as np
+import scipy.sparse as sp
+
+from .exact import rounding_bound
+
+# Densify when at least this share of a row's columns hold values: BLAS then beats the sparse product. From
+# benchmarks/bench_sparse.py's density sweep (README, Performance).
+DENSE_DENSITY = 0.05
+DENSE_TILE_SHARE = 8  # a densified (1536 x dim) float32 tile may take at most 1/8 of the budget
+
+
+def choose_kernel(rows: int, dim: int, nnz: int, budget_bytes: int) -> str:
+    """'dense' when the rows are dense enough and a densified tile fits; else 'sparse'."""
+    density = nnz / max(rows * dim, 1)
+    fits = 1536 * dim * 4 * DENSE_TILE_SHARE <= budget_bytes
+    return "dense" if density >= DENSE_DENSITY and fits else "sparse"
+
+
+class SparseCorpus:
+    """All rows, CSR float32 with sorted column indices and no stored zeros (the sparse chunks, stacked)."""
+
+    def __init__(self, chunks: Sequence[sp.csr_matrix], budget_bytes: int, kernel: str | None = None):
+        self.matrix = chunks[0] if len(chunks) == 1 else sp.vstack(chunks, format="csr")
+        self.matrix.sort_indices()
+        self.counts = np.diff(self.matrix.indptr)
+        values = self.matrix.data.astype(np.float64)
+        self.norms = np.sqrt(np.bincount(np.repeat(np.arange(self.rows), self.counts), values * values,
+                                         minlength=self.rows))
+        self.kernel = kernel or choose_kernel(self.rows, self.dim, self.matrix.nnz, budget_bytes)
+
+    @property
+    def rows(self) -> int:
+        return self.matrix.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.matrix.shape[1]
+
+    @property
+    def width(self) -> int:
+        """float32 values a row takes in memory plans: a value and its column (8 bytes) per stored value."""
+        if self.kernel == "dense":
+            return self.dim
+        return max(1, 2 * math.ceil(self.matrix.nnz / max(self.rows, 1)))
+
+    @property
+    def dot_terms(self) -> int:
+        return max(1, int(self.counts.max())) if self.rows else 1
+
+    def describe(self) -> str:
+        density = self.matrix.nnz / max(self.rows * self.dim, 1)
+        return (f"{self.kernel} kernel for a sparse corpus of {self.rows} rows x {self.dim}, {self.matrix.nnz} values "
+                f"(density {density:.2g}, at most {self.dot_terms} in a row)")
+
+    def zero_mask(self, block_rows: int = 65536) -> np.ndarray:
+        return self.counts == 0
+
+    def blocks(self, start: int, stop: int, size: int) -> Iterator[tuple[int, object]]:
+        for first in range(start, stop, size):
+            yield first, self.rows_of(first, min(stop, first + size))
+
+    def rows_of(self, start: int, stop: int):
+        block = self.matrix[start:stop]
+        return np.ascontiguousarray(block.toarray(), dtype=np.float32) if self.kernel == "dense" else block
+
+    def product(self, rows, cols, out: np.ndarray) -> None:
+        """A tile's approximate scores, every pair's, into `out` (float32). (With MinScore > 0 the sparse kernel
+        does not come here: the pass fuses the product with selection, compiled.admit_product.)"""
+        if self.kernel == "dense":
+            np.matmul(rows, cols.T, out=out)
+        else:
+            (rows @ cols.T).toarray(out=out)
+
+    @staticmethod
+    def scores(block, row) -> np.ndarray:
+        if isinstance(block, np.ndarray):
+            return block @ row[0]
+        return np.asarray((block @ row.T).toarray(), dtype=np.float32).ravel()
+
+    def canonical(self, query, index: np.ndarray) -> np.ndarray:
+        """Canonical scores of query row i with corpus rows index[i, :], from the sparse rows (module docstring)."""
+        n, m = index.shape
+        if isinstance(query, np.ndarray):  # dense kernel: its query tiles are densified rows
+            query = sp.csr_matrix(query)
+        flat = index.reshape(-1)
+        pairs = np.repeat(np.arange(n), m)
+        q = query[pairs].astype(np.float64)
+        c = self.matrix[flat].astype(np.float64)
+        products = q.multiply(c).tocsr()  # exact: a product of two float32 values fits float64
+        fast = np.asarray(products.sum(axis=1)).ravel()
+        q_norms = np.sqrt(np.asarray(q.multiply(q).sum(axis=1)).ravel())
+        norms = q_norms * self.norms[flat]
+        error = rounding_bound(self.dot_terms + 2, 2.0 ** -53) * norms + np.abs(fast) * 2.0 ** -52 + 2.0 ** -1000
+        out = fast.astype(np.float32)
+        up = (out.astype(np.float64) + np.nextafter(out, np.float32(np.inf)).astype(np.float64)) / 2
+        down = (out.astype(np.float64) + np.nextafter(out, np.float32(-np.inf)).astype(np.float64)) / 2
+        for p in np.flatnonzero((np.abs(fast - up) <= error) | (np.abs(fast - down) <= error)).tolist():
+            out[p] = np.float32(math.fsum(products.data[products.indptr[p]: products.indptr[p + 1]].tolist()))
+        np.clip(out, -1, 1, out=out)
+        for p in np.flatnonzero(np.abs(out) >= 1 - 2.0 ** -20).tolist():  # only such pairs can be a row and itself
+            a, b = query[pairs[p]], self.matrix[flat[p]]
+            if np.array_equal(a.indices, b.indices):
+                if np.array_equal(a.data, b.data):
+                    out[p] = 1
+                elif np.array_equal(a.data, -b.data):
+                    out[p] = -1
+        return out.reshape(n, m)
