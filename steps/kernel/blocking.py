@@ -301,7 +301,7 @@ class Pass:
     def _product(self, rows: Candidates, cols: Candidates, mirrored: bool, scratch, locks) -> None:
         if self.stored_only:  # sparse rows, MinScore > 0: the product fused with selection, pairs sharing a column
             if not hasattr(scratch, "colmap"):
-                scratch.colmap = np.full(self.corpus.dim, -1, dtype=np.int64)
+                scratch.colmap = np.full(self.corpus.shared, -1, dtype=np.int64)
             admit = lambda **mirror: rows.admit_product(cols, cols.first, self.zero, scratch.colmap, **mirror)  # noqa
         else:
             t = self.plan.tile

@@ -116,8 +116,10 @@ def admit_product(a_indptr, a_indices, a_data, b_indptr, b_indices, b_data, colm
     """admit() fused with the sparse product of two CSR tiles A (the rows) and B (the columns): each pair of rows
     that shares a column gets its float32 dot (Gustavson's row-by-row product: B inverted by column, A's values
     scattered into an accumulator), admitted as it is made; pairs sharing no column (score exactly 0) are never
-    made: a pass calls this only when MinScore > 0 keeps them out of every list. `colmap` (dim,) int64 scratch,
-    all -1 on entry and on return. Same heaps, bars and rules as admit."""
+    made: a pass calls this only when MinScore > 0 keeps them out of every list. `colmap` int64 scratch, all -1
+    on entry and on return, one entry per column that two rows share: columns numbered beyond it (held by one
+    row only, sparse.py numbers them last) are skipped. Same heaps, bars and rules as admit."""
+    shared = colmap.shape[0]
     n = a_indptr.shape[0] - 1
     m = b_indptr.shape[0] - 1
     nnz_b = b_indptr[m]
@@ -126,13 +128,14 @@ def admit_product(a_indptr, a_indices, a_data, b_indptr, b_indices, b_data, colm
     local = 0
     for p in range(nnz_b):
         c = b_indices[p]
-        if colmap[c] < 0:
+        if c < shared and colmap[c] < 0:
             colmap[c] = local
             cols[local] = c
             local += 1
     starts = np.zeros(local + 1, np.int64)
     for p in range(nnz_b):
-        starts[colmap[b_indices[p]] + 1] += 1
+        if b_indices[p] < shared:
+            starts[colmap[b_indices[p]] + 1] += 1
     for i in range(local):
         starts[i + 1] += starts[i]
     fill = starts[:local].copy()
@@ -140,6 +143,8 @@ def admit_product(a_indptr, a_indices, a_data, b_indptr, b_indices, b_data, colm
     inv_vals = np.empty(nnz_b, np.float32)
     for j in range(m):
         for p in range(b_indptr[j], b_indptr[j + 1]):
+            if b_indices[p] >= shared:
+                continue
             lc = colmap[b_indices[p]]
             inv_rows[fill[lc]] = j
             inv_vals[fill[lc]] = b_data[p]
@@ -154,6 +159,8 @@ def admit_product(a_indptr, a_indices, a_data, b_indptr, b_indices, b_data, colm
     for r in range(n):
         count = 0
         for p in range(a_indptr[r], a_indptr[r + 1]):
+            if a_indices[p] >= shared:
+                continue
             lc = colmap[a_indices[p]]
             if lc < 0:
                 continue
@@ -189,6 +196,35 @@ def admit_product(a_indptr, a_indices, a_data, b_indptr, b_indices, b_data, colm
         row_bar[r] = rb
     for i in range(local):
         colmap[cols[i]] = -1
+
+
+@njit(nogil=True, cache=True)
+def sparse_dots(q_indptr, q_indices, q_data, q_rows, c_indptr, c_indices, c_data, c_rows):
+    """float64 dot products of CSR rows q_rows[p] (of q) and c_rows[p] (of c), each row's columns sorted: the
+    products of shared columns (exact in float64 for float32 values) summed in column order; and the sums of
+    their magnitudes (what the summation's rounding error is bounded by)."""
+    out = np.empty(q_rows.shape[0], np.float64)
+    magnitude = np.empty(q_rows.shape[0], np.float64)
+    for p in range(q_rows.shape[0]):
+        i, end_i = q_indptr[q_rows[p]], q_indptr[q_rows[p] + 1]
+        j, end_j = c_indptr[c_rows[p]], c_indptr[c_rows[p] + 1]
+        total = 0.0
+        size = 0.0
+        while i < end_i and j < end_j:
+            a, b = q_indices[i], c_indices[j]
+            if a == b:
+                product = np.float64(q_data[i]) * np.float64(c_data[j])
+                total += product
+                size += abs(product)
+                i += 1
+                j += 1
+            elif a < b:
+                i += 1
+            else:
+                j += 1
+        out[p] = total
+        magnitude[p] = size
+    return out, magnitude
 
 
 def warm_up() -> None:
