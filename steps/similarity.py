@@ -154,9 +154,11 @@ def check_fits(normalized_dir: Path, host: Host, settings: Settings, available: 
         return  # load_normalized reports a missing or broken manifest with its own message
     rows, dim = int(manifest["rows"]), int(manifest["dim"])
     sparse = None
-    if manifest.get("layout") == "sparse":  # CSR in memory: a value and its column, 8 bytes; a row start and norm
+    if manifest.get("layout") == "sparse":
+        # CSR in memory, 24 bytes a value: the chunks as read (value and column, 8), the corpus's copy with its
+        # columns renumbered (8) and those columns as int64 for the compiled loops (8); 24 a row for row starts
         nnz = int(manifest.get("nnz", 0))
-        sparse = (nnz * 8 + rows * 16 + 8, f"{rows} rows x {dim}, {nnz} values in CSR")
+        sparse = (nnz * 24 + rows * 24 + 8, f"{rows} rows x {dim}, {nnz} values in CSR")
     message = memory_message(rows, dim, settings.memory_budget_mb, available, host, sparse)
     if message:
         raise StepError(message)

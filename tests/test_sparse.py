@@ -271,3 +271,23 @@ def test_non_finite_rows_are_dropped_when_asked(tmp_path):
     sp.save_npz(folder / "m.npz", sp.csr_matrix(x))
     manifest = preprocess.preprocess(folder, tmp_path / "out", "in", non_finite="drop")
     assert manifest["rows"] == ROWS - 1 and manifest["dropped_sample"] == ["m.npz row 7 column 3: value is NaN or missing"]
+
+
+def test_a_sparse_matrix_is_sized_by_its_values_not_its_width(tmp_path):
+    """2**18 columns dense would be 1 TB at 1M rows; 50 values a row in CSR fit a small instance."""
+    from steps.contract import NORMALIZED, Host
+    from steps.similarity import Settings, check_fits
+
+    folder = tmp_path / NORMALIZED
+    folder.mkdir()
+    manifest = {"rows": 1_000_000, "dim": 2 ** 18, "layout": "sparse", "nnz": 50_000_000, "chunks": [],
+                "ids": {"file": "ids.parquet", "sha256": ""}}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    settings = Settings(10, None, 1024, 0)
+    check_fits(folder, Host("algo-1", ["algo-1"]), settings, 4 << 30)  # 1,168 MB of CSR + budget + program: fits
+    with pytest.raises(StepError) as info:
+        check_fits(folder, Host("algo-1", ["algo-1"]), settings, 2 << 30)
+    assert str(info.value) == (
+        "host algo-1: the normalized matrix (1000000 rows x 262144, 50000000 values in CSR = 1168 MB) plus "
+        "memory_budget_mb=1024 and 256 MB for the program need 2448 MB, but only 2048 MB are available; use an "
+        "InstanceType with more memory (at least ml.c5.xlarge, 8 GiB), or lower similarity.memory_budget_mb to 624")

@@ -111,19 +111,12 @@ def admit(S, row_keys, row_bar, row0, row_zero, col_keys, col_bar, col0, col_zer
 
 
 @njit(nogil=True, cache=True)
-def admit_product(a_indptr, a_indices, a_data, b_indptr, b_indices, b_data, colmap, row_keys, row_bar, row0,
-                  row_zero, col_keys, col_bar, col0, col_zero, floor, mirrored):
-    """admit() fused with the sparse product of two CSR tiles A (the rows) and B (the columns): each pair of rows
-    that shares a column gets its float32 dot (Gustavson's row-by-row product: B inverted by column, A's values
-    scattered into an accumulator), admitted as it is made; pairs sharing no column (score exactly 0) are never
-    made: a pass calls this only when MinScore > 0 keeps them out of every list. `colmap` int64 scratch, all -1
-    on entry and on return, one entry per column that two rows share: columns numbered beyond it (held by one
-    row only, sparse.py numbers them last) are skipped. Same heaps, bars and rules as admit."""
+def invert(b_indptr, b_indices, b_data, colmap):
+    """A CSR tile by column, for admit_product: (its columns that two rows share (below len(colmap)) in order of
+    appearance, each one's start in the lists, the lists' rows, the lists' values). `colmap` as admit_product's."""
     shared = colmap.shape[0]
-    n = a_indptr.shape[0] - 1
     m = b_indptr.shape[0] - 1
     nnz_b = b_indptr[m]
-    # B inverted: for each of its columns (numbered locally in order of appearance), its rows and values
     cols = np.empty(nnz_b, np.int64)
     local = 0
     for p in range(nnz_b):
@@ -134,21 +127,41 @@ def admit_product(a_indptr, a_indices, a_data, b_indptr, b_indices, b_data, colm
             local += 1
     starts = np.zeros(local + 1, np.int64)
     for p in range(nnz_b):
-        if b_indices[p] < shared:
-            starts[colmap[b_indices[p]] + 1] += 1
+        c = b_indices[p]
+        if c < shared:
+            starts[colmap[c] + 1] += 1
     for i in range(local):
         starts[i + 1] += starts[i]
     fill = starts[:local].copy()
-    inv_rows = np.empty(nnz_b, np.int64)
-    inv_vals = np.empty(nnz_b, np.float32)
+    rows = np.empty(starts[local], np.int64)
+    values = np.empty(starts[local], np.float32)
     for j in range(m):
         for p in range(b_indptr[j], b_indptr[j + 1]):
-            if b_indices[p] >= shared:
-                continue
-            lc = colmap[b_indices[p]]
-            inv_rows[fill[lc]] = j
-            inv_vals[fill[lc]] = b_data[p]
-            fill[lc] += 1
+            c = b_indices[p]
+            if c < shared:
+                lc = colmap[c]
+                rows[fill[lc]] = j
+                values[fill[lc]] = b_data[p]
+                fill[lc] += 1
+    for i in range(local):
+        colmap[cols[i]] = -1
+    return cols[:local].copy(), starts, rows, values
+
+
+@njit(nogil=True, cache=True)
+def admit_product(a_indptr, a_indices, a_data, cols, starts, inv_rows, inv_vals, m, colmap, row_keys, row_bar,
+                  row0, row_zero, col_keys, col_bar, col0, col_zero, floor, mirrored):
+    """admit() fused with the sparse product of two CSR tiles A (the rows) and B (the columns, `m` rows, given
+    inverted by `invert`): each pair of rows that shares a column gets its float32 dot (Gustavson's row-by-row
+    product: A's values scattered into an accumulator along B's column lists), admitted as it is made; pairs
+    sharing no column (score exactly 0) are never made: a pass calls this only when MinScore > 0 keeps them out
+    of every list. `colmap` int64 scratch, all -1 on entry and on return, one entry per column two rows share:
+    columns numbered beyond it (held by one row only, sparse.py numbers them last) are skipped. Same heaps, bars
+    and rules as admit."""
+    shared = colmap.shape[0]
+    n = a_indptr.shape[0] - 1
+    for i in range(cols.shape[0]):
+        colmap[cols[i]] = i
     acc = np.zeros(m, np.float32)
     seen = np.zeros(m, np.uint8)
     touched = np.empty(m, np.int64)
@@ -194,7 +207,7 @@ def admit_product(a_indptr, a_indices, a_data, b_indptr, b_indices, b_data, colm
                     _replace_root(col_keys[c], key)
                     col_bar[c] = _bar(col_keys[c, 0], floor, scratch_u32, scratch_f32)
         row_bar[r] = rb
-    for i in range(local):
+    for i in range(cols.shape[0]):
         colmap[cols[i]] = -1
 
 

@@ -45,13 +45,19 @@ class Candidates:
                       mirror: "Candidates | None" = None) -> None:
         """admit() fused with the sparse product of our CSR rows and `cols`' (compiled.admit_product): only pairs
         sharing a column are made, the others scoring exactly 0 (the pass calls this only when MinScore > 0)."""
-        a, b = self.query, cols.query
-        col_zero = zero[col0: col0 + b.shape[0]]
+        a = self.query  # CSR with int64 indices (sparse.py): one compiled signature
+        col_zero = zero[col0: col0 + cols.query.shape[0]]
         keys, bar = (mirror.keys, mirror.bar) if mirror is not None else (_NO_KEYS, _NO_BAR)
-        i64 = lambda v: v.astype(np.int64, copy=False)  # noqa: E731 (one compiled signature, whatever scipy chose)
-        compiled.admit_product(i64(a.indptr), i64(a.indices), a.data, i64(b.indptr), i64(b.indices), b.data, colmap,
-                               self.keys, self.bar, self.first, self.zero, keys, bar, col0, col_zero,
+        compiled.admit_product(a.indptr, a.indices, a.data, *cols.inverted(colmap), cols.query.shape[0],
+                               colmap, self.keys, self.bar, self.first, self.zero, keys, bar, col0, col_zero,
                                self.admission_floor, mirror is not None)
+
+    def inverted(self, colmap: np.ndarray) -> tuple:
+        """Our CSR rows by column (compiled.invert), made once: every row tile of a step reads them."""
+        if getattr(self, "_inverted", None) is None:
+            q = self.query
+            self._inverted = compiled.invert(q.indptr, q.indices, q.data, colmap)
+        return self._inverted
 
     def restore_keys(self, keys: np.ndarray) -> None:
         """Take the heaps of a snapshot; the bars follow from their roots."""

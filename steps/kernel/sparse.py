@@ -92,8 +92,12 @@ class SparseCorpus:
             yield first, self.rows_of(first, min(stop, first + size))
 
     def rows_of(self, start: int, stop: int):
-        block = self.matrix[start:stop]
-        return np.ascontiguousarray(block.toarray(), dtype=np.float32) if self.kernel == "dense" else block
+        """A query tile: CSR with int64 index arrays (the compiled loops' one signature), or densified rows."""
+        if self.kernel == "dense":
+            return np.ascontiguousarray(self.matrix[start:stop].toarray(), dtype=np.float32)
+        a, b = self.matrix.indptr[start], self.matrix.indptr[stop]
+        indptr = self._indptr[start: stop + 1] - a
+        return sp.csr_matrix((self.matrix.data[a:b], self._indices[a:b], indptr), shape=(stop - start, self.dim))
 
     def product(self, rows, cols, out: np.ndarray) -> None:
         """A tile's approximate scores, every pair's, into `out` (float32). (With MinScore > 0 the sparse kernel
