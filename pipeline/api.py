@@ -388,7 +388,8 @@ def check_fit(spec, values: dict, say: Say | None, s3=None) -> None:
     cannot be read, say so: then each step finds out when it runs (the similarity hosts check memory first)."""
     from pipeline import plan as planner
 
-    job, why = planner.job_of_input(str(values["InputData"]), int(values["TopK"]), spec.input.id_column, s3)
+    job, why = planner.job_of_input(str(values["InputData"]), int(values["TopK"]), spec.input.id_column, s3,
+                                    vector_column=spec.input.vector_column, delimiter=spec.input.delimiter)
     if job is None:
         if say:
             say(f"note: no fit check before the run: {why}; each step checks what it can as it starts "
@@ -427,7 +428,8 @@ def plan(spec_path, params: Sequence[str], *, rows: int | None = None, dim: int 
         from pipeline import aws
 
         job, why = planner.job_of_input(str(values["InputData"]), k, spec.input.id_column,
-                                        lambda uri: aws.input_objects(connect(spec, region, profile, None), uri))
+                                        lambda uri: aws.input_objects(connect(spec, region, profile, None), uri),
+                                        vector_column=spec.input.vector_column, delimiter=spec.input.delimiter)
         if job is None:
             raise UsageError(f"cannot read the input's shape ({why}); give it: --rows N --dim D")
     settings = planner.Settings.of(spec)

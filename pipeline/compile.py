@@ -228,6 +228,10 @@ def _preprocess_step(spec: Spec, session: Any, params: dict[str, Any]) -> Any:
     ]  # fmt: skip
     if spec.input.id_column is not None:
         arguments += [_option("id-column", spec.input.id_column)]
+    if spec.input.vector_column is not None:
+        arguments += [_option("vector-column", spec.input.vector_column)]
+    if spec.input.delimiter is not None:
+        arguments += [_option("delimiter", spec.input.delimiter)]
     processor = _processor(spec, session, spec.preprocess, "preprocess", needs_network=False)
     # Caching: the key is the InputData URI and the arguments, not the bytes behind the URI, so a hit is
     # only correct if the user vouches that a URI's content never changes (docs/aws.md, "Step caching").

@@ -92,7 +92,8 @@ def job_from_size(rows: int, dim: int, k: int, density: float = 1.0) -> Job:
     return Job(rows, dim, k, input_bytes, source=f"given: {rows:,} rows x {dim}, density {density:g}")
 
 
-def job_of_input(uri: str, k: int, id_column: str | None, s3: Callable | None = None) -> tuple[Job | None, str]:
+def job_of_input(uri: str, k: int, id_column: str | None, s3: Callable | None = None, *,
+                 vector_column: str | None = None, delimiter: str | None = None) -> tuple[Job | None, str]:
     """The job of the matrix at `uri` (a path, file:// or s3://), its shape read cheaply; (None, why) when it
     cannot be. `s3(uri)` lists an S3 input as (files, byte-range reader) (pipeline/aws.py); without it, S3 inputs
     are not read."""
@@ -105,7 +106,7 @@ def job_of_input(uri: str, k: int, id_column: str | None, s3: Callable | None = 
             files, read = s3(uri)
         else:
             files, read = local_input(Path(uri[len("file://"):] if uri.startswith("file://") else uri))
-        shape = read_shape(files, read, id_column)
+        shape = read_shape(files, read, id_column, vector_column=vector_column, delimiter=delimiter)
     except (ShapeUnknown, UsageError) as exc:
         return None, f"{uri}: {exc}"
     except Exception as exc:  # AwsError and the like: say why, the hosts still check what they can

@@ -100,6 +100,27 @@ TOP_K_PARAMETER, MIN_SCORE_PARAMETER = "TopK", "MinScore"
 NON_FINITE_POLICIES = ("error", "drop")  # NaN/inf values: fail naming them (the default), or drop those rows
 DEFAULT_CHUNK_ROWS = 65536  # rows per normalized chunk file (at most: wide rows make smaller chunks)
 DEFAULT_PREPROCESS_BUDGET_MB = 512  # Preprocess's buffers (an input batch and its copies, one chunk), sized in bytes
+
+# The input files Preprocess reads, by how a name ends (case-insensitive). CSV and TSV may be compressed
+# (pyarrow decompresses by extension); a .tsv is tab-separated, every other text file comma-separated, unless
+# input.delimiter (--delimiter) says otherwise.
+TEXT_EXTENSIONS = tuple(f"{name}{packed}" for name in (".csv", ".tsv") for packed in ("", ".gz", ".bz2", ".zst"))
+INPUT_EXTENSIONS = {".npy": "npy", ".npz": "npz", ".parquet": "parquet", **{ext: "csv" for ext in TEXT_EXTENSIONS}}
+INPUT_TYPES = ".npy, .npz (scipy.sparse), .parquet, .csv or .tsv files (CSV and TSV may be compressed: .gz, .bz2, .zst)"
+
+
+def input_format(name: str) -> str | None:
+    """The input format a file name says ("npy", "npz", "parquet", "csv"), or None for a name no reader takes."""
+    lower = name.lower()
+    return next((fmt for ext, fmt in INPUT_EXTENSIONS.items() if lower.endswith(ext)), None)
+
+
+def input_delimiter(name: str, delimiter: str | None = None) -> str:
+    """What separates a text file's fields: input.delimiter when set, else a tab for .tsv, else a comma."""
+    tsv = name.lower().endswith(tuple(ext for ext in TEXT_EXTENSIONS if ext.startswith(".tsv")))
+    return delimiter or ("\t" if tsv else ",")
+
+
 APPROVAL_STATUSES = ("PendingManualApproval", "Approved", "Rejected")  # the first is the default
 
 # ---- files and their formats -------------------------------------------------------------------------------------

@@ -95,14 +95,15 @@ def merge(shards_dir: Path, normalized_dir: Path, out: Path, scratch: Path, args
         "ids": {"source": pre["ids"].get("source"), "type": pre["ids"].get("type")},
         "counts": {"zero_rows": pre.get("zero_rows", 0), "dropped_rows": pre.get("dropped_rows", 0), **counts},
         "input": {**{key: pre["input"].get(key) for key in ("uri", "format", "fingerprint", "source_dtype")},
-                  "normalized_fingerprint": normalized.fingerprint},
+                  "normalized_fingerprint": normalized.fingerprint, "layout": pre.get("layout", "dense")},
         "parameters": parameters,
         "execution_id": args.execution_id, "artifact_uri": args.artifact_uri,
         "training_job": found.shards[0].meta.get("job"),
         "grid": found.grid,
         "hosts": [{"host": s.host, "lists": len(s.meta["lists"]), "list_rows": s.meta["rows"],
                    "seconds": s.meta.get("seconds"), "cpu_seconds": s.meta.get("cpu_seconds"),
-                   "resumed_steps": s.meta.get("resumed_steps", 0)} for s in found.shards],
+                   "resumed_steps": s.meta.get("resumed_steps", 0), "kernel": s.meta.get("kernel", "dense")}
+                  for s in found.shards],
         "timings": {"preprocess_seconds": pre.get("seconds"),
                     "similarity_seconds": max((s.meta.get("seconds") or 0) for s in found.shards),  # the slowest
                     "similarity_cpu_seconds": round(sum(s.meta.get("cpu_seconds") or 0 for s in found.shards), 3),

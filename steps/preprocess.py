@@ -1,7 +1,8 @@
 """Preprocess step: read the matrix, validate, L2-normalize, write float32 chunks + ids + manifest.
 
     python3 -m steps.preprocess --input-uri=<InputData> [--id-column=NAME] [--non-finite=error|drop]
-                                [--chunk-rows=N] [--memory-budget-mb=MB]
+                                [--chunk-rows=N] [--memory-budget-mb=MB] [--vector-column=NAME]
+                                [--delimiter=C]
 
 Reads the channel /opt/ml/processing/input/matrix/ (see steps/readers/ for formats and file rules) and
 writes /opt/ml/processing/output/normalized/ as docs/container-contract.md section 1 says.
@@ -23,6 +24,7 @@ output directory never holds a half-written result (and never a manifest describ
 from __future__ import annotations
 
 import argparse
+import math
 import shutil
 import sys
 import time
@@ -62,12 +64,19 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                         help="rows per output chunk, at most (wide rows make smaller chunks)")
     parser.add_argument("--memory-budget-mb", type=int, default=DEFAULT_PREPROCESS_BUDGET_MB,
                         help="bytes for the batch and chunk buffers (preprocess.memory_budget_mb)")
+    parser.add_argument("--vector-column", default=None,
+                        help="parquet: the list column holding the vectors (default: the only one)")
+    parser.add_argument("--delimiter", default=None,
+                        help="CSV/TSV: the field delimiter, one character (default: a tab for .tsv, else a comma)")
     args = parser.parse_args(list(argv))
+    if args.delimiter is not None and len(args.delimiter) != 1:
+        parser.error(f"--delimiter must be one character, got {args.delimiter!r}")
     if args.chunk_rows < 1:
         parser.error(f"--chunk-rows must be at least 1, got {args.chunk_rows}")
     if args.memory_budget_mb < 16:
         parser.error(f"--memory-budget-mb must be at least 16, got {args.memory_budget_mb}")
     args.id_column = args.id_column or None  # pipelines pass "" for an unset parameter
+    args.vector_column = args.vector_column or None
     return args
 
 
@@ -78,14 +87,67 @@ def normalize_rows(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """L2-normalize float64 rows -> (float32 rows, mask of all-zero rows). All-zero rows stay all-zero.
 
     Each row is first divided by its largest magnitude, so the sum of squares can neither overflow (1e200)
-    nor underflow (1e-200) in float64.
+    nor underflow (1e-200) in float64. The result is canonical: float32(s / sqrt(S)), s a scaled value and S
+    the correctly rounded sum of its row's squares s*s (math.fsum), whatever order a summation takes; so a
+    sparse row (normalize_sparse_rows, which sums its non-zeros only) gives the very bits its dense form gives.
     """
     scale = np.max(np.abs(values), axis=1) if values.shape[1] else np.zeros(len(values))
     zero = scale == 0
     scaled = values / np.where(zero, 1.0, scale)[:, None]
     norms = np.sqrt(np.einsum("ij,ij->i", scaled, scaled))
-    scaled /= np.where(zero, 1.0, norms)[:, None]
-    return scaled.astype(np.float32), zero
+    scaled /= np.where(zero, 1.0, norms)[:, None]  # now the quotients
+    step = max(1, len(values) // 8)  # the check's temporaries stay an eighth of the batch
+    near = np.concatenate([near_midpoint(scaled[a: a + step], values.shape[1]).any(axis=1)
+                           for a in range(0, len(values), step)]) if len(values) else np.zeros(0, bool)
+    units = scaled.astype(np.float32)
+    for r in np.flatnonzero(near & ~zero).tolist():
+        units[r] = exact_units(values[r] / scale[r])
+    return units, zero
+
+
+def normalize_sparse_rows(values):
+    """normalize_rows for a canonical CSR float64 matrix (sorted, no duplicates, no explicit zeros), never
+    densified -> (CSR float32, mask of rows with no values): the float32 values of its dense form, bit for bit."""
+    import scipy.sparse as sp
+
+    counts = np.diff(values.indptr)
+    row_of = np.repeat(np.arange(values.shape[0]), counts)
+    scale = np.zeros(values.shape[0])
+    filled = counts > 0
+    if values.nnz:
+        scale[filled] = np.maximum.reduceat(np.abs(values.data), values.indptr[:-1][filled])
+    zero = scale == 0
+    scaled = values.data / np.where(zero, 1.0, scale)[row_of]
+    norms = np.sqrt(np.bincount(row_of, scaled * scaled, minlength=values.shape[0]))
+    quotients = scaled / np.where(zero, 1.0, norms)[row_of]
+    units = quotients.astype(np.float32)
+    near = near_midpoint(quotients, counts[row_of])
+    for r in np.unique(row_of[near]).tolist():
+        a, b = values.indptr[r], values.indptr[r + 1]
+        units[a:b] = exact_units(scaled[a:b])
+    out = sp.csr_matrix((units, values.indices.copy(), values.indptr.copy()), shape=values.shape)
+    out.eliminate_zeros()  # a value far below its row's largest can round to a float32 zero, as in dense form
+    return out, zero
+
+
+def near_midpoint(quotients: np.ndarray, terms) -> np.ndarray:
+    """True where a float32 rounding midpoint lies so close to a float64 quotient s / sqrt(sum) that the sum's
+    rounding (gamma_terms, summed in any order) could move the quotient across it. In float64 ulps of the
+    quotient (each at least |quotient| 2**-53) the quotient may move by at most `slack`; a midpoint's low 29
+    bits are 2**28. Float32 subnormals (other spacing) always count as near."""
+    n = np.asarray(terms, dtype=np.float64) + 2
+    gamma = 1.01 * n * 2.0 ** -53 / (1 - n * 2.0 ** -53)  # as steps/kernel/exact.py rounding_bound
+    slack = np.ceil((gamma / 2 + 4 * 2.0 ** -53) * 2.0 ** 53).astype(np.int64) + 1
+    low = (quotients.view(np.uint64) & np.uint64((1 << 29) - 1)).astype(np.int64)
+    low -= 1 << 28
+    np.abs(low, out=low)
+    magnitude = np.abs(quotients)
+    return ((low <= slack) | (magnitude < 2.0 ** -125)) & (magnitude > 0)
+
+
+def exact_units(scaled: np.ndarray) -> np.ndarray:
+    """One row's canonical float32 units from its scaled float64 values: the sum of squares by math.fsum."""
+    return (scaled / np.sqrt(math.fsum((scaled * scaled).tolist()))).astype(np.float32)
 
 
 def buffer_rows(dim: int, chunk_rows: int, budget_mb: int) -> tuple[int, int]:
@@ -103,9 +165,13 @@ def buffer_rows(dim: int, chunk_rows: int, budget_mb: int) -> tuple[int, int]:
     return chunk, min(batch_rows_for(dim, chunk), half // batch_row)
 
 
-def non_finite_rows(values: np.ndarray) -> np.ndarray:
-    """Mask of rows holding at least one NaN or infinity."""
-    return ~np.isfinite(values).all(axis=1)
+def non_finite_rows(values) -> np.ndarray:
+    """Mask of rows holding at least one NaN or infinity (dense rows, or a CSR matrix's)."""
+    if isinstance(values, np.ndarray):
+        return ~np.isfinite(values).all(axis=1)
+    bad = np.zeros(values.shape[0], bool)
+    bad[np.repeat(np.arange(values.shape[0]), np.diff(values.indptr))[~np.isfinite(values.data)]] = True
+    return bad
 
 
 def conversion_cost(source_dtype: str, large_integers: int = 0) -> str | None:
@@ -129,11 +195,18 @@ def describe_value(value: float) -> str:
 
 
 def column_label(plan: MatrixPlan, index: int) -> str:
+    if plan.vector_column:
+        return f"column {plan.vector_column!r} value {index}"
     return f"column {plan.feature_columns[index]!r}" if plan.feature_columns else f"column {index}"
 
 
 def describe_non_finite(plan: MatrixPlan, batch: MatrixBatch, row: int) -> str:
     """'<file> row R column C: value is NaN or missing' for the first bad value of a batch row."""
+    if not isinstance(batch.values, np.ndarray):  # CSR: the row's first stored value that is not finite
+        a, b = batch.values.indptr[row], batch.values.indptr[row + 1]
+        at = a + int(np.flatnonzero(~np.isfinite(batch.values.data[a:b]))[0])
+        col, value = int(batch.values.indices[at]), batch.values.data[at]
+        return f"{batch.where(row)} {column_label(plan, col)}: value is {describe_value(value)}"
     col = int(np.flatnonzero(~np.isfinite(batch.values[row]))[0])
     return f"{batch.where(row)} {column_label(plan, col)}: value is {describe_value(batch.values[row, col])}"
 
@@ -185,11 +258,18 @@ class Counts:
 
 def preprocess(input_dir: Path, output_dir: Path, input_uri: str, id_column: str | None = None,
                non_finite: str = "error", chunk_rows: int = DEFAULT_CHUNK_ROWS,
-               budget_mb: int = DEFAULT_PREPROCESS_BUDGET_MB) -> dict:
+               budget_mb: int = DEFAULT_PREPROCESS_BUDGET_MB, vector_column: str | None = None,
+               delimiter: str | None = None) -> dict:
     """Run the whole step; returns the manifest it wrote."""
     started = time.monotonic()
-    plan = plan_matrix(input_dir, id_column)
-    chunk_rows, batch_rows = buffer_rows(plan.dim, chunk_rows, budget_mb)
+    plan = plan_matrix(input_dir, id_column, vector_column, delimiter)
+    sparse = plan.format == "npz"
+    if plan.ignored_columns:
+        print(f"preprocess: vectors from column {plan.vector_column!r}; ignored columns: "
+              f"{', '.join(plan.ignored_columns)}", flush=True)
+    # Sparse input: a file is read whole, its batches are slices of it; its chunks end at chunk_rows rows or
+    # at half the budget of values, whichever comes first (NormalizedWriter.chunk_bytes).
+    chunk_rows, batch_rows = (chunk_rows, chunk_rows) if sparse else buffer_rows(plan.dim, chunk_rows, budget_mb)
     staging = output_dir / STAGING_DIR
     shutil.rmtree(staging, ignore_errors=True)  # left over from a crashed run
     staging.mkdir(parents=True)
@@ -206,7 +286,8 @@ def preprocess(input_dir: Path, output_dir: Path, input_uri: str, id_column: str
 def _write_normalized(plan: MatrixPlan, staging: Path, input_uri: str, non_finite: str, chunk_rows: int,
                       batch_rows: int, budget_mb: int) -> dict:
     try:
-        out = NormalizedWriter(staging, chunk_rows, plan.dim, plan.id_type)
+        out = NormalizedWriter(staging, chunk_rows, plan.dim, plan.id_type, sparse=plan.format == "npz",
+                               chunk_bytes=budget_mb * MB // 2)
     except MemoryError:
         raise StepError(f"cannot allocate a chunk of {chunk_rows} rows x {plan.dim} float32 "
                         f"({chunk_rows * plan.dim * 4 // MB} MB) on this instance; lower preprocess.memory_budget_mb "
@@ -218,17 +299,20 @@ def _write_normalized(plan: MatrixPlan, staging: Path, input_uri: str, non_finit
     progress = _progress(plan)
     try:
         for batch in iter_matrix(plan, batch_rows):
-            progress.computed_rows(len(batch.values))
-            counts.rows_per_file[batch.key] += len(batch.values)
+            dense = isinstance(batch.values, np.ndarray)  # else CSR (sparse input)
+            rows = batch.values.shape[0]
+            progress.computed_rows(rows)
+            counts.rows_per_file[batch.key] += rows
             if integers:
-                counts.large_integers += int((np.abs(batch.values) > FLOAT32_EXACT_INTEGER).sum())
+                stored = batch.values if dense else batch.values.data
+                counts.large_integers += int((np.abs(stored) > FLOAT32_EXACT_INTEGER).sum())
             kept = _kept_rows(plan, batch, non_finite, counts)
             if duplicates:
                 duplicates.add(batch.ids[kept])
-            normalized, zero = normalize_rows(batch.values[kept])
+            normalized, zero = (normalize_rows if dense else normalize_sparse_rows)(batch.values[kept])
             counts.zero_rows += int(zero.sum())
             out.add(normalized, batch.ids[kept], input_row + np.flatnonzero(kept))
-            input_row += len(batch.values)
+            input_row += rows
     finally:
         out.close()
     progress.finish()
@@ -242,7 +326,7 @@ def _progress(plan: MatrixPlan) -> Progress:
     """Progress over the input's rows, their total read cheaply (headers, footers; a CSV's estimated)."""
     try:
         shape = read_shape([(f.key, f.bytes) for f in plan.files], file_reader({f.key: f.path for f in plan.files}),
-                           plan.id_column)
+                           plan.id_column, vector_column=plan.vector_column, delimiter=plan.files[0].delimiter)
         total, estimated = shape.rows, not shape.exact
     except ShapeUnknown:
         total, estimated = 0, True
@@ -290,6 +374,9 @@ def _manifest(plan: MatrixPlan, input_uri: str, non_finite: str, out: Normalized
             "conversion": conversion_cost(plan.source_dtype, counts.large_integers),
             "columns": list(plan.feature_columns),
             "id_column": plan.id_column,
+            **({"vector_column": plan.vector_column, "ignored_columns": list(plan.ignored_columns)}
+               if plan.vector_column else {}),
+            **({"delimiter": plan.files[0].delimiter} if plan.format == "csv" else {}),
         },
         zero_rows=counts.zero_rows, dropped_rows=counts.dropped_rows, dropped_sample=counts.dropped_sample,
         non_finite=non_finite,
@@ -299,7 +386,8 @@ def _manifest(plan: MatrixPlan, input_uri: str, non_finite: str, out: Normalized
 def main(argv: Sequence[str]) -> None:
     args = parse_args(argv)
     manifest = preprocess(here(processing_input_path(MATRIX)), here(processing_output_path(NORMALIZED)),
-                          args.input_uri, args.id_column, args.non_finite, args.chunk_rows, args.memory_budget_mb)
+                          args.input_uri, args.id_column, args.non_finite, args.chunk_rows, args.memory_budget_mb,
+                          args.vector_column, args.delimiter)
     print(f"preprocess: {manifest['rows']} rows x {manifest['dim']} from {len(manifest['input']['files'])} "
           f"{manifest['input']['format']} file(s); {len(manifest['chunks'])} chunk(s); ids from "
           f"{manifest['ids']['source']}; {manifest['zero_rows']} all-zero row(s); "

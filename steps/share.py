@@ -113,8 +113,8 @@ def compute(corpus: Corpus, fingerprint: str, host: Host, config: KernelConfig, 
     if checkpoint_dir is not None:
         key = checkpoints.checkpoint_key(fingerprint, config.k, config.threshold, grid.describe(), width)
         store = checkpoints.Store(checkpoint_dir, key, expected, log, read_fault())
-        records = store.scan(host_passes(grid, host.index, len(host.hosts), config, corpus.dim))
-    work = plan_work(grid, host, config, corpus.dim, records)
+        records = store.scan(host_passes(grid, host.index, len(host.hosts), config, corpus.width))
+    work = plan_work(grid, host, config, corpus.width, records)
     passes = {}
     for w in work:
         if w.reuse_only:
@@ -131,7 +131,7 @@ def compute(corpus: Corpus, fingerprint: str, host: Host, config: KernelConfig, 
     # products (each pair once: half of its N columns), 2 flops each.
     rows = sum(min(corpus.rows, b.stop * grid.block) - b.start * grid.block for b in
                (p.blocks for p in passes.values()))
-    progress = _Steps(Progress(rows, 1.0 * corpus.rows * corpus.dim, log), rows, steps, resumed)
+    progress = _Steps(Progress(rows, 1.0 * corpus.rows * corpus.width, log), rows, steps, resumed)
     interval = checkpoints.read_interval()
     stop = _StopFlag()
     with contextlib.ExitStack() as stack:
@@ -144,7 +144,7 @@ def compute(corpus: Corpus, fingerprint: str, host: Host, config: KernelConfig, 
                 _run_pass(passes[id(w)], w, store, writer, interval, progress, stop, log)
     return shards.write_meta(out_dir, writer, host.hosts, grid.describe(), config.threshold, fingerprint,
                              os.environ.get(TRAINING_JOB_ENV), resumed, round(time.time() - began, 3),
-                             round(time.process_time() - cpu_began, 3), top_k)
+                             round(time.process_time() - cpu_began, 3), top_k, corpus.kernel)
 
 
 def _resume(p: Pass, w: Work, log: Log) -> None:

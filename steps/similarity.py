@@ -29,6 +29,7 @@ from .errors import StepError, run_step
 from .formats.normalized import load_normalized, read_manifest
 from .instances import PROGRAM_MB, facts
 from .kernel import Corpus, KernelConfig
+from .kernel.sparse import SparseCorpus
 
 # Memory (GiB) of common training instance types, smallest first: what the memory check suggests (the one
 # table of instance facts, steps/instances.json, which the planner reads too).
@@ -104,8 +105,11 @@ def compute_shard(normalized_dir: Path, host: Host, settings: Settings, out_dir:
     check_instance_count(len(host.hosts), data.rows)
     log = host_log(host)
     top_k, settings = settings.top_k, fit_top_k(settings, data.max_neighbors, log)
-    return share.compute(Corpus(data.chunks), data.fingerprint, host, settings.kernel(), out_dir, checkpoint_dir,
-                         log, top_k)
+    config = settings.kernel()
+    corpus = SparseCorpus(data.chunks, config.budget_bytes) if data.sparse else Corpus(data.chunks)
+    if data.sparse:
+        log(corpus.describe())
+    return share.compute(corpus, data.fingerprint, host, config, out_dir, checkpoint_dir, log, top_k)
 
 
 def fit_top_k(settings: Settings, max_neighbors: int, log) -> Settings:
@@ -149,16 +153,24 @@ def check_fits(normalized_dir: Path, host: Host, settings: Settings, available: 
     except StepError:
         return  # load_normalized reports a missing or broken manifest with its own message
     rows, dim = int(manifest["rows"]), int(manifest["dim"])
-    message = memory_message(rows, dim, settings.memory_budget_mb, available, host)
+    sparse = None
+    if manifest.get("layout") == "sparse":
+        # CSR in memory, 24 bytes a value: the chunks as read (value and column, 8), the corpus's copy with its
+        # columns renumbered (8) and those columns as int64 for the compiled loops (8); 24 a row for row starts
+        nnz = int(manifest.get("nnz", 0))
+        sparse = (nnz * 24 + rows * 24 + 8, f"{rows} rows x {dim}, {nnz} values in CSR")
+    message = memory_message(rows, dim, settings.memory_budget_mb, available, host, sparse)
     if message:
         raise StepError(message)
 
 
-def memory_message(rows: int, dim: int, budget_mb: int, available: int | None, host: Host) -> str | None:
-    """The one-line refusal when rows x dim float32 + budget + PROGRAM_MB exceed `available` bytes, else None."""
+def memory_message(rows: int, dim: int, budget_mb: int, available: int | None, host: Host,
+                   sparse: tuple[int, str] | None = None) -> str | None:
+    """The one-line refusal when rows x dim float32 (or, `sparse`, (bytes, what) of the CSR matrix) + budget +
+    PROGRAM_MB exceed `available` bytes, else None."""
     if available is None:
         return None
-    matrix_mb = -(-rows * dim * 4 // (1 << 20))
+    matrix_mb = -(-(sparse[0] if sparse else rows * dim * 4) // (1 << 20))
     need_mb = matrix_mb + budget_mb + PROGRAM_MB
     have_mb = available // (1 << 20)
     if need_mb <= have_mb:
@@ -172,7 +184,8 @@ def memory_message(rows: int, dim: int, budget_mb: int, available: int | None, h
         fixes.append(f"lower similarity.memory_budget_mb to {smaller}")
     fix = ", or ".join(fixes) or (f"the matrix alone needs more memory than {INSTANCE_MEMORY_GIB[-1][0]} has: "
                                   "reduce its dimension (e.g. with PCA) or its rows")
-    return (f"{where}: the normalized matrix ({rows} rows x {dim} float32 = {matrix_mb} MB) plus "
+    what = sparse[1] if sparse else f"{rows} rows x {dim} float32"
+    return (f"{where}: the normalized matrix ({what} = {matrix_mb} MB) plus "
             f"memory_budget_mb={budget_mb} and {PROGRAM_MB} MB for the program need {need_mb} MB, but only "
             f"{have_mb} MB are available; {fix}")
 

@@ -371,6 +371,8 @@ def test_spec_settings_reach_the_definition(compiled, tmp_path):
         ("instance_types: [ml.c5.2xlarge, ml.c5.4xlarge, ml.c5.9xlarge, ml.m5.4xlarge]", ""),
         ("  id_column: null", "  id_column: doc_id"),
         ("  non_finite: error", "  non_finite: drop"),
+        ("  vector_column: null", "  vector_column: embedding"),
+        ("  delimiter: null", '  delimiter: "\\t"'),
         ("  chunk_rows: 65536", "  chunk_rows: 1000"),
         ("  memory_budget_mb: 1024", "  memory_budget_mb: 64"),
         ("  max_runtime_seconds: 86400", "  max_runtime_seconds: 7200"),
@@ -384,7 +386,7 @@ def test_spec_settings_reach_the_definition(compiled, tmp_path):
     by_name = {s["Name"]: s["Arguments"] for s in doc["Steps"]}
     assert by_name["Preprocess"]["AppSpecification"]["ContainerArguments"] == [
         option("input-uri", get("InputData")), "--non-finite=drop", "--chunk-rows=1000", "--memory-budget-mb=512",
-        "--id-column=doc_id",
+        "--id-column=doc_id", "--vector-column=embedding", "--delimiter=\t",
     ]  # fmt: skip
     assert by_name["Similarity"]["HyperParameters"]["memory_budget_mb"] == "64"
     assert by_name["Similarity"]["StoppingCondition"] == {"MaxRuntimeInSeconds": 7200}

@@ -222,12 +222,17 @@ def test_the_compiled_selection_is_built_once_and_loaded_by_every_later_host(tmp
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache"), "NUMBA_CPU_NAME": "haswell"}
     build = subprocess.run([sys.executable, "-m", "steps.kernel"], env=env, capture_output=True, text=True,
                            check=True).stdout
-    assert ": 1 signature(s) compiled, 0 loaded" in build
-    host = ("import numpy as np; from steps.kernel import Corpus, KernelConfig, all_pairs; "
-            "from steps.kernel.compiled import admit; "
+    assert ": 4 signature(s) compiled, 0 loaded" in build  # dense selection; sparse product, its inversion, dots
+    host = ("import numpy as np, scipy.sparse as sp; from steps.kernel import Corpus, KernelConfig, all_pairs; "
+            "from steps.kernel.sparse import SparseCorpus; "
+            "from steps.kernel.compiled import admit, admit_product, invert, sparse_dots; "
             "X = np.random.default_rng(0).standard_normal((3000, 16)).astype(np.float32); "
             "X /= np.linalg.norm(X, axis=1, keepdims=True); "
             "all_pairs(Corpus([X]), KernelConfig(7, 0.1, 1 << 20, 2), hosts=3, block=700); "
-            "print(sum(admit.stats.cache_misses.values()), sum(admit.stats.cache_hits.values()))")
+            "X[np.abs(X) < 0.3] = 0; "
+            "all_pairs(SparseCorpus([sp.csr_matrix(X)], 1 << 20, 'sparse'), KernelConfig(7, 0.1, 1 << 20, 2), "
+            "hosts=3, block=700); "
+            "print(*(sum(f.stats.cache_misses.values()) for f in (admit, admit_product, invert, sparse_dots)), "
+            "*(sum(f.stats.cache_hits.values()) for f in (admit, admit_product, invert, sparse_dots)))")
     out = subprocess.run([sys.executable, "-c", host], env=env, capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["0", "1"]
+    assert out.split() == ["0", "0", "0", "0", "1", "1", "1", "1"]

@@ -335,7 +335,8 @@ def bad_input_cases():
          "fix the value, or make this column the id column with input.id_column"),
         ("semicolon-separated", text("m.csv", "id;a;b\nx;1;2\n"), (),
          "m.csv: no feature columns (only the id column 'id;a;b'); the input needs at least one numeric column; "
-         "the header looks ';'-separated, but CSV input must be comma-separated"),
+         "the header looks ';'-separated, but this file is read as ','-separated: set input.delimiter: \";\" in "
+         "pipeline.yaml"),
         ("numeric id column", parquet("m.parquet", pa.table({"user_id": [7, 9], "a": [1.0, 2.0]})), (),
          "m.parquet: column 'user_id' is numeric and named like an id, so it would be used as a "
          "feature; set input.id_column: user_id in pipeline.yaml (or drop or rename the column if it really is a "
@@ -362,8 +363,8 @@ def bad_input_cases():
          "id column 'item_id' was named (input.id_column), but the input is .npy, which has no named columns; "
          "remove input.id_column (ids are then row numbers) or provide parquet/csv with that column"),
         ("unsupported extension", text("m.json", "{}"), (),
-         "m.json: unsupported file type '.json'; the input may hold only .npy, .parquet or .csv files "
-         "(remove or move this one)"),
+         "m.json: unsupported file type '.json'; the input may hold only .npy, .npz (scipy.sparse), .parquet, .csv or "
+         ".tsv files (CSV and TSV may be compressed: .gz, .bz2, .zst) (remove or move this one)"),
         ("mixed formats", two(npy("a.npy", np.ones((2, 2))), text("b.csv", "a,b\n1,2\n")), (),
          "mixed input formats: a.npy is npy but b.csv is csv; put files of one format under the input prefix"),
         ("different dims", two(npy("a.npy", np.ones((2, 2))), npy("b.npy", np.ones((2, 3)))), (),
@@ -405,18 +406,16 @@ def bad_input_cases():
          two(parquet("a.parquet", pa.table({"id": [1], "f": [1.0]})),
              parquet("b.parquet", pa.table({"id": ["2"], "f": [1.0]}))), ("--id-column", "id"),
          "id column 'id' is int64 in a.parquet but string in b.parquet; give the id column one type in every file"),
-        ("vectors in a list column", parquet("m.parquet", pa.table({"id": ["x"], "embedding": [[1.0, 2.0]]})), (),
-         "more than one non-numeric column: 'id' (m.parquet), 'embedding' (m.parquet); set input.id_column in pipeline.yaml to "
-         "say which one holds the ids (the others must be numeric features)"),
-        ("list column as the only non-numeric", parquet("m.parquet", pa.table({"v": [[1.0, 2.0]], "a": [1.0]})), (),
-         "m.parquet: column 'v' is list<element: double>, so it cannot be the id column (ids are strings or "
-         "integers); if it holds the vectors, write one numeric column per feature instead"),
+        ("list column of strings as the only non-numeric", parquet("m.parquet", pa.table({"v": [["a"]], "a": [1.0]})),
+         (), "m.parquet: column 'v' is list<element: string>, so it cannot be the id column (ids are strings or "
+         "integers); if it holds the vectors, store them as a list of numbers (float or int)"),
         ("not a parquet file", text("m.parquet", "nope"), (),
          None),  # pyarrow's own wording varies by version: checked by prefix below
         ("bad chunk rows", npy("x.npy", np.ones((2, 2))), ("--chunk-rows", "0"),
          "bad arguments: --chunk-rows must be at least 1, got 0; usage: python -m steps.preprocess "
          "[-h] --input-uri INPUT_URI [--id-column ID_COLUMN] [--non-finite {error,drop}] "
-         "[--chunk-rows CHUNK_ROWS] [--memory-budget-mb MEMORY_BUDGET_MB]"),
+         "[--chunk-rows CHUNK_ROWS] [--memory-budget-mb MEMORY_BUDGET_MB] [--vector-column VECTOR_COLUMN] "
+         "[--delimiter DELIMITER]"),
     ]
 
 

@@ -210,6 +210,19 @@ def test_parameter_ranges(write, line, message):
     assert error_of(write(MINIMAL + line + "\n")) == f"pipeline.yaml:9: {message}"
 
 
+@pytest.mark.parametrize("value, shown", [("ab", "'ab'"), ('\'"\'', "'\"'"), ("''", "''")])
+def test_a_delimiter_is_one_character(write, value, shown):
+    assert error_of(write(MINIMAL + f"input:\n  delimiter: {value}\n")) == (
+        f'pipeline.yaml:10: input.delimiter: must be one character such as ";" or "|" (a tab: "\\t", in double '
+        f"quotes), got {shown}"
+    )
+
+
+def test_input_reading_options(write):
+    spec = load_spec(write(MINIMAL + 'input:\n  delimiter: "\\t"\n  vector_column: embedding\n'))
+    assert (spec.input.delimiter, spec.input.vector_column) == ("\t", "embedding")
+
+
 def test_missing_required_key_points_at_its_mapping(write):
     assert error_of(write(edit(MINIMAL, "role_arn: arn:aws:iam::123456789012:role/Demo\n", ""))) == (
         "pipeline.yaml:1: role_arn: required key 'role_arn' is missing"

@@ -171,6 +171,8 @@ INSTANCE_TYPE = pattern(r"ml\.[a-z0-9]+(\.[a-z0-9]+)+", "a SageMaker instance ty
 
 
 NON_EMPTY = pattern(r"\S(.*\S)?", "a non-empty string")
+# A CSV/TSV field delimiter: one character, not a quote or a line break (pyarrow's ParseOptions.delimiter).
+DELIMITER = pattern(r'[^"\r\n]', 'one character such as ";" or "|" (a tab: "\\t", in double quotes)')
 
 
 def has_scheme(value: str) -> bool:

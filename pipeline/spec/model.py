@@ -13,6 +13,8 @@ from .parameters import absolute_location, value_problem
 class InputSettings:
     id_column: str | None
     non_finite: str  # "error" | "drop"
+    vector_column: str | None = None  # parquet: the list column of vectors (default: the only one)
+    delimiter: str | None = None  # CSV/TSV: one character (default: a tab for .tsv, else a comma)
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from steps.contract import (DEFAULT_CHECKPOINT_SECONDS, DEFAULT_CHUNK_ROWS, DEFA
 
 from .checks import (ISO_DURATION, INSTANCE_TYPE, JOB_NAME_PREFIX, KMS_KEY, MAX_PROCESSING_RUNTIME, MAX_RETRY_ATTEMPTS,
                      MAX_SECURITY_GROUPS, MAX_SUBNETS, MAX_TAG_KEY, MAX_TAG_VALUE, MAX_TAGS, MAX_TRAINING_RUNTIME,
-                     MAX_VOLUME_GB, NON_EMPTY, Check, Invalid, boolean, choice, has_instance_store, integer,
+                     MAX_VOLUME_GB, NON_EMPTY, DELIMITER, Check, Invalid, boolean, choice, has_instance_store, integer,
                      kms_instance_store_message, optional, pattern, show)
 from .model import (CacheSettings, InputSettings, LocalSettings, PreprocessSettings, ProcessingSettings, RetrySettings,
                     SecuritySettings, SimilaritySettings, Spec, display)
@@ -62,6 +62,8 @@ SCHEMA: dict[str, Any] = {
         {
             "id_column": (optional(NON_EMPTY), None),
             "non_finite": (choice(NON_FINITE_POLICIES), NON_FINITE_POLICIES[0]),
+            "vector_column": (optional(NON_EMPTY), None),
+            "delimiter": (optional(DELIMITER), None),
         }
     ),
     "preprocess": _section(

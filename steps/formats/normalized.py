@@ -1,6 +1,8 @@
 """The Preprocess output (the `normalized` folder): written by Preprocess, read by Similarity and Merge.
 
     chunks/chunk-000000.npy ...   float32, C-contiguous, L2-normalized rows (all-zero rows stay all-zero)
+                                  or, for sparse input ("layout": "sparse"), chunks/chunk-000000.npz ...: the
+                                  same rows in CSR form (sparse_chunks.py, its own format and version)
     ids.parquet                   `id` (string or int64) and `input_row` (int64: the row's 0-based position in
                                   the input, all files in key order, counted before dropped rows), one row per
                                   matrix row, in row order
@@ -21,10 +23,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+import scipy.sparse as sp
+
 from .. import npy
 from ..contract import IDS_FILE, MANIFEST, NORMALIZED_FORMAT
 from ..errors import StepError
 from ..io import sha256_file, sha256_text, write_json, write_npy
+from . import sparse_chunks
 
 FORMAT, VERSION = NORMALIZED_FORMAT
 
@@ -41,11 +46,14 @@ class NormalizedWriter:
     chunk_rows: int
     dim: int
     id_type: str  # "int64" | "string"
+    sparse: bool = False  # CSR rows in, sparse chunks out (a chunk also ends once its values take chunk_bytes)
+    chunk_bytes: int = 256 << 20
     chunks: list[dict] = field(default_factory=list)
     rows_written: int = 0
 
     def __post_init__(self) -> None:
-        self._buffer = np.empty((self.chunk_rows, self.dim), dtype=np.float32)
+        self._buffer = None if self.sparse else np.empty((self.chunk_rows, self.dim), dtype=np.float32)
+        self._pieces: list[sp.csr_matrix] = []  # sparse: the rows buffered
         self._filled = 0
         self._ids_type = pa.int64() if self.id_type == "int64" else pa.string()
         self._schema = pa.schema([("id", self._ids_type), ("input_row", pa.int64())])
@@ -57,6 +65,9 @@ class NormalizedWriter:
         if len(ids):
             self._ids.write_table(pa.table({"id": pa.array(ids, type=self._ids_type),
                                             "input_row": pa.array(input_rows, type=pa.int64())}, schema=self._schema))
+        if self.sparse:
+            self._add_sparse(rows)
+            return
         taken = 0
         while taken < len(rows):
             n = min(len(rows) - taken, self.chunk_rows - self._filled)
@@ -73,14 +84,31 @@ class NormalizedWriter:
         finally:
             self._ids.close()
 
+    def _add_sparse(self, rows: sp.csr_matrix) -> None:
+        taken = 0
+        while taken < rows.shape[0]:
+            n = min(rows.shape[0] - taken, self.chunk_rows - self._filled)
+            self._pieces.append(rows[taken: taken + n])
+            self._filled += n
+            taken += n
+            if self._filled == self.chunk_rows or sum(p.nnz for p in self._pieces) * 8 >= self.chunk_bytes:
+                self._flush()
+
     def _flush(self) -> None:
         if not self._filled:
             return
-        name = f"chunks/chunk-{len(self.chunks):06d}.npy"
-        write_npy(self.directory / name, self._buffer[:self._filled])
+        extra = {}
+        if self.sparse:
+            name = f"chunks/chunk-{len(self.chunks):06d}{sparse_chunks.EXTENSION}"
+            rows = sp.vstack(self._pieces, format="csr")
+            sparse_chunks.write_chunk(self.directory / name, rows)
+            self._pieces, extra = [], {"nnz": int(rows.nnz)}
+        else:
+            name = f"chunks/chunk-{len(self.chunks):06d}.npy"
+            write_npy(self.directory / name, self._buffer[:self._filled])
         start = self.rows_written
         self.rows_written += self._filled
-        self.chunks.append({"file": name, "start": start, "stop": self.rows_written,
+        self.chunks.append({"file": name, "start": start, "stop": self.rows_written, **extra,
                             "sha256": sha256_file(self.directory / name)})
         self._filled = 0
 
@@ -91,6 +119,8 @@ class NormalizedWriter:
         return {
             "format": FORMAT, "version": VERSION,
             "rows": self.rows_written, "dim": self.dim, "dtype": "float32", "chunk_rows": self.chunk_rows,
+            **({"layout": "sparse", "chunk_format": sparse_chunks.FORMAT, "chunk_version": sparse_chunks.VERSION,
+                "nnz": sum(c["nnz"] for c in self.chunks)} if self.sparse else {}),
             "chunks": self.chunks,
             "ids": {"file": IDS_FILE, **ids, "sha256": ids_hash},
             **counts,
@@ -117,7 +147,11 @@ def publish(staging: Path, output_dir: Path, manifest: dict) -> None:
 class Normalized:
     root: Path
     manifest: dict
-    chunks: list[np.ndarray]  # memory-mapped, read-only
+    chunks: list  # memory-mapped, read-only float32 arrays; CSR float32 matrices for a sparse layout
+
+    @property
+    def sparse(self) -> bool:
+        return self.manifest.get("layout") == "sparse"
 
     @property
     def rows(self) -> int:
@@ -176,8 +210,11 @@ def load_normalized(root: Path, verify: bool = True) -> Normalized:
             raise StepError(f"{path}: checksum differs from {MANIFEST} (corrupt or from another run); "
                             "rerun the Preprocess step")
         rows = entry["stop"] - entry["start"]
-        _check_chunk_header(path, rows, dim)
-        chunk = np.load(path, mmap_mode="r")
+        if manifest.get("layout") == "sparse":
+            chunk = sparse_chunks.read_chunk(path, rows, dim, int(entry.get("nnz", -1)))
+        else:
+            _check_chunk_header(path, rows, dim)
+            chunk = np.load(path, mmap_mode="r")
         if entry["start"] != expected_start:
             raise StepError(f"{path}: {MANIFEST} places it at row {entry['start']}, after row {expected_start}; "
                             "rerun the Preprocess step")

@@ -70,9 +70,10 @@ class ShardWriter:
 
 def write_meta(out_dir: Path, writer: ShardWriter, hosts: list[str], grid: dict, min_score, fingerprint: str,
                job: str | None, resumed_steps: int, seconds: float, cpu_seconds: float,
-               top_k: int | None = None) -> dict:
+               top_k: int | None = None, kernel: str = "dense") -> dict:
     """The JSON that vouches for a host's two .npy files (written after they are complete). `k` is their width;
-    `top_k` the TopK asked, when more than any row can have (k was then lowered to that)."""
+    `top_k` the TopK asked, when more than any row can have (k was then lowered to that); `kernel` the product
+    kernel that ran (steps/kernel/sparse.py: "dense" or "sparse")."""
     files = names(writer.host)
     meta = {
         "format": FORMAT, "version": VERSION, "host": writer.host, "hosts": hosts, "grid": grid, "k": writer.k,
@@ -80,7 +81,7 @@ def write_meta(out_dir: Path, writer: ShardWriter, hosts: list[str], grid: dict,
         "min_score": min_score, "input_fingerprint": fingerprint, "job": job, "lists": writer.lists,
         "rows": writer.rows, "resumed_steps": resumed_steps,
         "files": {files[kind]: sha256_file(out_dir / files[kind]) for kind in ("neighbors", "scores")},
-        "seconds": seconds, "cpu_seconds": cpu_seconds,
+        "seconds": seconds, "cpu_seconds": cpu_seconds, "kernel": kernel,
     }
     write_json(out_dir / files["meta"], meta)
     return meta

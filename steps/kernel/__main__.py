@@ -2,10 +2,11 @@
 host compiles it again; see containers/Dockerfile)."""
 import time
 
-from .compiled import admit, warm_up
+from .compiled import admit, admit_product, invert, sparse_dots, warm_up
 
 began = time.perf_counter()
 warm_up()
-stats = admit.stats
-print(f"numba kernel ready in {time.perf_counter() - began:.1f} s: {sum(stats.cache_misses.values())} signature(s) "
-      f"compiled, {sum(stats.cache_hits.values())} loaded, cache {stats.cache_path}")
+compiled = sum(sum(f.stats.cache_misses.values()) for f in (admit, admit_product, invert, sparse_dots))
+loaded = sum(sum(f.stats.cache_hits.values()) for f in (admit, admit_product, invert, sparse_dots))
+print(f"numba kernel ready in {time.perf_counter() - began:.1f} s: {compiled} signature(s) compiled, {loaded} loaded, "
+      f"cache {admit.stats.cache_path}")

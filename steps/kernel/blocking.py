@@ -139,10 +139,13 @@ class Pass:
         self.zero = corpus.zero_mask() if zero is None else zero
         self.workers = config.threads if config.threads > 0 else default_threads()
         self.width = min(config.width, max(corpus.rows - 1, 1))
-        self.plan = Plan.from_budget(config.budget_bytes, corpus.dim, self.width, self.workers)
-        self.eps = dot_error_bound(corpus.dim)
+        self.plan = Plan.from_budget(config.budget_bytes, corpus.width, self.width, self.workers)
+        self.eps = dot_error_bound(corpus.dot_terms)
         self.threshold = None if config.threshold is None else np.float32(config.threshold)
         self.admission_floor = np.float32(-np.inf) if self.threshold is None else np.float32(self.threshold - self.eps)
+        # A sparse product's unstored pairs share no column: their score is exactly 0, canonical too, so with a
+        # positive MinScore they are never listed and selection reads the product's stored values only.
+        self.stored_only = corpus.kernel == "sparse" and self.threshold is not None and self.threshold > 0
         layout = grid.pass_layout(blocks)
         self.steps = list(layout.steps)  # the column blocks, in order
         self.sources = layout.mirrors  # step block outside the pass -> the pass's block rows it mirrors
@@ -159,8 +162,7 @@ class Pass:
         return [(a, min(stop, a + t)) for a in range(start, stop, t)]
 
     def _candidates(self, first: int, stop: int) -> Candidates:
-        query = np.ascontiguousarray(np.concatenate([b for _, b in self.corpus.blocks(first, stop, stop - first)]))
-        return Candidates(first, query, self.width, self.zero, self.admission_floor)
+        return Candidates(first, self.corpus.rows_of(first, stop), self.width, self.zero, self.admission_floor)
 
     # ---- snapshots -------------------------------------------------------------------------------------------
 
@@ -297,18 +299,25 @@ class Pass:
         return [(a, c, mirrored) for _, _, a, c, mirrored in tasks]
 
     def _product(self, rows: Candidates, cols: Candidates, mirrored: bool, scratch, locks) -> None:
-        t = self.plan.tile
-        if not hasattr(scratch, "scores"):
-            scratch.scores = np.empty(t * t, dtype=np.float32)
-        S = scratch.scores[: len(rows.query) * len(cols.query)].reshape(len(rows.query), len(cols.query))
-        np.matmul(rows.query, cols.query.T, out=S)
+        if self.stored_only:  # sparse rows, MinScore > 0: the product fused with selection, pairs sharing a column
+            if not hasattr(scratch, "colmap"):
+                scratch.colmap = np.full(self.corpus.shared, -1, dtype=np.int64)
+            admit = lambda **mirror: rows.admit_product(cols, cols.first, self.zero, scratch.colmap, **mirror)  # noqa
+        else:
+            t = self.plan.tile
+            if not hasattr(scratch, "scores"):
+                scratch.scores = np.empty(t * t, dtype=np.float32)
+            S = scratch.scores[: rows.query.shape[0] * cols.query.shape[0]].reshape(rows.query.shape[0],
+                                                                                      cols.query.shape[0])
+            self.corpus.product(rows.query, cols.query, S)
+            admit = lambda **mirror: rows.admit(S, cols.first, self.zero, **mirror)  # noqa: E731
         if not mirrored:
             with _lock(locks, rows):
-                rows.admit(S, cols.first, self.zero)
+                admit()
             return
         first, second = sorted((rows, cols), key=lambda c: c.first)
         with _lock(locks, first), _lock(locks, second):
-            rows.admit(S, cols.first, self.zero, mirror=cols)
+            admit(mirror=cols)
 
     def _exact(self, c: Candidates, columns: list[tuple[int, int]]):
         return exact_top_k(self, c.first, c.query, c.best_s, c.best_i, columns)
@@ -349,7 +358,7 @@ def all_pairs(corpus: Corpus, config: KernelConfig, hosts: int = 1,
     zero = corpus.zero_mask()
     by_block: dict[int, list[PartialList]] = {}
     for h in range(hosts):
-        for blocks in host_passes(grid, h, hosts, config, corpus.dim):
+        for blocks in host_passes(grid, h, hosts, config, corpus.width):
             for event in Pass(corpus, grid, blocks, config, zero).run():
                 if isinstance(event, PartialList):
                     by_block.setdefault(event.start // grid.block, []).append(event)

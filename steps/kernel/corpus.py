@@ -29,6 +29,38 @@ class Corpus:
     def dim(self) -> int:
         return self.chunks[0].shape[1] if self.chunks else 0
 
+    # What the kernel asks of any corpus (sparse.py's SparseCorpus answers the same for CSR rows).
+    kernel = "dense"  # which product kernel runs: logged and recorded in the shards
+
+    @property
+    def width(self) -> int:
+        """float32 values a row takes in memory plans."""
+        return self.dim
+
+    @property
+    def dot_terms(self) -> int:
+        """The most products one dot product sums (its float32 error bound grows with it)."""
+        return self.dim
+
+    def rows_of(self, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) in one C-contiguous float32 array (a query tile)."""
+        return np.ascontiguousarray(np.concatenate([b for _, b in self.blocks(start, stop, stop - start)]))
+
+    @staticmethod
+    def product(rows: np.ndarray, cols: np.ndarray, out: np.ndarray) -> None:
+        """out = rows . cols^T, float32 (the approximate scores selection admits from)."""
+        np.matmul(rows, cols.T, out=out)
+
+    def canonical(self, query: np.ndarray, index: np.ndarray) -> np.ndarray:
+        """Canonical scores (exact.py) of query row i with corpus rows index[i, :]: (n, m) float32."""
+        from .exact import canonical_scores
+        return canonical_scores(query, self.take(index))
+
+    @staticmethod
+    def scores(block: np.ndarray, row: np.ndarray) -> np.ndarray:
+        """Approximate float32 scores of a block of corpus rows with one query row (a (1, dim) tile)."""
+        return block @ row[0]
+
     def blocks(self, start: int, stop: int, size: int) -> Iterator[tuple[int, np.ndarray]]:
         """Yield (first_row, float32 block) covering [start, stop) in pieces of at most `size` rows."""
         starts = self.starts

@@ -96,24 +96,26 @@ def exact_top_k(search, first: int, query: np.ndarray, cand_s: np.ndarray, cand_
         w = max(1, int(need[sel].sum(axis=1).max()))  # `need` is a prefix of each sorted row
         idx = cand_i[sel, :w]
         valid = need[sel, :w]
-        exact = canonical_scores(query[sel], corpus.take(np.where(valid, idx, 0)))
+        exact = corpus.canonical(query[sel], np.where(valid, idx, 0))
         exact[~valid] = -np.inf
         neighbors[sel], scores[sel] = rank(exact, np.where(valid, idx, PAD_INDEX), k, search.threshold)
     for r in np.nonzero(~safe)[0]:
-        neighbors[r], scores[r] = _widened_row(search, first + r, query[r], near_tie_bound[r], columns)
+        neighbors[r], scores[r] = _widened_row(search, first + r, query[r: r + 1], near_tie_bound[r], columns)
     return neighbors, scores
 
 
-def _widened_row(search, row: int, q: np.ndarray, near_tie_bound: float, columns: list[tuple[int, int]]):
-    """A row with many near-ties at its k-th score: gather every candidate above the bound, score them all."""
+def _widened_row(search, row: int, q, near_tie_bound: float, columns: list[tuple[int, int]]):
+    """A row with many near-ties at its k-th score: gather every candidate above the bound, score them all.
+    `q`: the row as a (1, dim) tile (dense or CSR, as the corpus holds it)."""
     corpus, zero, k, threshold, plan, work = (search.corpus, search.zero, search.k, search.threshold, search.plan,
                                               search.work)
     picked = []
     for col0, block in ((c0, b) for start, stop in columns for c0, b in corpus.blocks(start, stop, plan.tile ** 2 // 64)):
         work.check()
-        s = block @ q
-        s[zero[col0: col0 + len(block)]] = -np.inf
-        if col0 <= row < col0 + len(block):
+        s = corpus.scores(block, q)
+        size = block.shape[0]
+        s[zero[col0: col0 + size]] = -np.inf
+        if col0 <= row < col0 + size:
             s[row - col0] = -np.inf
         if threshold is not None:
             s[s < search.admission_floor] = -np.inf
@@ -126,7 +128,7 @@ def _widened_row(search, row: int, q: np.ndarray, near_tie_bound: float, columns
     for lo in range(0, len(idx), step):
         work.check()
         part = idx[lo: lo + step]
-        exact = canonical_scores(q[None, :], corpus.take(part)[None, :, :])
+        exact = corpus.canonical(q, part[None, :])
         merged_i = np.concatenate([best_i, part])[None, :]
         merged_s = np.concatenate([np.where(best_i >= 0, best_s, -np.inf), exact[0]])[None, :]
         best_i, best_s = (a[0] for a in rank(merged_s, merged_i, k, threshold))

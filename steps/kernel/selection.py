@@ -18,7 +18,7 @@ class Candidates:
     """
 
     def __init__(self, first: int, query: np.ndarray, width: int, zero: np.ndarray, admission_floor: np.float32):
-        n = len(query)
+        n = query.shape[0]  # a float32 array, or CSR rows (sparse.py)
         self.first, self.query, self.width, self.admission_floor = first, query, width, admission_floor
         self.keys = np.full((n, width), PAD_KEY, dtype=np.uint64)
         self.zero = np.ascontiguousarray(zero[first: first + n])
@@ -40,6 +40,24 @@ class Candidates:
         else:
             compiled.admit(S, self.keys, self.bar, self.first, self.zero, mirror.keys, mirror.bar, col0,
                            col_zero, self.admission_floor, True)
+
+    def admit_product(self, cols: "Candidates", col0: int, zero: np.ndarray, colmap: np.ndarray,
+                      mirror: "Candidates | None" = None) -> None:
+        """admit() fused with the sparse product of our CSR rows and `cols`' (compiled.admit_product): only pairs
+        sharing a column are made, the others scoring exactly 0 (the pass calls this only when MinScore > 0)."""
+        a = self.query  # CSR with int64 indices (sparse.py): one compiled signature
+        col_zero = zero[col0: col0 + cols.query.shape[0]]
+        keys, bar = (mirror.keys, mirror.bar) if mirror is not None else (_NO_KEYS, _NO_BAR)
+        compiled.admit_product(a.indptr, a.indices, a.data, *cols.inverted(colmap), cols.query.shape[0],
+                               colmap, self.keys, self.bar, self.first, self.zero, keys, bar, col0, col_zero,
+                               self.admission_floor, mirror is not None)
+
+    def inverted(self, colmap: np.ndarray) -> tuple:
+        """Our CSR rows by column (compiled.invert), made once: every row tile of a step reads them."""
+        if getattr(self, "_inverted", None) is None:
+            q = self.query
+            self._inverted = compiled.invert(q.indptr, q.indices, q.data, colmap)
+        return self._inverted
 
     def restore_keys(self, keys: np.ndarray) -> None:
         """Take the heaps of a snapshot; the bars follow from their roots."""

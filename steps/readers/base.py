@@ -7,6 +7,8 @@ from typing import Sequence
 
 import numpy as np
 
+from ..contract import TEXT_EXTENSIONS
+
 BATCH_BUDGET_BYTES = 64 << 20  # one float64 batch stays under this, whatever the row width
 
 
@@ -16,6 +18,7 @@ class InputFile:
     key: str  # relative POSIX path inside the channel: what messages and the manifest name
     format: str
     bytes: int
+    delimiter: str = ","  # CSV/TSV only: what separates the fields
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,7 @@ class FileSchema:
     typed: tuple[str, ...] = ()  # columns with a known numeric type (a CSV column with no values has none)
     index_columns: tuple[str, ...] = ()  # columns holding a pandas index (parquet's pandas metadata says which)
     range_index: tuple[str, ...] = ()  # names of a pandas RangeIndex kept only in the metadata
+    vectors: tuple[str, ...] = ()  # parquet: list, large_list or fixed_size_list columns of numbers
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,8 @@ class MatrixPlan:
     id_column: str | None  # None: ids are global row numbers
     id_type: str  # "string" | "int64"
     source_dtype: str
+    vector_column: str | None = None  # parquet: the list column holding each row's vector (then no feature_columns)
+    ignored_columns: tuple[str, ...] = ()  # beside a vector column: columns neither the vector nor the ids
 
     @property
     def id_source(self) -> str:
@@ -62,7 +68,7 @@ class MatrixBatch:
 
 
 def describe_row(key: str, row: int) -> str:
-    line = f" (line {row + 2})" if key.endswith(".csv") else ""  # header is line 1
+    line = f" (line {row + 2})" if key.lower().endswith(TEXT_EXTENSIONS) else ""  # header is line 1
     return f"{key} row {row}{line}"
 
 

@@ -5,6 +5,7 @@ A format module passes in what only it can know: `check_features` (parquet's rea
 """
 from __future__ import annotations
 
+import json
 import re
 from typing import Sequence
 
@@ -37,6 +38,13 @@ def is_numeric(arrow_type: pa.DataType) -> bool:
         or pa.types.is_null(arrow_type)
 
 
+def is_vector(arrow_type: pa.DataType) -> bool:
+    """A list, large_list or fixed_size_list of numbers: a column of vectors."""
+    nested = pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type) \
+        or pa.types.is_fixed_size_list(arrow_type)
+    return nested and is_numeric(arrow_type.value_type) and not pa.types.is_null(arrow_type.value_type)
+
+
 def numpy_name(arrow_types: Sequence[pa.DataType]) -> str | None:
     """Common numpy type of the typed columns; None when no column has a type yet (e.g. header-only CSV)."""
     numpy_types = [np.dtype(np.float64) if pa.types.is_decimal(t) else t.to_pandas_dtype()
@@ -50,10 +58,11 @@ def columns_schema(file: InputFile, schema: pa.Schema) -> FileSchema:
     if duplicates:
         raise StepError(f"{file.key}: column name {duplicates[0]!r} appears more than once; give every column a unique name")
     numeric = [f.type for f in schema if is_numeric(f.type)]
-    non_numeric = tuple(f.name for f in schema if not is_numeric(f.type))
+    vectors = tuple(f.name for f in schema if is_vector(f.type))
+    non_numeric = tuple(f.name for f in schema if not is_numeric(f.type) and f.name not in vectors)
     typed = tuple(f.name for f in schema if is_numeric(f.type) and not pa.types.is_null(f.type))
     stored, ranged = saved_index(schema)
-    return FileSchema(file, names, non_numeric, len(names), numpy_name(numeric), typed, stored, ranged)
+    return FileSchema(file, names, non_numeric, len(names), numpy_name(numeric), typed, stored, ranged, vectors)
 
 
 def saved_index(schema: pa.Schema) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -72,8 +81,8 @@ def plan_columns(schemas: Sequence[FileSchema], id_column: str | None, *, check_
                  id_type) -> MatrixPlan:
     first = schemas[0]
     for other in schemas[1:]:
-        _check_same_columns(first, other)
-    id_column = id_column or _detect_id_column(schemas, explain_text_columns)
+        check_same_columns(first, other)
+    id_column = id_column or detect_id_column(schemas, explain_text_columns)
     if id_column is not None and id_column not in first.columns:
         ranged = (f"; pandas kept {id_column!r} as a range index in the file's metadata, not as a column: write it "
                   "as a column (df.reset_index().to_parquet(index=False))" if id_column in first.range_index else "")
@@ -83,8 +92,10 @@ def plan_columns(schemas: Sequence[FileSchema], id_column: str | None, *, check_
         )
     features = tuple(c for c in first.columns if c != id_column)
     if not features:
-        separator = next((sep for sep in ";\t|" if id_column and sep in id_column), None)
-        hint = (f"; the header looks {separator!r}-separated, but CSV input must be comma-separated"
+        separator = next((sep for sep in ",;\t|" if id_column and sep in id_column and sep != first.file.delimiter),
+                         None)
+        hint = (f"; the header looks {separator!r}-separated, but this file is read as "
+                f"{first.file.delimiter!r}-separated: set input.delimiter: {json.dumps(separator)} in pipeline.yaml"
                 if separator else "")
         raise StepError(
             f"{first.file.key}: no feature columns (only the id column {id_column!r}); "
@@ -98,7 +109,7 @@ def plan_columns(schemas: Sequence[FileSchema], id_column: str | None, *, check_
                       ids, common_dtype(schemas))
 
 
-def _check_same_columns(first: FileSchema, other: FileSchema) -> None:
+def check_same_columns(first: FileSchema, other: FileSchema) -> None:
     if set(first.columns) == set(other.columns):
         return
     missing = [c for c in first.columns if c not in other.columns]
@@ -112,7 +123,7 @@ def _check_same_columns(first: FileSchema, other: FileSchema) -> None:
     )
 
 
-def _detect_id_column(schemas: Sequence[FileSchema], explain_text_columns) -> str | None:
+def detect_id_column(schemas: Sequence[FileSchema], explain_text_columns) -> str | None:
     candidates: dict[str, str] = {}  # column -> first file where it is non-numeric
     for schema in schemas:
         for name in schema.non_numeric:

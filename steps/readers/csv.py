@@ -1,9 +1,11 @@
-"""CSV input (comma-separated, a header row): everything read as text and converted here, so a bad value is
-reported with its row, line and column. CSV ids are always strings ("00123" must stay "00123")."""
+"""CSV input (delimited text with a header row: .csv, .tsv, either .gz/.bz2/.zst compressed): everything read
+as text and converted here, so a bad value is reported with its row, line and column. CSV ids are always strings
+("00123" must stay "00123"). pyarrow parses (and decompresses, by extension); the delimiter is the file's
+(InputFile.delimiter: input.delimiter, else a tab for .tsv, else a comma)."""
 from __future__ import annotations
 
 import csv
-from pathlib import Path
+import io
 from typing import Sequence
 
 import numpy as np
@@ -15,13 +17,18 @@ from ..errors import StepError
 from . import columns
 from .base import FileSchema, InputFile, MatrixPlan
 
-FORMAT, EXTENSIONS = "csv", (".csv",)
+FORMAT = "csv"
 STRAY_TEXT_SHARE = 0.9  # a sampled column this numeric is a feature with bad cells, not an id column
 CSV_BLOCK_BYTES = 1 << 22  # pyarrow parses CSV in blocks of this size; bounds memory and the type-inference sample
 CSV_MAX_LINE_BYTES = 64 << 20  # a block must hold a whole line: wider rows belong in .npy or .parquet
 
 
-def plan(schemas: Sequence[FileSchema], id_column: str | None) -> MatrixPlan:
+def plan(schemas: Sequence[FileSchema], id_column: str | None, vector_column: str | None = None) -> MatrixPlan:
+    if vector_column:
+        raise StepError(
+            f"vector column {vector_column!r} was named (input.vector_column), but the input is CSV, which has one "
+            "column per feature; remove input.vector_column, or provide parquet with a list column of that name"
+        )
     return columns.plan_columns(schemas, id_column, check_features=check_features,
                                 explain_text_columns=explain_text_columns, id_type=id_type)
 
@@ -40,13 +47,15 @@ def read_schema(file: InputFile) -> FileSchema:
         schema = _open_csv(file).schema
     except pa.ArrowInvalid as exc:
         raise _csv_error(file, exc) from exc
+    except OSError as exc:
+        raise _unreadable(file, exc) from exc
     _check_csv_header(file, schema.names)
     return columns.columns_schema(file, schema)
 
 
 def _check_csv_header(file: InputFile, names: Sequence[str]) -> None:
     if all(_looks_numeric(n) for n in names):
-        shown = ",".join(names[:4]) + (",..." if len(names) > 4 else "")
+        shown = file.delimiter.join(names[:4]) + (f"{file.delimiter}..." if len(names) > 4 else "")
         raise StepError(
             f"{file.key} line 1: the first line ({shown}) looks like data, but a header row is required; "
             "add a line of column names (e.g. f0,f1,...) at the top"
@@ -93,12 +102,20 @@ def iter_rows(file: InputFile, plan: MatrixPlan, batch_rows: int):
                 file_row += batch.num_rows
     except pa.ArrowInvalid as exc:
         raise _csv_error(file, exc) from exc
+    except OSError as exc:
+        raise _unreadable(file, exc) from exc
+
+
+def _unreadable(file: InputFile, exc: OSError) -> StepError:
+    """A compressed file that does not decompress (torn in a copy, or not what its extension says)."""
+    return StepError(f"{file.key}: cannot be read or decompressed ({exc}); copy it again, or give it the extension "
+                     "of its compression (.gz, .bz2, .zst; none for plain text)")
 
 
 def block_bytes(file: InputFile) -> int:
     """pyarrow's block must hold a whole line (else "straddling object"): at least CSV_BLOCK_BYTES, and twice the
     longest of the header and the first row, so a matrix of 100,000 columns reads as well as one of 10."""
-    with open(file.path, "rb") as f:
+    with _open_text(file) as f:
         longest = max(len(f.readline(CSV_MAX_LINE_BYTES + 1)) for _ in range(2))
     if longest > CSV_MAX_LINE_BYTES:
         raise StepError(f"{file.key}: a line of more than {CSV_MAX_LINE_BYTES >> 20} MB; CSV rows this wide are not "
@@ -114,7 +131,12 @@ def _open_csv(file: InputFile, column_types: dict | None = None) -> pacsv.CSVStr
         quoted_strings_can_be_null=False,
     )
     return pacsv.open_csv(file.path, read_options=pacsv.ReadOptions(block_size=block_bytes(file), use_threads=False),
-                          convert_options=convert)
+                          parse_options=pacsv.ParseOptions(delimiter=file.delimiter), convert_options=convert)
+
+
+def _open_text(file: InputFile) -> io.BufferedReader:
+    """The file's bytes, decompressed as its extension says (.gz, .bz2, .zst), as pyarrow's reader sees them."""
+    return io.BufferedReader(pa.input_stream(file.path, compression="detect"))
 
 
 def _csv_error(file: InputFile, exc: Exception) -> StepError:
@@ -122,20 +144,25 @@ def _csv_error(file: InputFile, exc: Exception) -> StepError:
         return StepError(f"{file.key}: a line is more than {block_bytes(file)} bytes long, over twice as long as the "
                          "first row; give every row the same columns (a stray line break or quote?), or save the "
                          "matrix as .npy or .parquet")
-    ragged = _find_ragged_line(file.path)
+    ragged = _find_ragged_line(file)
     if ragged is not None:
         line, expected, found = ragged
         return StepError(
             f"{file.key} line {line}: {found} fields, but the header has {expected}; "
-            "fix that line (a missing or extra comma, or a value with a comma that needs quotes)"
+            f"fix that line (a missing or extra {_delimiter_name(file)}, or a value with a {_delimiter_name(file)} "
+            "that needs quotes)"
         )
     return StepError(f"{file.key}: cannot parse CSV ({exc}); save it as UTF-8 CSV with a header row")
 
 
-def _find_ragged_line(path: Path) -> tuple[int, int, int] | None:
+def _delimiter_name(file: InputFile) -> str:
+    return {",": "comma", "\t": "tab", ";": "semicolon", "|": "pipe"}.get(file.delimiter, repr(file.delimiter))
+
+
+def _find_ragged_line(file: InputFile) -> tuple[int, int, int] | None:
     """(line, header fields, fields found) of the first row whose width differs from the header; error path only."""
-    with open(path, newline="", encoding="utf-8", errors="replace") as f:
-        rows = csv.reader(f)
+    with io.TextIOWrapper(_open_text(file), newline="", encoding="utf-8", errors="replace") as f:
+        rows = csv.reader(f, delimiter=file.delimiter)
         header = next(rows, None)
         if header is None:
             return None

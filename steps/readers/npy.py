@@ -10,7 +10,7 @@ from .. import npy
 from ..errors import StepError, brief
 from .base import FileSchema, InputFile, MatrixPlan, common_dtype
 
-FORMAT, EXTENSIONS = "npy", (".npy",)
+FORMAT = "npy"
 
 
 def read_schema(file: InputFile) -> FileSchema:
@@ -48,7 +48,12 @@ def _npy_header(file: InputFile) -> tuple[tuple[int, ...], np.dtype, int]:
     return shape, dtype, data_offset
 
 
-def plan(schemas: Sequence[FileSchema], id_column: str | None) -> MatrixPlan:
+def plan(schemas: Sequence[FileSchema], id_column: str | None, vector_column: str | None = None) -> MatrixPlan:
+    if vector_column:
+        raise StepError(
+            f"vector column {vector_column!r} was named (input.vector_column), but the input is .npy, whose rows are "
+            "the vectors; remove input.vector_column"
+        )
     if id_column:
         raise StepError(
             f"id column {id_column!r} was named (input.id_column), but the input is .npy, which has no named columns; "
