@@ -96,6 +96,7 @@ NO_THRESHOLD = -1.0  # min_score at or below it keeps every pair
 # Optional: absent is the self-join (every row against every row); "queries" is each query row against the corpus.
 MODE = "mode"
 ALL_PAIRS_MODE, QUERIES_MODE = "all_pairs", "queries"
+MODES = (ALL_PAIRS_MODE, QUERIES_MODE)  # pipeline.yaml's `mode`, the first the default
 # Queries mode: whether a query whose id is also a corpus id may have that corpus row as a neighbour.
 SELF_RULES = ("exclude-same-id", "keep")  # the first is the default: the self-join's "never its own neighbour"
 DEFAULT_QUERY_FILES = 64  # query chunk files: an InstanceCount dividing it gets exactly equal counts of them

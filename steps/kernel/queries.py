@@ -46,8 +46,11 @@ def query_passes(start: int, stop: int, config: KernelConfig, dim: int, corpus_r
 
 
 class QueryPass:
+    rows_label = "query rows"  # what `blocks` counts, in log lines (a self-join pass counts block rows)
+
     def __init__(self, corpus: Corpus, vectors: np.ndarray, rows: range, exclude: np.ndarray, config: KernelConfig,
-                 zero: np.ndarray | None = None):
+                 zero: np.ndarray | None = None, step_rows: int | None = None):
+        """`step_rows`: the most corpus rows a step takes (the corpus grid's block rows; STEP_FLOPS bounds it too)."""
         if config.k < 1:
             raise ValueError("k must be >= 1")
         if corpus.rows >= PAD_LOW:
@@ -72,6 +75,7 @@ class QueryPass:
         self.own = [Candidates(first + a, vectors[a:a + tile], self.width, self.zero, self.admission_floor,
                                own_zero=query_zero[a:a + tile]) for a in range(0, len(rows), tile)]
         columns = int(max(self.plan.tile, STEP_FLOPS // max(2 * max(len(rows), 1) * max(corpus.dim, 1), 1)))
+        columns = max(1, min(columns, step_rows or columns))
         self.steps = [(a, min(corpus.rows, a + columns)) for a in range(0, corpus.rows, columns)]
         self.next_step = 0
         self.work: _Work | None = None
