@@ -242,7 +242,9 @@ def compute_queries(corpus: Corpus, fingerprint: str, chunks: list, host: Host, 
     began, cpu_began = time.time(), time.process_time()
     queries_fingerprint = chunks[0].fingerprint if chunks else None
     rows = chunks[0].rows if chunks else 0
-    grid = {"rows": rows, "block": 1, "blocks": rows}
+    # A step's corpus rows at most (as a self-join step is one corpus block): in the checkpoints' key with the grid.
+    step_rows = Grid.for_rows(corpus.rows, int(os.environ.get(BLOCK_ROWS_ENV) or 0) or None).block
+    grid = {"rows": rows, "block": 1, "blocks": rows, "corpus_block": step_rows}
     zero = corpus.zero_mask()
     width = query_width(config.k, corpus.rows)
     work: list[Work] = [Work(r) for c in chunks for r in query_passes(c.start, c.stop, config, corpus.dim, corpus.rows)]
@@ -257,8 +259,6 @@ def compute_queries(corpus: Corpus, fingerprint: str, chunks: list, host: Host, 
             w.record = records.get((w.blocks.start, w.blocks.stop))
             w.reuse_only = bool(w.record and w.record.done)
     by_rows = {(c.start, c.stop): c for c in chunks}
-    # A step: at most one block of the corpus's grid (as a self-join step is), fewer columns for many query rows.
-    step_rows = Grid.for_rows(corpus.rows, int(os.environ.get(BLOCK_ROWS_ENV) or 0) or None).block
     passes = {}
     for w in work:
         if w.reuse_only:

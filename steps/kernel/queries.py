@@ -29,6 +29,7 @@ from .exact import dot_error_bound, exact_top_k
 from .selection import PAD_LOW, Candidates
 
 STEP_FLOPS = 2e10  # a step's products: about a second on two cores, the longest a stop waits
+MIN_STEP_COLUMNS = 512  # a step takes at least this many corpus rows (many query rows: small steps)
 WHOLE_CORPUS = (0,)  # the column blocks a query list covers: one, the whole corpus
 
 
@@ -74,7 +75,9 @@ class QueryPass:
         tile = max(1, min(self.plan.tile, -(-len(rows) // self.workers)))
         self.own = [Candidates(first + a, vectors[a:a + tile], self.width, self.zero, self.admission_floor,
                                own_zero=query_zero[a:a + tile]) for a in range(0, len(rows), tile)]
-        columns = int(max(self.plan.tile, STEP_FLOPS // max(2 * max(len(rows), 1) * max(corpus.dim, 1), 1)))
+        # From the pass's rows, the dimension and step_rows only (never the budget or the cores): a checkpointed
+        # pass resumes on another instance type with the same steps.
+        columns = max(MIN_STEP_COLUMNS, int(STEP_FLOPS // max(2 * max(len(rows), 1) * max(corpus.dim, 1), 1)))
         columns = max(1, min(columns, step_rows or columns))
         self.steps = [(a, min(corpus.rows, a + columns)) for a in range(0, corpus.rows, columns)]
         self.next_step = 0
