@@ -323,7 +323,10 @@ def preprocess_queries(input_dir: Path, corpus_dir: Path, output_dir: Path, scra
     normalized_dir = scratch / "queries-normalized"
     shutil.rmtree(normalized_dir, ignore_errors=True)
     try:
-        pre = preprocess(input_dir, normalized_dir, query_uri, id_column, non_finite, chunk_rows, budget_mb)
+        try:
+            pre = preprocess(input_dir, normalized_dir, query_uri, id_column, non_finite, chunk_rows, budget_mb)
+        except StepError as exc:  # the readers' messages name the corpus's settings: say the queries' instead
+            raise StepError(f"the queries ({query_uri}): {as_queries(str(exc))}") from None
         if pre["dim"] != corpus.dim:
             raise StepError(f"the queries ({query_uri}) have {pre['dim']} features per row, the corpus "
                             f"{corpus.dim}: point QueryData at vectors of the corpus's dimension")
@@ -331,6 +334,17 @@ def preprocess_queries(input_dir: Path, corpus_dir: Path, output_dir: Path, scra
         return query_format.write_queries(load_normalized(normalized_dir), corpus, output_dir, files, rule, max_rows)
     finally:
         shutil.rmtree(normalized_dir, ignore_errors=True)
+
+
+QUERY_SETTINGS = (("InputData", "QueryData"), ("input.id_column", "queries.id_column"),
+                  ("processing input 'matrix'", "processing input 'queries'"))
+
+
+def as_queries(message: str) -> str:
+    """A reader's message about the query input: the settings it names are the queries' ones."""
+    for corpus, queries in QUERY_SETTINGS:
+        message = message.replace(corpus, queries)
+    return message
 
 
 def main(argv: Sequence[str]) -> None:

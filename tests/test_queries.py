@@ -137,6 +137,24 @@ def test_self_rule_keep_and_a_dimension_mismatch(opt_ml):
     assert query_format.read_manifest(out)["rows"] == 4  # the earlier output is intact
 
 
+def test_a_bad_query_input_names_the_queries_and_their_settings(opt_ml):
+    rng = np.random.default_rng(0)
+    write_parquet(opt_ml / "processing/input/matrix/corpus.parquet", rng.standard_normal((10, 4)), names(10))
+    queries = rng.standard_normal((4, 4))
+    queries[2, 1] = np.nan
+    write_parquet(opt_ml / "processing/input/queries/queries.parquet", queries, names(4))
+    with pytest.raises(StepError) as info:
+        pre.main(["--input-uri=s3://b/corpus/", "--query-uri=s3://b/queries/"])
+    assert str(info.value) == ("the queries (s3://b/queries/): queries.parquet row 2 column 'f1': value is NaN or "
+                               "missing; fix the input, or set input.non_finite: drop in pipeline.yaml to drop such "
+                               "rows")
+    write_parquet(opt_ml / "processing/input/queries/queries.parquet", queries[:0], [])
+    with pytest.raises(StepError) as info:
+        pre.main(["--input-uri=s3://b/corpus/", "--query-uri=s3://b/queries/"])
+    assert str(info.value) == ("the queries (s3://b/queries/): queries.parquet: no data rows; point QueryData at a "
+                               "matrix with at least one row")
+
+
 # ---- the pipeline end to end: `python -m pipeline run` in queries mode ------------------------------------------
 
 import json  # noqa: E402
