@@ -16,10 +16,12 @@ from pipeline.definition.cache import cached_definition
 from pipeline.definition.limits import check_definition
 from pipeline.errors import AllpairsError, CompileError
 from pipeline.sdk import SDK_CONFIG, offline_boto_session, quiet_sdk
-from pipeline.spec import PARAMETERS, Spec
+from pipeline.spec import Spec
+from pipeline.spec.parameters import parameters_of
 from steps.contract import (APPROVAL_STATUSES, ARTIFACT, CHECKPOINT_PATH, CHECKPOINT_SECONDS_ENV, MATRIX,
-                            MEMORY_BUDGET_MB, METRIC_DEFINITIONS, MIN_SCORE, NORMALIZED, REGISTRATION, SHARDS, THREADS,
-                            TOP_K, processing_input_path, processing_output_path)
+                            MEMORY_BUDGET_MB, METRIC_DEFINITIONS, MIN_SCORE, MODE, NORMALIZED, QUERIES, QUERIES_MODE,
+                            QUERY_CHUNKS, REGISTRATION, SHARDS, THREADS, TOP_K, processing_input_path,
+                            processing_output_path)
 
 if TYPE_CHECKING:  # pragma: no cover
     import boto3
@@ -109,7 +111,7 @@ def _parameters(spec: Spec) -> dict[str, Any]:
     enums = {"InstanceType": list(spec.instance_types) if spec.instance_types else None,
              "ApprovalStatus": list(APPROVAL_STATUSES)}
     params = {}
-    for p in PARAMETERS:
+    for p in parameters_of(spec.mode):  # queries mode adds QueryData (docs/queries.md: why a spec-level switch)
         default = float(spec.parameters[p.name]) if p.type == "Float" else spec.parameters[p.name]  # Float refuses int
         extra = {"enum_values": enums.get(p.name)} if p.type == "String" else {}
         params[p.name] = kinds[p.type](p.name, default_value=default, **extra)
@@ -213,6 +215,10 @@ def _normalized_uri(preprocess: Any) -> Any:
     return preprocess.properties.ProcessingOutputConfig.Outputs[NORMALIZED].S3Output.S3Uri
 
 
+def _queries_uri(preprocess: Any) -> Any:
+    return preprocess.properties.ProcessingOutputConfig.Outputs[QUERIES].S3Output.S3Uri
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Steps
 
@@ -232,6 +238,16 @@ def _preprocess_step(spec: Spec, session: Any, params: dict[str, Any]) -> Any:
         arguments += [_option("vector-column", spec.input.vector_column)]
     if spec.input.delimiter is not None:
         arguments += [_option("delimiter", spec.input.delimiter)]
+    inputs = [_s3_input(MATRIX, params["InputData"], processing_input_path(MATRIX))]
+    outputs = [_s3_output(NORMALIZED, _run_uri(params, "normalized"), processing_output_path(NORMALIZED))]
+    if spec.mode == QUERIES_MODE:  # the queries too, into balanced chunk files (steps/formats/queries.py)
+        q = spec.queries
+        arguments += [_option("query-uri", params["QueryData"]), _option("query-files", str(q.chunk_files)),
+                      _option("self-rule", q.self_rule)]
+        if q.id_column is not None:
+            arguments += [_option("query-id-column", q.id_column)]
+        inputs.append(_s3_input(QUERIES, params["QueryData"], processing_input_path(QUERIES)))
+        outputs.append(_s3_output(QUERIES, _run_uri(params, "queries"), processing_output_path(QUERIES)))
     processor = _processor(spec, session, spec.preprocess, "preprocess", needs_network=False)
     # Caching: the key is the InputData URI and the arguments, not the bytes behind the URI, so a hit is
     # only correct if the user vouches that a URI's content never changes (docs/aws.md, "Step caching").
@@ -240,11 +256,7 @@ def _preprocess_step(spec: Spec, session: Any, params: dict[str, Any]) -> Any:
         name=PREPROCESS,
         display_name=PREPROCESS,  # the public schema allows only [A-Za-z0-9-_] here
         description="Read the input matrix, check for non-finite values, L2-normalize rows, write float32 chunks",
-        step_args=processor.run(
-            inputs=[_s3_input(MATRIX, params["InputData"], processing_input_path(MATRIX))],
-            outputs=[_s3_output(NORMALIZED, _run_uri(params, "normalized"), processing_output_path(NORMALIZED))],
-            arguments=arguments,
-        ),
+        step_args=processor.run(inputs=inputs, outputs=outputs, arguments=arguments),
         cache_config=cache,
         retry_policies=_capacity_retry(spec),
     )
@@ -306,6 +318,7 @@ def _similarity_step(spec: Spec, session: Any, params: dict[str, Any], preproces
             MIN_SCORE: params["MinScore"].to_string(),
             MEMORY_BUDGET_MB: str(s.memory_budget_mb),
             THREADS: "0",
+            **({MODE: QUERIES_MODE} if spec.mode == QUERIES_MODE else {}),
         },
     )
     # The hosts' progress lines become Studio charts (per host): SageMaker applies these regexes to their output.
@@ -318,11 +331,25 @@ def _similarity_step(spec: Spec, session: Any, params: dict[str, Any], preproces
             s3_data_distribution_type="FullyReplicated",  # every host holds the whole matrix
         ),
     )
+    channels = [channel]
+    if spec.mode == QUERIES_MODE:
+        from sagemaker.core.workflow.functions import Join
+
+        # Each host gets about 1/n of the query chunk files, by count (AWS API reference, S3DataSource); the
+        # corpus stays FullyReplicated. The prefix is the chunks folder only: every object there is a chunk file.
+        channels.append(InputData(
+            channel_name=QUERIES,
+            data_source=S3DataSource(
+                s3_data_type="S3Prefix",
+                s3_uri=Join(on="/", values=[_queries_uri(preprocess), QUERY_CHUNKS]),
+                s3_data_distribution_type="ShardedByS3Key",
+            ),
+        ))
     return TrainingStep(
         name=SIMILARITY,
         display_name=SIMILARITY,
         description="On InstanceCount hosts, each host computes the top-k cosine neighbours of its share of rows",
-        step_args=trainer.train(input_data_config=[channel]),
+        step_args=trainer.train(input_data_config=channels),
         retry_policies=_capacity_retry(spec),
     )
 
@@ -338,6 +365,13 @@ def _merge_step(spec: Spec, session: Any, params: dict[str, Any], preprocess: An
     ]  # fmt: skip
     for name, param in params.items():  # the execution's parameters, recorded in the artifact's manifest
         arguments += [Join(on="", values=[f"--parameter={name}=", param])]
+    inputs = [
+        _s3_input(SHARDS, similarity.properties.ModelArtifacts.S3ModelArtifacts, processing_input_path(SHARDS)),
+        _s3_input(NORMALIZED, _normalized_uri(preprocess), processing_input_path(NORMALIZED)),
+    ]
+    if spec.mode == QUERIES_MODE:
+        arguments += [_option("mode", QUERIES_MODE)]
+        inputs.append(_s3_input(QUERIES, _queries_uri(preprocess), processing_input_path(QUERIES)))
     # Merge needs no network: SageMaker moves its data in and out (registering is the next step's job).
     processor = _processor(spec, session, spec.merge, "merge", needs_network=False)
     return ProcessingStep(
@@ -345,10 +379,7 @@ def _merge_step(spec: Spec, session: Any, params: dict[str, Any], preprocess: An
         display_name=MERGE,
         description="Check that every row is covered once, write the neighbours artifact",
         step_args=processor.run(
-            inputs=[
-                _s3_input(SHARDS, similarity.properties.ModelArtifacts.S3ModelArtifacts, processing_input_path(SHARDS)),
-                _s3_input(NORMALIZED, _normalized_uri(preprocess), processing_input_path(NORMALIZED)),
-            ],
+            inputs=inputs,
             outputs=[_s3_output(ARTIFACT, _run_uri(params, "artifact"), processing_output_path(ARTIFACT))],
             arguments=arguments,
         ),

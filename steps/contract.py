@@ -20,6 +20,9 @@ OPT_ML_ENV = "ALLPAIRS_OPT_ML"
 
 # Processing inputs/outputs and the training channel, by the names the definition gives them.
 MATRIX, NORMALIZED, SHARDS, ARTIFACT, REGISTRATION = "matrix", "normalized", "shards", "artifact", "registration"
+# Queries mode: Preprocess's query input and output, and the training channel of the query chunk files
+# (ShardedByS3Key: each host gets some of the files), which is that output's QUERY_CHUNKS folder.
+QUERIES, QUERY_CHUNKS = "queries", "chunks"
 
 
 def processing_input_path(name: str) -> str:
@@ -90,6 +93,13 @@ FAULT_MARKER = "fault injected:"  # a host killed on purpose says so first: the 
 TOP_K, MIN_SCORE, MEMORY_BUDGET_MB, THREADS = "top_k", "min_score", "memory_budget_mb", "threads"
 HYPERPARAMETERS = (TOP_K, MIN_SCORE, MEMORY_BUDGET_MB, THREADS)
 NO_THRESHOLD = -1.0  # min_score at or below it keeps every pair
+# Optional: absent is the self-join (every row against every row); "queries" is each query row against the corpus.
+MODE = "mode"
+ALL_PAIRS_MODE, QUERIES_MODE = "all_pairs", "queries"
+MODES = (ALL_PAIRS_MODE, QUERIES_MODE)  # pipeline.yaml's `mode`, the first the default
+# Queries mode: whether a query whose id is also a corpus id may have that corpus row as a neighbour.
+SELF_RULES = ("exclude-same-id", "keep")  # the first is the default: the self-join's "never its own neighbour"
+DEFAULT_QUERY_FILES = 64  # query chunk files: an InstanceCount dividing it gets exactly equal counts of them
 
 # Merge receives every pipeline parameter as --parameter Name=value (for the record) and checks the shards
 # against these two: shards of another execution's TopK or MinScore are never merged.
@@ -130,6 +140,7 @@ IDS_FILE = "ids.parquet"
 REGISTRATION_FILE = "registration.json"
 NEIGHBORS_PARQUET, NEIGHBORS_NPY, SCORES_NPY = "neighbors.parquet", "neighbors.npy", "scores.npy"
 ROWS_PARQUET, ID_INDEX_PARQUET = "rows.parquet", "id_index.parquet"  # the artifact's rows; its ids, sorted
+CORPUS_PARQUET = "corpus.parquet"  # queries mode: the corpus rows the neighbour indices name (`row, id, input_row`)
 REPORT_HTML = "report.html"  # the artifact at a glance, for a browser (steps/formats/report.py)
 # The result: the same bytes whatever the host count, budget or resume (steps/formats/artifact.py).
 ARTIFACT_DATA_FILES = (NEIGHBORS_PARQUET, NEIGHBORS_NPY, SCORES_NPY, ROWS_PARQUET, ID_INDEX_PARQUET)
@@ -139,6 +150,7 @@ ARTIFACT_FILES = (*ARTIFACT_DATA_FILES, REPORT_HTML, MANIFEST)
 NORMALIZED_FORMAT = ("allpairs.normalized", 2)  # 2: ids.parquet carries each row's input_row
 SHARD_FORMAT = ("allpairs.shard", 2)  # 2: partial lists, each covering some column blocks of the grid
 CHECKPOINT_FORMAT = ("allpairs.checkpoint", 2)  # 2: per pass of the grid, its lists and its state
+QUERIES_FORMAT = ("allpairs.queries", 1)  # Preprocess -> Similarity (chunk files), Merge (ids, manifest)
 ARTIFACT_FORMAT = ("allpairs.artifact", 2)  # 2: self-contained (rows.parquet, id_index.parquet), fixed parquet layout
 
 # ---- progress lines and the training step's metrics ---------------------------------------------------------

@@ -3,6 +3,8 @@
     python3 -m steps.preprocess --input-uri=<InputData> [--id-column=NAME] [--non-finite=error|drop]
                                 [--chunk-rows=N] [--memory-budget-mb=MB] [--vector-column=NAME]
                                 [--delimiter=C]
+                                [--query-uri=<QueryData> [--query-id-column=NAME] [--query-files=F]
+                                 [--self-rule=exclude-same-id|keep]]   (queries mode)
 
 Reads the channel /opt/ml/processing/input/matrix/ (see steps/readers/ for formats and file rules) and
 writes /opt/ml/processing/output/normalized/ as docs/container-contract.md section 1 says.
@@ -12,6 +14,10 @@ Streaming: the input is read in bounded batches; at most one output chunk (float
 buffers are sized in bytes from the row width, half of --memory-budget-mb each (`buffer_rows`), before they
 are allocated: a row too wide for the budget is refused naming preprocess.memory_budget_mb, and a wide matrix
 (5 x 100,000) gets smaller chunks instead of a chunk_rows x D buffer.
+
+Queries mode (--query-uri): the query matrix (channel /opt/ml/processing/input/queries/) is read, checked and
+normalized the same way (a scratch normalized folder), then cut into balanced, self-contained chunk files in
+/opt/ml/processing/output/queries/ (steps/formats/queries.py says how and why).
 
 Conversion: every input type ends as float32 (the kernel's type). What that costs is stated, not hidden: the
 manifest's input.conversion and the step's log say it for float64 and integer input (precision; for
@@ -35,10 +41,12 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .contract import (DEFAULT_CHUNK_ROWS, DEFAULT_PREPROCESS_BUDGET_MB, MATRIX, NON_FINITE_POLICIES, NORMALIZED,
-                       PROCESSING, here, processing_input_path, processing_output_path)
+from .contract import (DEFAULT_CHUNK_ROWS, DEFAULT_PREPROCESS_BUDGET_MB, DEFAULT_QUERY_FILES, MATRIX,
+                       NON_FINITE_POLICIES, NORMALIZED, PROCESSING, QUERIES, SCRATCH_PATH, SELF_RULES, here,
+                       processing_input_path, processing_output_path)
 from .errors import StepArgumentParser, StepError, run_step
-from .formats.normalized import NormalizedWriter, publish
+from .formats import queries as query_format
+from .formats.normalized import NormalizedWriter, load_normalized, publish
 from .input_shape import ShapeUnknown, file_reader, read_shape
 from .io import sha256_file, sha256_text
 from .progress import Progress
@@ -68,9 +76,18 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                         help="parquet: the list column holding the vectors (default: the only one)")
     parser.add_argument("--delimiter", default=None,
                         help="CSV/TSV: the field delimiter, one character (default: a tab for .tsv, else a comma)")
+    parser.add_argument("--query-uri", default=None, help="queries mode: where the queries came from")
+    parser.add_argument("--query-id-column", default=None, help="column holding the query ids (parquet/csv)")
+    parser.add_argument("--query-files", type=int, default=DEFAULT_QUERY_FILES,
+                        help="query chunk files (queries.chunk_files): balanced by count across the hosts")
+    parser.add_argument("--self-rule", choices=SELF_RULES, default=SELF_RULES[0],
+                        help="a query whose id is a corpus id: exclude that corpus row (default) or keep it")
     args = parser.parse_args(list(argv))
     if args.delimiter is not None and len(args.delimiter) != 1:
         parser.error(f"--delimiter must be one character, got {args.delimiter!r}")
+    if args.query_files < 1:
+        parser.error(f"--query-files must be at least 1, got {args.query_files}")
+    args.query_id_column = args.query_id_column or None
     if args.chunk_rows < 1:
         parser.error(f"--chunk-rows must be at least 1, got {args.chunk_rows}")
     if args.memory_budget_mb < 16:
@@ -383,11 +400,62 @@ def _manifest(plan: MatrixPlan, input_uri: str, non_finite: str, out: Normalized
     )
 
 
+def preprocess_queries(input_dir: Path, corpus_dir: Path, output_dir: Path, scratch: Path, query_uri: str,
+                       id_column: str | None = None, non_finite: str = "error", files: int = DEFAULT_QUERY_FILES,
+                       rule: str = SELF_RULES[0], chunk_rows: int = DEFAULT_CHUNK_ROWS,
+                       budget_mb: int = DEFAULT_PREPROCESS_BUDGET_MB, vector_column: str | None = None,
+                       delimiter: str | None = None) -> dict:
+    """Queries mode: the query matrix read and normalized as the corpus is (into `scratch`; a parquet vector
+    column and a CSV delimiter are the corpus's settings), then cut into the queries folder's balanced chunk
+    files (steps/formats/queries.py). Returns its manifest."""
+    corpus = load_normalized(corpus_dir, verify=False)
+    if corpus.sparse:
+        raise StepError(f"queries mode takes dense vectors, and the corpus ({corpus_dir}) is sparse .npz: the "
+                        "sparse kernel runs self-joins only; use mode: all_pairs, or give dense .npy/parquet/CSV")
+    normalized_dir = scratch / "queries-normalized"
+    shutil.rmtree(normalized_dir, ignore_errors=True)
+    try:
+        try:
+            pre = preprocess(input_dir, normalized_dir, query_uri, id_column, non_finite, chunk_rows, budget_mb,
+                             vector_column, delimiter)
+        except StepError as exc:  # the readers' messages name the corpus's settings: say the queries' instead
+            raise StepError(f"the queries ({query_uri}): {as_queries(str(exc))}") from None
+        if pre.get("layout") == "sparse":
+            raise StepError(f"the queries ({query_uri}) are sparse .npz: queries mode takes dense vectors "
+                            "(.npy, parquet or CSV of the corpus's dimension)")
+        if pre["dim"] != corpus.dim:
+            raise StepError(f"the queries ({query_uri}) have {pre['dim']} features per row, the corpus "
+                            f"{corpus.dim}: point QueryData at vectors of the corpus's dimension")
+        max_rows = buffer_rows(pre["dim"], chunk_rows, budget_mb)[0]
+        return query_format.write_queries(load_normalized(normalized_dir), corpus, output_dir, files, rule, max_rows)
+    finally:
+        shutil.rmtree(normalized_dir, ignore_errors=True)
+
+
+QUERY_SETTINGS = (("InputData", "QueryData"), ("input.id_column", "queries.id_column"),
+                  ("processing input 'matrix'", "processing input 'queries'"))
+
+
+def as_queries(message: str) -> str:
+    """A reader's message about the query input: the settings it names are the queries' ones."""
+    for corpus, queries in QUERY_SETTINGS:
+        message = message.replace(corpus, queries)
+    return message
+
+
 def main(argv: Sequence[str]) -> None:
     args = parse_args(argv)
     manifest = preprocess(here(processing_input_path(MATRIX)), here(processing_output_path(NORMALIZED)),
                           args.input_uri, args.id_column, args.non_finite, args.chunk_rows, args.memory_budget_mb,
                           args.vector_column, args.delimiter)
+    if args.query_uri is not None:
+        queries = preprocess_queries(here(processing_input_path(QUERIES)), here(processing_output_path(NORMALIZED)),
+                                     here(processing_output_path(QUERIES)), here(SCRATCH_PATH), args.query_uri,
+                                     args.query_id_column, args.non_finite, args.query_files, args.self_rule,
+                                     args.chunk_rows, args.memory_budget_mb, args.vector_column, args.delimiter)
+        print(f"preprocess: {queries['rows']} query rows in {len(queries['files'])} chunk file(s); "
+              f"{queries['excluded']} query id(s) also in the corpus (self rule {queries['self_rule']}); "
+              f"{queries['zero_rows']} all-zero query row(s); {queries['dropped_rows']} dropped")
     print(f"preprocess: {manifest['rows']} rows x {manifest['dim']} from {len(manifest['input']['files'])} "
           f"{manifest['input']['format']} file(s); {len(manifest['chunks'])} chunk(s); ids from "
           f"{manifest['ids']['source']}; {manifest['zero_rows']} all-zero row(s); "

@@ -31,6 +31,7 @@ from .errors import Terminated
 from .faults import read_fault
 from .formats import checkpoints, shards
 from .kernel import Corpus, Grid, KernelConfig, Pass, PartialList, Paused, Snapshot, host_passes
+from .kernel.queries import QueryPass, query_passes, query_width
 from .progress import Progress
 
 Log = Callable[[str], None]
@@ -150,7 +151,7 @@ def compute(corpus: Corpus, fingerprint: str, host: Host, config: KernelConfig, 
 def _resume(p: Pass, w: Work, log: Log) -> None:
     """Restore the pass from its checkpointed state; one that does not fit it (paused inside a step with other
     product tiles: another instance type) is dropped, with the lists it vouches for, and the pass starts again."""
-    where = f"the pass of block rows [{w.blocks.start}, {w.blocks.stop})"
+    where = f"the pass of {getattr(p, 'rows_label', 'block rows')} [{w.blocks.start}, {w.blocks.stop})"
     try:
         p.restore(Snapshot(**w.record.snapshot()))
     except (ValueError, OSError) as exc:
@@ -222,6 +223,71 @@ def _run_pass(p: Pass, w: Work, store, writer: shards.ShardWriter, interval: flo
             if stop.set and not last_step:
                 saved = "all of it is in checkpoints and a restart resumes from there" if store else \
                     "no checkpoint directory (/opt/ml/checkpoints), so a restart starts again"
-                raise Terminated(f"the pass of block rows [{p.blocks.start}, {p.blocks.stop}) stopped with "
+                raise Terminated(f"the pass of {getattr(p, 'rows_label', 'block rows')} [{p.blocks.start}, "
+                                 f"{p.blocks.stop}) stopped with "
                                  f"{checkpoints.progress_text(p.next_step, len(p.steps), p.products_done)}; {saved}")
     checkpoint(done=True)
+
+
+# ---- queries mode ----------------------------------------------------------------------------------------------
+
+
+def compute_queries(corpus: Corpus, fingerprint: str, chunks: list, host: Host, config: KernelConfig, out_dir: Path,
+                    checkpoint_dir: Path | None, log: Log, top_k: int | None = None) -> dict:
+    """Queries mode: the query chunk files this host received (steps/formats/queries.py QueryChunk, any of
+    them, maybe none), each query row against the whole corpus, in passes (steps/kernel/queries.py) run,
+    checkpointed and stopped by the same code as the self-join's. In the checkpoints a pass is named by its query
+    rows (a grid of blocks of one row over the query rows), so a restart with another InstanceCount, whose hosts
+    get other files, still finds every finished pass: passes depend on a file and the budget, not on the host."""
+    began, cpu_began = time.time(), time.process_time()
+    queries_fingerprint = chunks[0].fingerprint if chunks else None
+    rows = chunks[0].rows if chunks else 0
+    # A step's corpus rows at most (as a self-join step is one corpus block): in the checkpoints' key with the grid.
+    step_rows = Grid.for_rows(corpus.rows, int(os.environ.get(BLOCK_ROWS_ENV) or 0) or None).block
+    grid = {"rows": rows, "block": 1, "blocks": rows, "corpus_block": step_rows}
+    zero = corpus.zero_mask()
+    width = query_width(config.k, corpus.rows)
+    work: list[Work] = [Work(r) for c in chunks for r in query_passes(c.start, c.stop, config, corpus.dim, corpus.rows)]
+    store = None
+    if checkpoint_dir is not None and chunks:
+        expected = {"format": CHECKPOINT_FORMAT[0], "version": CHECKPOINT_FORMAT[1], "fingerprint": queries_fingerprint,
+                    "k": config.k, "min_score": config.threshold, "grid": grid, "width": width}
+        key = checkpoints.checkpoint_key(queries_fingerprint, config.k, config.threshold, grid, width)
+        store = checkpoints.Store(checkpoint_dir, key, expected, log, read_fault(), QueryPass.rows_label)
+        records = store.scan([w.blocks for w in work])
+        for w in work:
+            w.record = records.get((w.blocks.start, w.blocks.stop))
+            w.reuse_only = bool(w.record and w.record.done)
+    by_rows = {(c.start, c.stop): c for c in chunks}
+    passes = {}
+    for w in work:
+        if w.reuse_only:
+            log(f"reusing the finished pass of query rows [{w.blocks.start}, {w.blocks.stop}) from checkpoints")
+            continue
+        c = next(c for (a, b), c in by_rows.items() if a <= w.blocks.start and w.blocks.stop <= b)
+        lo, hi = w.blocks.start - c.start, w.blocks.stop - c.start
+        passes[id(w)] = p = QueryPass(corpus, c.vectors[lo:hi], w.blocks, c.exclude[lo:hi], config, zero, step_rows)
+        if w.record is not None:
+            _resume(p, w, log)
+    total_rows = sum(len(w.blocks) for w in work)
+    steps = sum(len(p.steps) for p in passes.values())
+    resumed = sum(p.next_step for p in passes.values())
+    todo = sum(len(p.blocks) for p in passes.values())
+    # A query row costs N x dim products against the corpus, 2 flops each.
+    progress = _Steps(Progress(todo, 2.0 * corpus.rows * corpus.dim, log), todo, steps, resumed)
+    interval = checkpoints.read_interval()
+    stop = _StopFlag()
+    with contextlib.ExitStack() as stack:
+        writer = shards.ShardWriter(out_dir, host.name, total_rows, config.k, stack)
+        with stop.installed():
+            for w in work:
+                if w.reuse_only:
+                    _copy(w.record.lists, writer)
+                    continue
+                _run_pass(passes[id(w)], w, store, writer, interval, progress, stop, log)
+    extra = {"mode": "queries", "queries_fingerprint": queries_fingerprint,
+             "query_files": [{"file": c.path.name, "start": c.start, "stop": c.stop, "sha256": c.sha256}
+                             for c in chunks]}
+    return shards.write_meta(out_dir, writer, host.hosts, grid, config.threshold, fingerprint,
+                             os.environ.get(TRAINING_JOB_ENV), resumed, round(time.time() - began, 3),
+                             round(time.process_time() - cpu_began, 3), top_k, corpus.kernel, extra)

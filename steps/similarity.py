@@ -23,9 +23,11 @@ from pathlib import Path
 from typing import Sequence
 
 from . import share
-from .contract import (CHECKPOINT_PATH, HYPERPARAMETERS, MEMORY_BUDGET_MB, MIN_SCORE, MODEL_PATH, NO_THRESHOLD,
-                       NORMALIZED, THREADS, TOP_K, TRAINING, TRAINING_CONFIG_PATH, Host, channel_path, here, read_host)
+from .contract import (ALL_PAIRS_MODE, CHECKPOINT_PATH, HYPERPARAMETERS, MEMORY_BUDGET_MB, MIN_SCORE, MODE,
+                       MODEL_PATH, NO_THRESHOLD, NORMALIZED, QUERIES, QUERIES_MODE, THREADS, TOP_K, TRAINING,
+                       TRAINING_CONFIG_PATH, Host, channel_path, here, read_host)
 from .errors import StepError, run_step
+from .formats import queries as query_format
 from .formats.normalized import load_normalized, read_manifest
 from .instances import PROGRAM_MB, facts
 from .kernel import Corpus, KernelConfig
@@ -42,6 +44,7 @@ class Settings:
     min_score: float | None  # None: every pair is kept
     memory_budget_mb: int
     threads: int
+    mode: str = ALL_PAIRS_MODE  # or QUERIES_MODE: the query rows of the `queries` channel against the corpus
 
     def kernel(self) -> KernelConfig:
         return KernelConfig(self.top_k, self.min_score, self.memory_budget_mb << 20, self.threads)
@@ -85,7 +88,11 @@ def read_settings(path: Path) -> Settings:
                         "(-1 disables it)")
     if budget < 16:
         raise StepError(f"memory_budget_mb={budget}: must be at least 16 (MB); raise similarity.memory_budget_mb")
-    return Settings(k, None if min_score <= NO_THRESHOLD else min_score, budget, threads)
+    mode = raw.get(MODE, ALL_PAIRS_MODE)
+    if mode not in (ALL_PAIRS_MODE, QUERIES_MODE):
+        raise StepError(f"{path}: hyperparameter {MODE}={mode!r}: must be {ALL_PAIRS_MODE} or {QUERIES_MODE} "
+                        "(compile the pipeline with `python -m pipeline definition`)")
+    return Settings(k, None if min_score <= NO_THRESHOLD else min_score, budget, threads, mode)
 
 
 def check_instance_count(hosts: int, rows: int) -> None:
@@ -110,6 +117,33 @@ def compute_shard(normalized_dir: Path, host: Host, settings: Settings, out_dir:
     if data.sparse:
         log(corpus.describe())
     return share.compute(corpus, data.fingerprint, host, config, out_dir, checkpoint_dir, log, top_k)
+
+
+def compute_query_shard(normalized_dir: Path, queries_dir: Path, host: Host, settings: Settings, out_dir: Path,
+                        checkpoint_dir: Path | None = None, available: int | None = None) -> dict:
+    """Queries mode: the query chunk files this host received (ShardedByS3Key: any of them, maybe none), each
+    query row against the whole corpus; the shard lists the files it covered. More hosts than files is allowed:
+    a host without any writes an empty shard saying so, which Merge accepts."""
+    check_fits(normalized_dir, host, settings, available_memory() if available is None else available)
+    data = load_normalized(normalized_dir)
+    log = host_log(host)
+    files = query_format.chunk_files(queries_dir)
+    chunks = [query_format.read_chunk(path, data.rows, data.dim) for path in files]
+    for c in chunks[1:]:
+        if (c.fingerprint, c.rows) != (chunks[0].fingerprint, chunks[0].rows):
+            raise StepError(f"{c.path}: from another query set than {chunks[0].path.name} (fingerprint "
+                            f"{c.fingerprint[:12]}, not {chunks[0].fingerprint[:12]}); the queries channel must hold "
+                            "one Preprocess output's queries/chunks: rerun the Preprocess step")
+    if chunks:
+        log(f"received {len(chunks)} query chunk file(s) of {chunks[0].rows} query rows: "
+            f"{', '.join(c.path.name for c in chunks)}")
+    else:
+        log("received no query chunk file (ShardedByS3Key gives each host about 1/n of the files, and there are "
+            "fewer files than hosts): writing an empty shard")
+    most = max(1, data.rows - int(data.manifest.get("zero_rows", 0)))  # no corpus row is a query row
+    top_k, settings = settings.top_k, fit_top_k(settings, most, log)
+    return share.compute_queries(Corpus(data.chunks), data.fingerprint, chunks, host, settings.kernel(), out_dir,
+                                 checkpoint_dir, log, top_k)
 
 
 def fit_top_k(settings: Settings, max_neighbors: int, log) -> Settings:
@@ -194,7 +228,11 @@ def main(argv: Sequence[str]) -> None:
     config = here(TRAINING_CONFIG_PATH)
     host = host_identity(config / "resourceconfig.json")
     settings = read_settings(config / "hyperparameters.json")
-    meta = compute_shard(here(channel_path(NORMALIZED)), host, settings, here(MODEL_PATH), here(CHECKPOINT_PATH))
+    if settings.mode == QUERIES_MODE:
+        meta = compute_query_shard(here(channel_path(NORMALIZED)), here(channel_path(QUERIES)), host, settings,
+                                   here(MODEL_PATH), here(CHECKPOINT_PATH))
+    else:
+        meta = compute_shard(here(channel_path(NORMALIZED)), host, settings, here(MODEL_PATH), here(CHECKPOINT_PATH))
     print(f"{host.name}: {len(meta['lists'])} partial lists ({meta['rows']} rows) done in {meta['seconds']} s "
           f"({meta['resumed_steps']} steps resumed from checkpoints)", flush=True)
 

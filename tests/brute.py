@@ -37,3 +37,30 @@ def brute_force(Xn: np.ndarray, k: int, min_score: float | None = None):
         neighbors[i, : len(keep)] = keep
         scores[i, : len(keep)] = S[i, keep]
     return neighbors, scores
+
+
+def brute_queries(Qn: np.ndarray, Xn: np.ndarray, k: int, min_score: float | None = None,
+                  exclude: np.ndarray | None = None):
+    """Top-k of Qn @ Xn.T: each query row against every corpus row (zero rows excluded both ways, ties by lower
+    corpus index), with the same canonical scores as brute_force; `exclude[q]` >= 0: a corpus row query q may
+    not have (its own id in the corpus)."""
+    Q, N = len(Qn), len(Xn)
+    S = np.clip((Qn.astype(np.float64) @ Xn.astype(np.float64).T).astype(np.float32), -1, 1)
+    live = Qn.any(axis=1)[:, None]
+    S[(Qn[:, None, :] == Xn[None, :, :]).all(axis=2) & live] = 1
+    S[(Qn[:, None, :] == -Xn[None, :, :]).all(axis=2) & live] = -1
+    S[:, ~Xn.any(axis=1)] = -np.inf
+    S[~Qn.any(axis=1)] = -np.inf
+    if exclude is not None:
+        rows = np.flatnonzero(exclude >= 0)
+        S[rows, exclude[rows]] = -np.inf
+    if min_score is not None:
+        S[S < np.float32(min_score)] = -np.inf
+    neighbors = np.full((Q, k), -1, dtype=np.int64)
+    scores = np.full((Q, k), np.nan, dtype=np.float32)
+    for i in range(Q):
+        order = np.lexsort((np.arange(N), -S[i]))[:k]
+        keep = order[np.isfinite(S[i, order])]
+        neighbors[i, : len(keep)] = keep
+        scores[i, : len(keep)] = S[i, keep]
+    return neighbors, scores

@@ -19,6 +19,7 @@ import pytest
 from pipeline.compile import STEP_NAMES, compile_definition
 from pipeline.errors import CompileError
 from pipeline.spec import PARAMETER_NAMES, load_spec
+from pipeline.spec.parameters import parameters_of
 from steps.contract import METRIC_DEFINITIONS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -164,7 +165,7 @@ def test_parameters_names_types_defaults_and_enums(definition):
             "EnumValues": ["PendingManualApproval", "Approved", "Rejected"],
         },
     ]
-    assert tuple(p["Name"] for p in definition["Parameters"]) == PARAMETER_NAMES
+    assert tuple(p["Name"] for p in definition["Parameters"]) == tuple(p.name for p in parameters_of("all_pairs"))
     assert definition["PipelineExperimentConfig"] is None
 
 
@@ -305,7 +306,7 @@ def test_merge_step(steps):
     app = args["AppSpecification"]
     assert app["ContainerEntrypoint"] == ["python3", "-m", "steps.merge"]
     records = []
-    for name in PARAMETER_NAMES:
+    for name in (p.name for p in parameters_of("all_pairs")):
         records += [{"Std:Join": {"On": "", "Values": [f"--parameter={name}=", get(name)]}}]
     assert app["ContainerArguments"] == [
         option("execution-id", EXEC_ID),

@@ -415,7 +415,8 @@ def bad_input_cases():
          "bad arguments: --chunk-rows must be at least 1, got 0; usage: python -m steps.preprocess "
          "[-h] --input-uri INPUT_URI [--id-column ID_COLUMN] [--non-finite {error,drop}] "
          "[--chunk-rows CHUNK_ROWS] [--memory-budget-mb MEMORY_BUDGET_MB] [--vector-column VECTOR_COLUMN] "
-         "[--delimiter DELIMITER]"),
+         "[--delimiter DELIMITER] [--query-uri QUERY_URI] "
+         "[--query-id-column QUERY_ID_COLUMN] [--query-files QUERY_FILES] [--self-rule {exclude-same-id,keep}]"),
     ]
 
 

@@ -8,6 +8,7 @@ import pytest
 
 from pipeline.errors import SpecError
 from pipeline.spec import PARAMETER_NAMES, load_spec
+from pipeline.spec.parameters import parameters_of
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "pipeline.yaml"
@@ -61,7 +62,7 @@ def test_shipped_spec_loads_with_every_attribute_typed():
     assert spec.region == "us-east-1"
     assert spec.role_arn == "arn:aws:iam::123456789012:role/AllpairsSageMakerRole"
     assert spec.image == "123456789012.dkr.ecr.us-east-1.amazonaws.com/allpairs:latest"
-    assert list(spec.parameters) == list(PARAMETER_NAMES)
+    assert list(spec.parameters) == [p.name for p in parameters_of("all_pairs")]
     assert spec.parameters == {
         "InputData": "s3://my-bucket/allpairs/input/",
         "OutputPrefix": "s3://my-bucket/allpairs/runs",
@@ -158,7 +159,8 @@ def test_unknown_key_suggests_the_closest_name(write):
 def test_unknown_key_without_a_close_match_lists_the_allowed_keys(write):
     assert error_of(write(MINIMAL + "zzz: 1\n")) == (
         "pipeline.yaml:9: zzz: unknown key; expected one of: name, region, role_arn, image, job_name_prefix, tags, "
-        "parameters, instance_types, input, preprocess, similarity, merge, security, retry, cache, local"
+        "mode, parameters, instance_types, input, queries, preprocess, similarity, merge, security, retry, cache, "
+        "local"
     )
 
 
@@ -306,8 +308,8 @@ def test_section_must_be_a_mapping(write):
 def test_empty_file(write):
     assert error_of(write("# nothing yet\n")) == (
         "pipeline.yaml:1: the spec is empty; expected a mapping with keys name, region, role_arn, image, "
-        "job_name_prefix, tags, parameters, instance_types, input, preprocess, similarity, merge, security, "
-        "retry, cache, local"
+        "job_name_prefix, tags, mode, parameters, instance_types, input, queries, preprocess, similarity, merge, "
+        "security, retry, cache, local"
     )
 
 

@@ -25,6 +25,7 @@ from .storage import (deliver_file, deliver_tree, download_prefix, files_under, 
 
 # The image's `train` (containers/ maps it to this module); locally it runs with this interpreter.
 TRAIN_MODULE = "steps.similarity"
+FULLY_REPLICATED, SHARDED_BY_S3_KEY = "FullyReplicated", "ShardedByS3Key"  # S3DataDistributionType
 
 
 @dataclass
@@ -179,7 +180,7 @@ def run_training(plan: StepPlan, args: Mapping, ctx: JobContext) -> dict[str, ob
     where = f"step {plan.name}"
     check_encryption_flag(args.get("EnableInterContainerTrafficEncryption"), where)
     hosts = [f"algo-{i}" for i in range(1, instance_count(args, where) + 1)]
-    channels = stage_channels(plan, args, ctx, where)
+    channels = stage_channels(plan, args, ctx, where, hosts)
     shared_checkpoints, checkpoint_uri = prepare_checkpoints(args, ctx, where)
     faults = host_faults(ctx.faults, plan.name, hosts)
     argv = training_argv(args, where)
@@ -229,9 +230,12 @@ def training_argv(args: Mapping, where: str) -> list[str]:
     return command_argv(entrypoint, algorithm.get("ContainerArguments") or [], where)
 
 
-def stage_channels(plan: StepPlan, args: Mapping, ctx: JobContext, where: str) -> dict[str, Path]:
-    """Each FullyReplicated channel is staged once; every host links to that one copy."""
-    staged = {}
+def stage_channels(plan: StepPlan, args: Mapping, ctx: JobContext, where: str,
+                   hosts: Sequence[str]) -> dict[str, dict[str, Path]]:
+    """Each channel is staged once; each host's channel directory by host. FullyReplicated: every host links to
+    that one copy. ShardedByS3Key: each host gets its own directory linking its share of the objects
+    (`shard_by_s3_key`)."""
+    staged: dict[str, dict[str, Path]] = {}
     raw_channels = plan.arguments.get("InputDataConfig") or []
     for channel, raw in zip(args.get("InputDataConfig") or [], raw_channels):
         name = channel.get("ChannelName")
@@ -239,14 +243,44 @@ def stage_channels(plan: StepPlan, args: Mapping, ctx: JobContext, where: str) -
         source = (channel.get("DataSource") or {}).get("S3DataSource")
         if not source:
             raise bug(here, "only S3DataSource channels run locally")
-        if source.get("S3DataDistributionType", "FullyReplicated") != "FullyReplicated":
-            raise bug(here, f"S3DataDistributionType {source.get('S3DataDistributionType')} does not run locally (only FullyReplicated)")
+        distribution = source.get("S3DataDistributionType", FULLY_REPLICATED)
+        if distribution not in (FULLY_REPLICATED, SHARDED_BY_S3_KEY):
+            raise bug(here, f"S3DataDistributionType {distribution!r} is neither {FULLY_REPLICATED} nor "
+                            f"{SHARDED_BY_S3_KEY}")
         if not isinstance(source.get("S3Uri"), str):
             raise bug(here, f"S3Uri resolved to {source.get('S3Uri')!r}, not a string")
         fix = input_fix(((raw.get("DataSource") or {}).get("S3DataSource") or {}).get("S3Uri"))
-        staged[name] = ctx.step_dir / "channels" / name
-        stage_input(source["S3Uri"], staged[name], here, fix)
+        whole = ctx.step_dir / "channels" / name
+        stage_input(source["S3Uri"], whole, here, fix)
+        if distribution == FULLY_REPLICATED:
+            staged[name] = {host: whole for host in hosts}
+            continue
+        keys = object_keys(whole)
+        staged[name] = {}
+        for host, share in zip(hosts, shard_by_s3_key(keys, len(hosts))):
+            mine = staged[name][host] = ctx.step_dir / "channels" / f"{name}.{host}"
+            mine.mkdir(parents=True)
+            for key in share:
+                (mine / key).parent.mkdir(parents=True, exist_ok=True)
+                (mine / key).symlink_to((whole / key).resolve())
     return staged
+
+
+def object_keys(staged: Path) -> list[str]:
+    """The objects of a staged channel as S3 keys relative to its prefix, in S3's order (UTF-8 bytes)."""
+    keys = [path.relative_to(staged).as_posix() for path in files_under(staged)]
+    return sorted(keys, key=lambda key: key.encode())
+
+
+def shard_by_s3_key(keys: Sequence[str], hosts: int) -> list[list[str]]:
+    """ShardedByS3Key: "If there are n ML compute instances launched for a training job, each instance gets
+    approximately 1/n of the number of S3 objects" (API reference, S3DataSource.S3DataDistributionType:
+    https://docs.aws.amazon.com/sagemaker/latest/APIReference/API_S3DataSource.html). Objects, not bytes or rows:
+    host i of n gets the keys [i*F//n, (i+1)*F//n) of the F in key order, so 20 objects on 6 hosts give 3, 3, 4,
+    3, 3, 4, and hosts beyond the objects get none ("some nodes won't get any data", same page). AWS does not
+    document which objects go where: the step code never assumes it (each host reads the files it received)."""
+    count = len(keys)
+    return [list(keys[i * count // hosts:(i + 1) * count // hosts]) for i in range(hosts)]
 
 
 def prepare_checkpoints(args: Mapping, ctx: JobContext, where: str) -> tuple[Path | None, str | None]:
@@ -267,16 +301,17 @@ def prepare_checkpoints(args: Mapping, ctx: JobContext, where: str) -> tuple[Pat
     return shared, uri
 
 
-def prepare_training_host(root: Path, host: str, hosts: list[str], args: Mapping, channels: Mapping[str, Path],
+def prepare_training_host(root: Path, host: str, hosts: list[str], args: Mapping,
+                          channels: Mapping[str, Mapping[str, Path]],
                           shared_checkpoints: Path | None, where: str) -> None:
     config = root / "input" / "config"
     write_json(config / "resourceconfig.json", resource_config(host, hosts))
     write_json(config / "hyperparameters.json", hyperparameters(args, where))
     write_json(config / "inputdataconfig.json", input_data_config(args))
-    for name, staged in channels.items():
+    for name, by_host in channels.items():
         link = root / "input" / "data" / name
         link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(staged, target_is_directory=True)
+        link.symlink_to(by_host[host], target_is_directory=True)
     for directory in ("model", "output/data"):
         (root / directory).mkdir(parents=True, exist_ok=True)
     local = (args.get("CheckpointConfig") or {}).get("LocalPath") or f"{OPT_ML}/checkpoints"
@@ -302,7 +337,7 @@ def input_data_config(args: Mapping) -> dict:
     for channel in args.get("InputDataConfig") or []:
         source = channel["DataSource"]["S3DataSource"]
         entry = {"TrainingInputMode": channel.get("InputMode", mode), "RecordWrapperType": channel.get("RecordWrapperType", "None"),
-                 "S3DistributionType": source.get("S3DataDistributionType", "FullyReplicated")}
+                 "S3DistributionType": source.get("S3DataDistributionType", FULLY_REPLICATED)}
         if channel.get("ContentType"):
             entry["ContentType"] = channel["ContentType"]
         config[channel["ChannelName"]] = entry

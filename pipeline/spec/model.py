@@ -5,6 +5,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from steps.contract import ALL_PAIRS_MODE, DEFAULT_QUERY_FILES, SELF_RULES
+
 from .checks import has_instance_store, kms_instance_store_message
 from .parameters import absolute_location, value_problem
 
@@ -15,6 +17,16 @@ class InputSettings:
     non_finite: str  # "error" | "drop"
     vector_column: str | None = None  # parquet: the list column of vectors (default: the only one)
     delimiter: str | None = None  # CSV/TSV: one character (default: a tab for .tsv, else a comma)
+
+
+@dataclass(frozen=True)
+class QuerySettings:
+    """Queries mode (steps/formats/queries.py): the query input's id column, how many chunk files the queries
+    are cut into (balanced by count across the hosts), and whether a query may have its own id's corpus row."""
+
+    id_column: str | None = None
+    chunk_files: int = DEFAULT_QUERY_FILES
+    self_rule: str = SELF_RULES[0]
 
 
 @dataclass(frozen=True)
@@ -85,7 +97,7 @@ class Spec:
     image: str
     job_name_prefix: str
     tags: dict[str, str]  # on the pipeline and on every job it starts
-    parameters: dict[str, Any]  # defaults of the 8 runtime parameters, in PARAMETER_NAMES order
+    parameters: dict[str, Any]  # defaults of the mode's runtime parameters (parameters_of), in the table's order
     instance_types: tuple[str, ...] | None
     input: InputSettings
     preprocess: PreprocessSettings
@@ -95,6 +107,8 @@ class Spec:
     retry: RetrySettings
     cache: CacheSettings
     local: LocalSettings
+    mode: str = ALL_PAIRS_MODE  # or QUERIES_MODE: compiled into another definition (docs/queries.md)
+    queries: QuerySettings = field(default_factory=QuerySettings)
     lines: dict[str, int] = field(default_factory=dict, repr=False, compare=False)  # YAML path -> line
 
     @property

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from steps.contract import APPROVAL_STATUSES, MIN_SCORE_PARAMETER, TOP_K_PARAMETER
+from steps.contract import ALL_PAIRS_MODE, APPROVAL_STATUSES, MIN_SCORE_PARAMETER, QUERIES_MODE, TOP_K_PARAMETER
 
 from .checks import INSTANCE_TYPE, Check, Invalid, choice, has_scheme, integer, location, number, pattern, s3_uri, show
 
@@ -28,6 +28,7 @@ class Parameter:
     purpose: str = ""  # why its range holds, said when a value is refused
     path: bool = False  # a data location: relative paths are made absolute where they are given
     local_limit: str = ""  # why a local run takes less than the cloud, said when only the local check refuses
+    modes: tuple[str, ...] = (ALL_PAIRS_MODE, QUERIES_MODE)  # the spec's modes whose definition has it
 
 
 # A local run simulates each similarity host as a process of this machine, each memory-mapping the matrix and
@@ -56,9 +57,19 @@ PARAMETERS: tuple[Parameter, ...] = (
               "the model package group the artifact is registered in (default: the pipeline name)"),
     Parameter("ApprovalStatus", "String", APPROVAL_STATUSES[0], choice(APPROVAL_STATUSES),
               choice(APPROVAL_STATUSES), "`PendingManualApproval`, `Approved` or `Rejected`"),
+    # Required in queries mode (its default must be given then), absent from the self-join's definition: a
+    # definition's parameter cannot be empty, so the mode is chosen in the spec, not at start time.
+    Parameter("QueryData", "String", None, s3_uri(False), location(False),
+              "queries mode: the query rows, a file or a prefix like InputData (each gets its top-k among InputData)",
+              path=True, modes=(QUERIES_MODE,)),
 )
 BY_NAME = {p.name: p for p in PARAMETERS}
 PARAMETER_NAMES: tuple[str, ...] = tuple(BY_NAME)
+
+
+def parameters_of(mode: str) -> tuple[Parameter, ...]:
+    """The parameters a definition of this mode has, in the table's order."""
+    return tuple(p for p in PARAMETERS if mode in p.modes)
 
 
 def value_problem(name: str, value: Any, *, local: bool) -> str | None:

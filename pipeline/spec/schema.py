@@ -19,15 +19,15 @@ import yaml
 
 from pipeline.errors import SpecError
 from steps.contract import (DEFAULT_CHECKPOINT_SECONDS, DEFAULT_CHUNK_ROWS, DEFAULT_PREPROCESS_BUDGET_MB,
-                            NON_FINITE_POLICIES)
+                            DEFAULT_QUERY_FILES, MODES, NON_FINITE_POLICIES, QUERIES_MODE, SELF_RULES)
 
 from .checks import (ISO_DURATION, INSTANCE_TYPE, JOB_NAME_PREFIX, KMS_KEY, MAX_PROCESSING_RUNTIME, MAX_RETRY_ATTEMPTS,
                      MAX_SECURITY_GROUPS, MAX_SUBNETS, MAX_TAG_KEY, MAX_TAG_VALUE, MAX_TAGS, MAX_TRAINING_RUNTIME,
                      MAX_VOLUME_GB, NON_EMPTY, DELIMITER, Check, Invalid, boolean, choice, has_instance_store, integer,
                      kms_instance_store_message, optional, pattern, show)
-from .model import (CacheSettings, InputSettings, LocalSettings, PreprocessSettings, ProcessingSettings, RetrySettings,
-                    SecuritySettings, SimilaritySettings, Spec, display)
-from .parameters import PARAMETER_NAMES, PARAMETERS, REQUIRED
+from .model import (CacheSettings, InputSettings, LocalSettings, PreprocessSettings, ProcessingSettings, QuerySettings,
+                    RetrySettings, SecuritySettings, SimilaritySettings, Spec, display)
+from .parameters import PARAMETER_NAMES, PARAMETERS, REQUIRED, parameters_of
 from .yaml12 import LocatedProblem, SpecLoader
 
 
@@ -56,6 +56,8 @@ SCHEMA: dict[str, Any] = {
     "image": (pattern(r"\S+", "a container image URI like '<account>.dkr.ecr.<region>.amazonaws.com/allpairs:tag'"), REQUIRED),
     "job_name_prefix": (JOB_NAME_PREFIX, "allpairs"),
     "tags": "tags",  # special-cased: a mapping of tag keys to values
+    # all_pairs: every row against every row. queries: each row of QueryData against InputData (the corpus).
+    "mode": (choice(MODES), MODES[0]),
     "parameters": _section({p.name: (p.cloud, p.default) for p in PARAMETERS}, required=True),
     "instance_types": "list",  # special-cased: optional non-empty list of unique instance types
     "input": _section(
@@ -64,6 +66,13 @@ SCHEMA: dict[str, Any] = {
             "non_finite": (choice(NON_FINITE_POLICIES), NON_FINITE_POLICIES[0]),
             "vector_column": (optional(NON_EMPTY), None),
             "delimiter": (optional(DELIMITER), None),
+        }
+    ),
+    "queries": _section(  # queries mode only
+        {
+            "id_column": (optional(NON_EMPTY), None),
+            "chunk_files": (integer(1, 100000), DEFAULT_QUERY_FILES),
+            "self_rule": (choice(SELF_RULES), SELF_RULES[0]),
         }
     ),
     "preprocess": _section(
@@ -318,6 +327,7 @@ def load_spec(path: str | Path) -> Spec:
 
 def _cross_check(raw: dict[str, Any], root: yaml.Node, walker: _Walker) -> None:
     """Rules that involve two keys; errors point at the value that has to change."""
+    _check_mode(raw, walker)
     _check_spot(raw, walker)
     _check_vpc(raw, walker)
     _check_kms_instance_store(raw, walker)
@@ -335,6 +345,25 @@ def _cross_check(raw: dict[str, Any], root: yaml.Node, walker: _Walker) -> None:
                 f"{walker.file}:{line}: {ypath}: must be one of instance_types ({options}), got {value!r}; "
                 "add it to instance_types or pick a listed one"
             )
+
+
+def _check_mode(raw: dict[str, Any], walker: _Walker) -> None:
+    """A parameter of the other mode's definition is refused (it would do nothing); one this mode needs, required."""
+    mode = raw["mode"]
+    line = lambda ypath: walker.lines.get(ypath, walker.lines.get("mode", 1))  # noqa: E731
+    for p in PARAMETERS:
+        for ypath, value in ((f"parameters.{p.name}", raw["parameters"][p.name]),
+                             (f"local.parameters.{p.name}", raw["local"]["parameters"].get(p.name))):
+            if mode not in p.modes and value is not None:
+                raise SpecError(f"{walker.file}:{line(ypath)}: {ypath}: a parameter of mode: {', '.join(p.modes)} "
+                                f"only, and this spec's mode is {mode}; remove it, or set mode: {p.modes[0]}")
+        if p.modes != MODES and mode in p.modes and raw["parameters"][p.name] is None:  # a mode's own: required
+            raise SpecError(f"{walker.file}:{line('parameters')}: parameters.{p.name}: required in mode: {mode} "
+                            f"({p.help}); add it to parameters")
+    touched = [key for key in walker.lines if key.startswith("queries.")]
+    if mode != QUERIES_MODE and touched:
+        raise SpecError(f"{walker.file}:{walker.lines[touched[0]]}: {touched[0]}: the queries section is for mode: "
+                        f"{QUERIES_MODE} only, and this spec's mode is {mode}; remove it, or set mode: {QUERIES_MODE}")
 
 
 def _check_spot(raw: dict[str, Any], walker: _Walker) -> None:
@@ -393,7 +422,9 @@ def _build(path: Path, raw: dict[str, Any], lines: dict[str, int]) -> Spec:
         image=raw["image"],
         job_name_prefix=raw["job_name_prefix"],
         tags=raw["tags"],
-        parameters={name: params[name] for name in PARAMETER_NAMES},
+        parameters={p.name: params[p.name] for p in parameters_of(raw["mode"])},
+        mode=raw["mode"],
+        queries=QuerySettings(**raw["queries"]),
         instance_types=raw["instance_types"],
         input=InputSettings(**raw["input"]),
         preprocess=PreprocessSettings(**raw["preprocess"]),

@@ -44,8 +44,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .. import npy
-from ..contract import (ARTIFACT_DATA_FILES, ARTIFACT_FORMAT, ID_INDEX_PARQUET, MANIFEST, NEIGHBORS_NPY,
-                        NEIGHBORS_PARQUET, REPORT_HTML, ROWS_PARQUET, SCORES_NPY)
+from ..contract import (ARTIFACT_DATA_FILES, ARTIFACT_FORMAT, CORPUS_PARQUET, ID_INDEX_PARQUET, MANIFEST, NEIGHBORS_NPY,
+                        NEIGHBORS_PARQUET, QUERIES_MODE, REPORT_HTML, ROWS_PARQUET, SCORES_NPY)
 from ..errors import StepError
 from ..io import atomic_path, sha256_file, write_json
 
@@ -92,17 +92,20 @@ def edge_group_rows(k: int) -> int:
 
 
 def write_files(batches: Iterable[tuple[int, np.ndarray, np.ndarray]], ids: pa.Array, rows: int, k: int,
-                out: Path, input_rows: pa.Array) -> dict:
+                out: Path, input_rows: pa.Array, corpus: tuple[pa.Array, pa.Array] | None = None) -> dict:
     """Stream (first_row, neighbors, scores) batches, in row order and covering [0, rows), into the data files;
-    `ids` and `input_rows` give each row's id and input position. Returns the counts for the manifest."""
-    index_dtype = np.int32 if rows < 2**31 else np.int64
-    schema = pa.schema([("id", ids.type), ("neighbor_id", ids.type), ("rank", pa.int32()), ("score", pa.float32())])
+    `ids` and `input_rows` give each row's id and input position. `corpus` (queries mode): the ids and input
+    positions of the rows the neighbour indices name, written as corpus.parquet. Returns the counts."""
+    neighbor_ids = ids if corpus is None else corpus[0]
+    index_dtype = np.int32 if len(neighbor_ids) < 2**31 else np.int64
+    schema = pa.schema([("id", ids.type), ("neighbor_id", neighbor_ids.type), ("rank", pa.int32()),
+                        ("score", pa.float32())])
     pairs = short_rows = 0
     with npy.row_writer(out / NEIGHBORS_NPY, index_dtype, (rows, k)) as all_n, \
             npy.row_writer(out / SCORES_NPY, np.float32, (rows, k)) as all_s, \
             atomic_path(out / NEIGHBORS_PARQUET) as tmp_p, \
             pq.ParquetWriter(tmp_p, schema, use_dictionary=EDGE_DICTIONARY, **PARQUET_WRITER) as writer:
-        groups = _EdgeGroups(writer, schema, ids, edge_group_rows(k))
+        groups = _EdgeGroups(writer, schema, ids, edge_group_rows(k), neighbor_ids)
         for first, nb, sc in batches:
             all_n.write(nb)
             all_s.write(sc)
@@ -113,6 +116,8 @@ def write_files(batches: Iterable[tuple[int, np.ndarray, np.ndarray]], ids: pa.A
         groups.close()
     _write_rows(out / ROWS_PARQUET, ids, input_rows)
     _write_id_index(out / ID_INDEX_PARQUET, ids)
+    if corpus is not None:
+        _write_rows(out / CORPUS_PARQUET, *corpus)
     return {"pairs": pairs, "rows_with_fewer_than_k": short_rows}
 
 
@@ -120,8 +125,10 @@ class _EdgeGroups:
     """Cuts the edge list into row groups of exactly `rows_per_group` artifact rows (the last one shorter),
     whatever sizes the batches come in: the file's layout depends on the result only."""
 
-    def __init__(self, writer: pq.ParquetWriter, schema: pa.Schema, ids: pa.Array, rows_per_group: int):
+    def __init__(self, writer: pq.ParquetWriter, schema: pa.Schema, ids: pa.Array, rows_per_group: int,
+                 neighbor_ids: pa.Array | None = None):
         self.writer, self.schema, self.ids, self.rows_per_group = writer, schema, ids, rows_per_group
+        self.neighbor_ids = ids if neighbor_ids is None else neighbor_ids
         self.pending: list[pa.Table] = []
         self.pending_rows = 0
 
@@ -143,7 +150,7 @@ class _EdgeGroups:
         r, c = np.nonzero(nb >= 0)
         return pa.table({
             "id": self.ids.take(pa.array(first + r)),
-            "neighbor_id": self.ids.take(pa.array(nb[r, c])),
+            "neighbor_id": self.neighbor_ids.take(pa.array(nb[r, c])),
             "rank": pa.array((c + 1).astype(np.int32)),
             "score": pa.array(sc[r, c]),
         }, schema=self.schema)
@@ -183,24 +190,33 @@ def clamp_note(top_k: int, k: int, rows: int, zero_rows: int) -> str:
             f"{k} neighbour{'s' if k != 1 else ''}; k is {k}, not {top_k} (columns of padding only are not written)")
 
 
-def layout(k: int) -> dict:
+def layout(k: int, queries: bool = False) -> dict:
     """How the parquet files are cut, as the manifest states it (readers rely on it, not on defaults)."""
+    corpus = {CORPUS_PARQUET: {"rows_per_row_group": ROWS_PER_ROW_GROUP, "order": "row"}} if queries else {}
     return {
         NEIGHBORS_PARQUET: {"rows_per_row_group": edge_group_rows(k), "order": "row, rank"},
         ROWS_PARQUET: {"rows_per_row_group": ROWS_PER_ROW_GROUP, "order": "row"},
         ID_INDEX_PARQUET: {"rows_per_row_group": ROWS_PER_ROW_GROUP, "order": "id"},
+        **corpus,
         "parquet": PARQUET_WRITER,
     }
 
 
-def files_entry(out: Path) -> dict:
+def data_files(queries: bool = False) -> tuple[str, ...]:
+    """Every file the manifest vouches for; queries mode adds corpus.parquet (the rows neighbours are drawn from)."""
+    return (*DATA_FILES, CORPUS_PARQUET) if queries else DATA_FILES
+
+
+def files_entry(out: Path, queries: bool = False) -> dict:
     """Each data file's sha256 and size, as the manifest lists them."""
-    return {name: {"sha256": sha256_file(out / name), "bytes": (out / name).stat().st_size} for name in DATA_FILES}
+    return {name: {"sha256": sha256_file(out / name), "bytes": (out / name).stat().st_size}
+            for name in data_files(queries)}
 
 
 def write_manifest(out: Path, manifest: dict) -> None:
-    write_json(out / MANIFEST, {"format": FORMAT, "version": VERSION, **manifest, "layout": layout(manifest["k"]),
-                                "files": files_entry(out)})
+    queries = manifest.get("mode") == QUERIES_MODE
+    write_json(out / MANIFEST, {"format": FORMAT, "version": VERSION, **manifest,
+                                "layout": layout(manifest["k"], queries), "files": files_entry(out, queries)})
 
 
 def check(folder: Path, execution_id: str, artifact_uri: str) -> dict:

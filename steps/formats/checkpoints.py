@@ -188,6 +188,7 @@ class Store:
     expected: dict  # header fields every file must carry: format, version, fingerprint, k, min_score, grid, width
     log: Log
     fault: Fault | None = None
+    rows_label: str = "block rows"  # what a pass's range counts, in log lines (queries mode: "query rows")
     states_written: int = field(default=0, init=False)
 
     # ---- reading -------------------------------------------------------------------------------------------
@@ -286,7 +287,7 @@ class Store:
         self._write(name, header, parts or [b""], tear_at=self.states_written + 1 if tearing else None)
         self.states_written += 1
         where = "done" if snapshot is None else progress_text(snapshot.next_step, steps, snapshot.done)
-        what = f"pass of block rows [{blocks.start}, {blocks.stop}): {where}"
+        what = f"pass of {self.rows_label} [{blocks.start}, {blocks.stop}): {where}"
         self.log(f"checkpoint: {what}")
         if self.fault:
             self.fault.after_checkpoint(self.states_written, what, self.log)

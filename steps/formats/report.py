@@ -26,12 +26,13 @@ SAMPLE_ROWS = 20  # rows without a neighbour listed by id
 class Stats:
     """Histograms of a stream of result batches; memory: one counter per row, plus fixed-size arrays."""
 
-    def __init__(self, rows: int, k: int):
+    def __init__(self, rows: int, k: int, neighbor_rows: int | None = None):
+        """`neighbor_rows`: the rows neighbours are drawn from, when not these (queries mode: the corpus's)."""
         self.rows, self.k = rows, k
         self.scores = np.zeros(SCORE_BINS, np.int64)  # every kept pair
         self.nearest = np.zeros(SCORE_BINS, np.int64)  # each row's best neighbour
         self.per_row = np.zeros(k + 1, np.int64)  # rows by how many neighbours they have
-        self.in_degree = np.zeros(rows, np.uint32)  # how often each row is someone's neighbour
+        self.in_degree = np.zeros(rows if neighbor_rows is None else neighbor_rows, np.uint32)  # times a neighbour
         self.without: list[int] = []  # the first rows that have no neighbour
         self.pairs, self.score_sum = 0, 0.0
         self.low, self.high = np.inf, -np.inf
@@ -52,8 +53,8 @@ class Stats:
         if len(self.without) < SAMPLE_ROWS:
             self.without += (first + np.flatnonzero(counts == 0)[:SAMPLE_ROWS - len(self.without)]).tolist()
         listed = neighbors[found]
-        if self.rows <= 4 * listed.size:  # a count per row costs less than sorting the batch, and as much memory
-            self.in_degree += np.bincount(listed, minlength=self.rows).astype(np.uint32)
+        if len(self.in_degree) <= 4 * listed.size:  # a count per row costs less than sorting the batch
+            self.in_degree += np.bincount(listed, minlength=len(self.in_degree)).astype(np.uint32)
         else:  # many rows, a small batch: sort the batch, not N-sized work
             items, times = np.unique(listed, return_counts=True)
             self.in_degree[items] += times.astype(np.uint32)
@@ -64,11 +65,12 @@ class Stats:
 
     def most_connected(self, n: int = TOP_ITEMS) -> list[tuple[int, int]]:
         """(row, times listed as a neighbour), most first; ties by lower row."""
-        if not self.rows:
+        rows = len(self.in_degree)
+        if not rows:
             return []
         degree = self.in_degree.astype(np.int64)
-        n = min(n, self.rows)
-        bar = int(np.partition(degree, self.rows - n)[self.rows - n])  # the n-th largest count
+        n = min(n, rows)
+        bar = int(np.partition(degree, rows - n)[rows - n])  # the n-th largest count
         above = np.flatnonzero(degree > bar)
         chosen = np.concatenate([above, np.flatnonzero(degree == bar)[:n - len(above)]])  # ties: lower rows
         ranked = sorted((-int(degree[r]), int(r)) for r in chosen)
@@ -96,8 +98,10 @@ svg text{font:11px system-ui,sans-serif;fill:#5b6474}.legend{font-size:12px;colo
 BLUE, ORANGE = "#3b6fd8", "#e8883a"
 
 
-def render(stats: Stats, manifest: dict, ids) -> str:
-    """The page. `manifest` is the artifact's (without its files); `ids` the row ids (a pyarrow array)."""
+def render(stats: Stats, manifest: dict, ids, neighbor_ids=None) -> str:
+    """The page. `manifest` is the artifact's (without its files); `ids` the row ids (a pyarrow array);
+    `neighbor_ids` those of the rows neighbours are drawn from, when not these (queries mode: the corpus's)."""
+    neighbor_ids = ids if neighbor_ids is None else neighbor_ids
     e = html.escape
     counts, inp = manifest["counts"], manifest["input"]
     threshold = manifest.get("threshold")
@@ -132,7 +136,7 @@ def render(stats: Stats, manifest: dict, ids) -> str:
                                                             for r in stats.without) + "</p>")
     top = stats.most_connected()
     parts += ["<h2>Most connected items</h2><p>listed most often among the others' top-k (hubs):</p>",
-              _table(["id", "row", "times a neighbour"], [(f"<code>{e(str(ids[r].as_py()))}</code>", f"{r:,}", f"{n:,}")
+              _table(["id", "row", "times a neighbour"], [(f"<code>{e(str(neighbor_ids[r].as_py()))}</code>", f"{r:,}", f"{n:,}")
                                                           for r, n in top], numeric=(1, 2)) if top else "<p>none</p>"]
     hosts = manifest.get("hosts") or []
     # Each host computes its share of the pairs and writes partial lists (rows of its own blocks and mirrors).

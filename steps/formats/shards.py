@@ -70,10 +70,11 @@ class ShardWriter:
 
 def write_meta(out_dir: Path, writer: ShardWriter, hosts: list[str], grid: dict, min_score, fingerprint: str,
                job: str | None, resumed_steps: int, seconds: float, cpu_seconds: float,
-               top_k: int | None = None, kernel: str = "dense") -> dict:
+               top_k: int | None = None, kernel: str = "dense", extra: dict | None = None) -> dict:
     """The JSON that vouches for a host's two .npy files (written after they are complete). `k` is their width;
     `top_k` the TopK asked, when more than any row can have (k was then lowered to that); `kernel` the product
-    kernel that ran (steps/kernel/sparse.py: "dense" or "sparse")."""
+    kernel that ran (steps/kernel/sparse.py: "dense" or "sparse"); `extra`: more keys (queries mode: the mode,
+    the query files the host received, their fingerprint)."""
     files = names(writer.host)
     meta = {
         "format": FORMAT, "version": VERSION, "host": writer.host, "hosts": hosts, "grid": grid, "k": writer.k,
@@ -81,7 +82,7 @@ def write_meta(out_dir: Path, writer: ShardWriter, hosts: list[str], grid: dict,
         "min_score": min_score, "input_fingerprint": fingerprint, "job": job, "lists": writer.lists,
         "rows": writer.rows, "resumed_steps": resumed_steps,
         "files": {files[kind]: sha256_file(out_dir / files[kind]) for kind in ("neighbors", "scores")},
-        "seconds": seconds, "cpu_seconds": cpu_seconds, "kernel": kernel,
+        "seconds": seconds, "cpu_seconds": cpu_seconds, "kernel": kernel, **(extra or {}),
     }
     write_json(out_dir / files["meta"], meta)
     return meta
@@ -277,3 +278,93 @@ def _check_shard(path: Path, fingerprint: str) -> Shard:
             raise StepError(f"{shard.path(kind)}: shape {shape}, expected ({meta['rows']}, {meta['k']}); "
                             "rerun the Similarity step")
     return shard
+
+
+# ---- queries mode ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QueryShards:
+    """Every shard of one queries-mode training job, checked: each query row in exactly one list."""
+
+    shards: list[Shard]
+    k: int
+    top_k: int
+    min_score: float | None
+    lists: list[ListRef]  # in query row order, covering [0, rows) once
+    corpus_rows: int
+
+    def batches(self, batch_rows: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """(first query row, neighbors, scores) in row order: memory holds one batch."""
+        for ref in self.lists:
+            for lo in range(ref.start, ref.stop, batch_rows):
+                hi = min(ref.stop, lo + batch_rows)
+                a, z = ref.offset + lo - ref.start, ref.offset + hi - ref.start
+                nb, sc = ref.shard.rows("neighbors", a, z), ref.shard.rows("scores", a, z)
+                if ((nb < -1) | (nb >= self.corpus_rows)).any():
+                    raise StepError(f"{ref.shard.meta_path}: neighbour index out of range near query row {lo}; "
+                                    "rerun the Similarity step")
+                yield lo, nb.astype(np.int64), sc
+
+
+def collect_query_shards(shards_dir: Path, corpus_rows: int, fingerprint: str, queries: dict) -> QueryShards:
+    """Every shard checked (as collect_shards does) and the query chunk files of the queries manifest each
+    covered by exactly one host, its rows by that host's lists exactly once; an error names the files."""
+    metas = sorted(shards_dir.rglob("shard-*.json"))
+    if not metas:
+        raise StepError(f"{shards_dir}: no shard-<host>.json files; the Similarity step wrote no output "
+                        "(check its logs)")
+    shards = [_check_shard(path, fingerprint) for path in metas]
+    _check_one_job(shards)
+    for shard in shards:
+        got = shard.meta.get("queries_fingerprint")
+        if shard.meta.get("mode") != "queries" or (got is not None and got != queries["fingerprint"]):
+            raise StepError(f"{shard.meta_path}: not a shard of these queries (mode {shard.meta.get('mode')!r}, "
+                            f"queries fingerprint {str(got)[:12]}, this run's is {queries['fingerprint'][:12]}); "
+                            "rerun the Similarity step into an empty output")
+    ks = {(s.meta["k"], s.meta.get("top_k", s.meta["k"])) for s in shards}
+    thresholds = {s.meta["min_score"] for s in shards}
+    host_lists = {tuple(s.meta["hosts"]) for s in shards}
+    if len(ks) > 1 or len(thresholds) > 1 or len(host_lists) > 1:
+        raise StepError(f"{shards_dir}: shards disagree on k {sorted(k for k, _ in ks)}, threshold or host list: "
+                        "they come from different training jobs; rerun the Similarity step into an empty output")
+    hosts = list(host_lists.pop())
+    names = sorted(s.host for s in shards)
+    if names != sorted(hosts):
+        missing = [h for h in hosts if h not in names]
+        raise StepError(f"{shards_dir}: shards of hosts {', '.join(names)} for the job's hosts {', '.join(hosts)}"
+                        f"{' (no shard from ' + ', '.join(missing) + ')' if missing else ''}; rerun the Similarity "
+                        "step (a host failed or its output was lost)")
+    wanted = {Path(e["file"]).name: e for e in queries["files"]}
+    owner: dict[str, list[str]] = {}
+    refs: list[ListRef] = []
+    for shard in shards:
+        for item in shard.meta.get("query_files", []):
+            entry = wanted.get(item.get("file"))
+            if entry is None or (item.get("start"), item.get("stop"), item.get("sha256")) != \
+                    (entry["start"], entry["stop"], entry["sha256"]):
+                raise StepError(f"{shard.meta_path}: query chunk file {item.get('file')!r} is not one of the "
+                                "queries manifest's (or differs from it): rerun the Preprocess and Similarity steps")
+            owner.setdefault(item["file"], []).append(shard.host)
+        refs += [ListRef(shard, int(i["start"]), int(i["stop"]), tuple(i["columns"]), int(i["offset"]))
+                 for i in shard.meta["lists"]]
+    missing = [name for name in wanted if name not in owner]
+    twice = {name: hs for name, hs in owner.items() if len(hs) > 1}
+    if missing or twice:
+        what = "; ".join(filter(None, (
+            f"query chunk file(s) {', '.join(missing)} covered by no host" if missing else "",
+            "; ".join(f"{name} covered by hosts {', '.join(hs)}" for name, hs in sorted(twice.items())))))
+        raise StepError(f"{what}: each query row must be covered exactly once (ShardedByS3Key gives each file to one "
+                        "host): rerun the Similarity step")
+    refs.sort(key=lambda r: r.start)
+    at = 0
+    for ref in refs:
+        if ref.start != at or ref.stop <= ref.start or ref.columns != (0,):
+            raise StepError(f"{ref.shard.meta_path}: its lists do not cover query rows [{at}, ...) exactly once "
+                            f"(a list of rows [{ref.start}, {ref.stop})); rerun the Similarity step")
+        at = ref.stop
+    if at != int(queries["rows"]):
+        raise StepError(f"{shards_dir}: the lists cover query rows [0, {at}) of {queries['rows']}; rerun the "
+                        "Similarity step")
+    k, top_k = ks.pop()
+    return QueryShards(shards, k, top_k, thresholds.pop(), refs, corpus_rows)

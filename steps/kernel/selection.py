@@ -17,11 +17,15 @@ class Candidates:
     +inf: they have no neighbours.
     """
 
-    def __init__(self, first: int, query: np.ndarray, width: int, zero: np.ndarray, admission_floor: np.float32):
+    def __init__(self, first: int, query: np.ndarray, width: int, zero: np.ndarray, admission_floor: np.float32,
+                 own_zero: np.ndarray | None = None):
+        """`first`: the query rows' first index (a row never admits a column of its own index); `zero`: the
+        all-zero flags of the corpus, and of the query rows too unless `own_zero` gives theirs (queries that are
+        not corpus rows: steps/kernel/queries.py)."""
         n = query.shape[0]  # a float32 array, or CSR rows (sparse.py)
         self.first, self.query, self.width, self.admission_floor = first, query, width, admission_floor
         self.keys = np.full((n, width), PAD_KEY, dtype=np.uint64)
-        self.zero = np.ascontiguousarray(zero[first: first + n])
+        self.zero = np.ascontiguousarray(zero[first: first + n] if own_zero is None else own_zero)
         self.bar = np.where(self.zero, np.float32(np.inf), admission_floor).astype(np.float32)
 
     def admit(self, S: np.ndarray, col0: int, zero: np.ndarray, mirror: "Candidates | None" = None) -> None:
