@@ -133,19 +133,27 @@ def compute(corpus: Corpus, fingerprint: str, host: Host, config: KernelConfig, 
     rows = sum(min(corpus.rows, b.stop * grid.block) - b.start * grid.block for b in
                (p.blocks for p in passes.values()))
     progress = _Steps(Progress(rows, 1.0 * corpus.rows * corpus.width, log), rows, steps, resumed)
+    writer = _run_work(work, passes, store, out_dir, host, total_rows, config.k, progress, log)
+    return shards.write_meta(out_dir, writer, host.hosts, grid.describe(), config.threshold, fingerprint,
+                             os.environ.get(TRAINING_JOB_ENV), resumed, round(time.time() - began, 3),
+                             round(time.process_time() - cpu_began, 3), top_k, corpus.kernel)
+
+
+def _run_work(work: list[Work], passes: dict, store, out_dir: Path, host: Host, total_rows: int, k: int,
+              progress: "_Steps", log: Log) -> shards.ShardWriter:
+    """Run (or copy from checkpoints) every pass of `work` into this host's shard, checkpointing by time and
+    pausing on SIGTERM; returns the closed writer, whose lists the shard's metadata then vouches for."""
     interval = checkpoints.read_interval()
     stop = _StopFlag()
     with contextlib.ExitStack() as stack:
-        writer = shards.ShardWriter(out_dir, host.name, total_rows, config.k, stack)
+        writer = shards.ShardWriter(out_dir, host.name, total_rows, k, stack)
         with stop.installed():
             for w in work:
                 if w.reuse_only:
                     _copy(w.record.lists, writer)
                     continue
                 _run_pass(passes[id(w)], w, store, writer, interval, progress, stop, log)
-    return shards.write_meta(out_dir, writer, host.hosts, grid.describe(), config.threshold, fingerprint,
-                             os.environ.get(TRAINING_JOB_ENV), resumed, round(time.time() - began, 3),
-                             round(time.process_time() - cpu_began, 3), top_k, corpus.kernel)
+    return writer
 
 
 def _resume(p: Pass, w: Work, log: Log) -> None:
@@ -275,16 +283,7 @@ def compute_queries(corpus: Corpus, fingerprint: str, chunks: list, host: Host, 
     todo = sum(len(p.blocks) for p in passes.values())
     # A query row costs N x dim products against the corpus, 2 flops each.
     progress = _Steps(Progress(todo, 2.0 * corpus.rows * corpus.dim, log), todo, steps, resumed)
-    interval = checkpoints.read_interval()
-    stop = _StopFlag()
-    with contextlib.ExitStack() as stack:
-        writer = shards.ShardWriter(out_dir, host.name, total_rows, config.k, stack)
-        with stop.installed():
-            for w in work:
-                if w.reuse_only:
-                    _copy(w.record.lists, writer)
-                    continue
-                _run_pass(passes[id(w)], w, store, writer, interval, progress, stop, log)
+    writer = _run_work(work, passes, store, out_dir, host, total_rows, config.k, progress, log)
     extra = {"mode": "queries", "queries_fingerprint": queries_fingerprint,
              "query_files": [{"file": c.path.name, "start": c.start, "stop": c.stop, "sha256": c.sha256}
                              for c in chunks]}

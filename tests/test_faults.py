@@ -224,9 +224,15 @@ def test_sigkill_at_a_random_moment_loses_at_most_the_rows_since_the_last_checkp
     first, second = lives(record, "algo-1")
     assert record["steps"][1]["hosts"]["algo-1"]["restarts"] == 1
     # checkpoint_seconds 0: a step is checkpointed before its progress line, so nothing reported is lost.
+    reported = rows_reported(first, "SIGKILL from the runner")
+    if not any(": checkpoint: " in line for line in first):
+        # On a busy machine the kill can land while the host is still starting: nothing was saved or reported,
+        # and the restart starts afresh.
+        assert reported == 0 and not any("resuming" in line for line in second), first
+        return
     steps_done, steps = resumed(second)[:2]
     total = share_rows(first + second)
-    assert 0 < steps_done and rows_reported(first, "SIGKILL from the runner") <= total * steps_done // steps
+    assert 0 < steps_done and reported <= total * steps_done // steps
 
 
 def test_a_malformed_fault_is_refused_before_anything_runs(tmp_path, setup, monkeypatch, capsys):

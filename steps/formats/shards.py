@@ -178,14 +178,20 @@ class Shards:
                 yield lo, nb, sc
 
 
-def collect_shards(shards_dir: Path, rows: int, fingerprint: str) -> Shards:
-    """Every shard checked; together their lists must cover every row's every column block exactly once."""
+def _checked_shards(shards_dir: Path, fingerprint: str) -> list:
+    """Every shard-<host>.json under `shards_dir`, each checked against its files and the input, all of one job."""
     metas = sorted(shards_dir.rglob("shard-*.json"))
     if not metas:
         raise StepError(f"{shards_dir}: no shard-<host>.json files; the Similarity step wrote no output "
                         "(check its logs)")
     shards = [_check_shard(path, fingerprint) for path in metas]
     _check_one_job(shards)
+    return shards
+
+
+def collect_shards(shards_dir: Path, rows: int, fingerprint: str) -> Shards:
+    """Every shard checked; together their lists must cover every row's every column block exactly once."""
+    shards = _checked_shards(shards_dir, fingerprint)
     ks = {(s.meta["k"], s.meta.get("top_k", s.meta["k"])) for s in shards}
     thresholds = {s.meta["min_score"] for s in shards}
     host_lists = {tuple(s.meta["hosts"]) for s in shards}
@@ -310,12 +316,7 @@ class QueryShards:
 def collect_query_shards(shards_dir: Path, corpus_rows: int, fingerprint: str, queries: dict) -> QueryShards:
     """Every shard checked (as collect_shards does) and the query chunk files of the queries manifest each
     covered by exactly one host, its rows by that host's lists exactly once; an error names the files."""
-    metas = sorted(shards_dir.rglob("shard-*.json"))
-    if not metas:
-        raise StepError(f"{shards_dir}: no shard-<host>.json files; the Similarity step wrote no output "
-                        "(check its logs)")
-    shards = [_check_shard(path, fingerprint) for path in metas]
-    _check_one_job(shards)
+    shards = _checked_shards(shards_dir, fingerprint)
     for shard in shards:
         got = shard.meta.get("queries_fingerprint")
         if shard.meta.get("mode") != "queries" or (got is not None and got != queries["fingerprint"]):

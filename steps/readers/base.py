@@ -8,6 +8,7 @@ from typing import Sequence
 import numpy as np
 
 from ..contract import TEXT_EXTENSIONS
+from ..errors import StepError
 
 BATCH_BUDGET_BYTES = 64 << 20  # one float64 batch stays under this, whatever the row width
 
@@ -75,6 +76,18 @@ def describe_row(key: str, row: int) -> str:
 def batch_rows_for(dim: int, limit: int) -> int:
     """Rows per batch: at most `limit`, and a float64 batch under BATCH_BUDGET_BYTES."""
     return max(1, min(limit, BATCH_BUDGET_BYTES // (8 * max(dim, 1))))
+
+
+def same_width(schemas: Sequence[FileSchema]) -> FileSchema:
+    """The first schema, once every file has as many columns as it (matrix files without named columns)."""
+    first = schemas[0]
+    for other in schemas[1:]:
+        if other.dim != first.dim:
+            raise StepError(
+                f"{other.file.key} has {other.dim} columns but {first.file.key} has {first.dim}; "
+                "every file of the input must have the same number of columns"
+            )
+    return first
 
 
 def common_dtype(schemas: Sequence[FileSchema]) -> str:

@@ -8,7 +8,7 @@ import numpy as np
 
 from .. import npy
 from ..errors import StepError, brief
-from .base import FileSchema, InputFile, MatrixPlan, common_dtype
+from .base import FileSchema, InputFile, MatrixPlan, common_dtype, same_width
 
 FORMAT = "npy"
 
@@ -59,13 +59,7 @@ def plan(schemas: Sequence[FileSchema], id_column: str | None, vector_column: st
             f"id column {id_column!r} was named (input.id_column), but the input is .npy, which has no named columns; "
             "remove input.id_column (ids are then row numbers) or provide parquet/csv with that column"
         )
-    first = schemas[0]
-    for other in schemas[1:]:
-        if other.dim != first.dim:
-            raise StepError(
-                f"{other.file.key} has {other.dim} columns but {first.file.key} has {first.dim}; "
-                "every file of the input must have the same number of columns"
-            )
+    first = same_width(schemas)
     return MatrixPlan(tuple(s.file for s in schemas), "npy", first.dim, (), None, "int64", common_dtype(schemas))
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..errors import StepError, brief
-from .base import FileSchema, InputFile, MatrixPlan, common_dtype
+from .base import FileSchema, InputFile, MatrixPlan, common_dtype, same_width
 
 FORMAT = "npz"
 LAYOUTS = {"csr": ("indices", "indptr"), "csc": ("indices", "indptr"), "coo": ("row", "col")}
@@ -97,13 +97,7 @@ def plan(schemas: Sequence[FileSchema], id_column: str | None, vector_column: st
             f"{option.replace('_', ' ')} {id_column or vector_column!r} was named (input.{option}), but the input is "
             f"sparse .npz, which has no named columns; remove input.{option} (ids are then row numbers)"
         )
-    first = schemas[0]
-    for other in schemas[1:]:
-        if other.dim != first.dim:
-            raise StepError(
-                f"{other.file.key} has {other.dim} columns but {first.file.key} has {first.dim}; "
-                "every file of the input must have the same number of columns"
-            )
+    first = same_width(schemas)
     return MatrixPlan(tuple(s.file for s in schemas), FORMAT, first.dim, (), None, "int64", common_dtype(schemas))
 
 
