@@ -72,7 +72,7 @@ def _number(text: str, kind, name: str):
 def merge(shards_dir: Path, normalized_dir: Path, out: Path, scratch: Path, args) -> dict:
     """Write the artifact's files and manifest into `out`; returns the manifest."""
     began = time.time()
-    normalized = load_normalized(normalized_dir, verify=False)  # Merge reads the ids, not the chunks
+    normalized = load_normalized(normalized_dir, verify=False, open_chunks=False)  # the ids, not the vectors
     found = shards.collect_shards(shards.unpack_shards(shards_dir, scratch), normalized.rows, normalized.fingerprint)
     parameters = parse_parameters(args.parameter)
     check_parameters(found, parameters, shards_dir)
@@ -119,7 +119,7 @@ def merge_queries(shards_dir: Path, normalized_dir: Path, queries_dir: Path, out
     """Queries mode: the artifact's rows are the query rows, its neighbour indices corpus rows; corpus.parquet
     names those (the artifact stays self-contained). Every query row covered exactly once, or nothing written."""
     began = time.time()
-    normalized = load_normalized(normalized_dir, verify=False)
+    normalized = load_normalized(normalized_dir, verify=False, open_chunks=False)
     queries = query_format.read_manifest(queries_dir)
     if queries.get("corpus_fingerprint") != normalized.fingerprint:
         raise StepError(f"{queries_dir / MANIFEST}: the queries were prepared against another corpus (fingerprint "

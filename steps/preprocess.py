@@ -408,7 +408,7 @@ def preprocess_queries(input_dir: Path, corpus_dir: Path, output_dir: Path, scra
     """Queries mode: the query matrix read and normalized as the corpus is (into `scratch`; a parquet vector
     column and a CSV delimiter are the corpus's settings), then cut into the queries folder's balanced chunk
     files (steps/formats/queries.py). Returns its manifest."""
-    corpus = load_normalized(corpus_dir, verify=False)
+    corpus = load_normalized(corpus_dir, verify=False, open_chunks=False)
     if corpus.sparse:
         raise StepError(f"queries mode takes dense vectors, and the corpus ({corpus_dir}) is sparse .npz: the "
                         "sparse kernel runs self-joins only; use mode: all_pairs, or give dense .npy/parquet/CSV")

@@ -27,16 +27,7 @@ def brute_force(Xn: np.ndarray, k: int, min_score: float | None = None):
     S[np.arange(N), np.arange(N)] = -np.inf
     S[:, zero] = -np.inf
     S[zero] = -np.inf
-    if min_score is not None:
-        S[S < np.float32(min_score)] = -np.inf
-    neighbors = np.full((N, k), -1, dtype=np.int64)
-    scores = np.full((N, k), np.nan, dtype=np.float32)
-    for i in range(N):
-        order = np.lexsort((np.arange(N), -S[i]))[:k]
-        keep = order[np.isfinite(S[i, order])]
-        neighbors[i, : len(keep)] = keep
-        scores[i, : len(keep)] = S[i, keep]
-    return neighbors, scores
+    return _ranked(S, k, min_score)
 
 
 def brute_queries(Qn: np.ndarray, Xn: np.ndarray, k: int, min_score: float | None = None,
@@ -44,7 +35,6 @@ def brute_queries(Qn: np.ndarray, Xn: np.ndarray, k: int, min_score: float | Non
     """Top-k of Qn @ Xn.T: each query row against every corpus row (zero rows excluded both ways, ties by lower
     corpus index), with the same canonical scores as brute_force; `exclude[q]` >= 0: a corpus row query q may
     not have (its own id in the corpus)."""
-    Q, N = len(Qn), len(Xn)
     S = np.clip((Qn.astype(np.float64) @ Xn.astype(np.float64).T).astype(np.float32), -1, 1)
     live = Qn.any(axis=1)[:, None]
     S[(Qn[:, None, :] == Xn[None, :, :]).all(axis=2) & live] = 1
@@ -54,12 +44,19 @@ def brute_queries(Qn: np.ndarray, Xn: np.ndarray, k: int, min_score: float | Non
     if exclude is not None:
         rows = np.flatnonzero(exclude >= 0)
         S[rows, exclude[rows]] = -np.inf
+    return _ranked(S, k, min_score)
+
+
+def _ranked(S: np.ndarray, k: int, min_score: float | None):
+    """Each row's top k of S (score descending, lower column on ties; -inf never kept, nor below min_score),
+    padded with index -1 and score NaN."""
     if min_score is not None:
         S[S < np.float32(min_score)] = -np.inf
-    neighbors = np.full((Q, k), -1, dtype=np.int64)
-    scores = np.full((Q, k), np.nan, dtype=np.float32)
-    for i in range(Q):
-        order = np.lexsort((np.arange(N), -S[i]))[:k]
+    rows, cols = S.shape
+    neighbors = np.full((rows, k), -1, dtype=np.int64)
+    scores = np.full((rows, k), np.nan, dtype=np.float32)
+    for i in range(rows):
+        order = np.lexsort((np.arange(cols), -S[i]))[:k]
         keep = order[np.isfinite(S[i, order])]
         neighbors[i, : len(keep)] = keep
         scores[i, : len(keep)] = S[i, keep]

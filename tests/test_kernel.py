@@ -175,11 +175,39 @@ def test_identical_rows_score_exactly_one_and_no_score_leaves_minus_one_to_one()
     assert (neighbors[:, 1:] == -1).all()
 
 
+def pass_lists(events) -> list:
+    """A pass's partial lists, comparable bit for bit."""
+    from steps.kernel import PartialList
+    return sorted((e.start, e.columns, e.neighbors.tobytes(), e.scores.tobytes())
+                  for e in events if isinstance(e, PartialList))
+
+
+def run_with_pauses(corpus, grid, blocks, config, rng, most_polls: int):
+    """Run a pass paused after a random number of stop polls (at most `most_polls`), each pause snapshotted into
+    a fresh Pass as a restarted host restores a checkpoint; returns (its lists, pauses, pauses inside a step).
+    The caller sets blocking._STOP_POLL_SECONDS to 0, so the stop is polled without waiting."""
+    from steps.kernel import Pass, PartialList, Paused, Snapshot
+    got, snapshot, pauses, inside = [], None, 0, 0
+    while True:
+        p = Pass(corpus, grid, blocks, config)
+        if snapshot is not None:
+            p.restore(Snapshot(**vars(snapshot)))
+        polls = iter(range(int(rng.integers(1, most_polls)), -1, -1))
+        events = list(p.run(stop=lambda: next(polls, 0) == 0))
+        got += [e for e in events if isinstance(e, PartialList)]
+        if not isinstance(events[-1], Paused):
+            return pass_lists(got), pauses, inside
+        got += p.flush()
+        snapshot = p.snapshot()
+        pauses += 1
+        inside += snapshot.done is not None and 0 < snapshot.done.sum() < len(snapshot.done)
+
+
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_a_pass_paused_at_arbitrary_moments_inside_its_steps_resumes_bit_for_bit(monkeypatch, seed):
     """Pauses land inside steps (the stop is polled without waiting), each one snapshotted into a fresh Pass
     (as a restarted host restores a checkpoint): the lists equal the uninterrupted pass's, bit for bit."""
-    from steps.kernel import Pass, PartialList, Paused, Snapshot
+    from steps.kernel import Pass
     from steps.kernel import blocking
 
     X = tricky_matrix(np.random.default_rng(seed), 900, 12)
@@ -187,29 +215,10 @@ def test_a_pass_paused_at_arbitrary_moments_inside_its_steps_resumes_bit_for_bit
     grid = Grid(900, 128)  # 8 blocks
     config = KernelConfig(5, None, 1 << 14, 2)  # tiny tiles: many products per step
     blocks = range(2, 5)
-
-    def lists(events):
-        return sorted((e.start, e.columns, e.neighbors.tobytes(), e.scores.tobytes())
-                      for e in events if isinstance(e, PartialList))
-
-    reference = lists(Pass(corpus, grid, blocks, config).run())
+    reference = pass_lists(Pass(corpus, grid, blocks, config).run())
     monkeypatch.setattr(blocking, "_STOP_POLL_SECONDS", 0)
-    rng = np.random.default_rng(seed)
-    got, snapshot, pauses, inside = [], None, 0, 0
-    while True:
-        p = Pass(corpus, grid, blocks, config)
-        if snapshot is not None:
-            p.restore(Snapshot(**vars(snapshot)))
-        polls = iter(range(int(rng.integers(1, 40)), -1, -1))
-        events = list(p.run(stop=lambda: next(polls, 0) == 0))
-        got += [e for e in events if isinstance(e, PartialList)]
-        if not isinstance(events[-1], Paused):
-            break
-        got += p.flush()
-        snapshot = p.snapshot()
-        pauses += 1
-        inside += snapshot.done is not None and 0 < snapshot.done.sum() < len(snapshot.done)
-    assert lists(got) == reference
+    got, pauses, inside = run_with_pauses(corpus, grid, blocks, config, np.random.default_rng(seed), 40)
+    assert got == reference
     assert pauses >= 3 and inside >= 1  # the pauses did land inside steps, partway through their products
 
 

@@ -11,24 +11,9 @@ import pandas as pd
 import pytest
 
 from steps import preprocess as pre
-from steps.errors import StepError
 from steps.readers.columns import looks_like_id
 
-URI = "s3://bucket/matrix/"
-
-
-@pytest.fixture
-def inp(tmp_path, monkeypatch):
-    monkeypatch.setenv("ALLPAIRS_OPT_ML", str(tmp_path))
-    folder = tmp_path / "processing/input/matrix"
-    folder.mkdir(parents=True)
-    return folder
-
-
-def fails(*args: str) -> str:
-    with pytest.raises(StepError) as info:
-        pre.main(["--input-uri", URI, *args])
-    return str(info.value)
+from tests.test_preprocess import URI, fails
 
 
 def manifest(inp) -> dict:

@@ -14,11 +14,12 @@ import scipy.sparse as sp
 from steps import preprocess
 from steps.errors import StepError
 from steps.formats.normalized import load_normalized
-from steps.kernel import Grid, KernelConfig, Pass, PartialList, Paused, Snapshot, all_pairs
+from steps.kernel import Grid, KernelConfig, Pass, all_pairs
 from steps.kernel import blocking
 from steps.kernel.sparse import SparseCorpus, choose_kernel
 from tests.brute import brute_force
-from tests.test_input_forms import artifact_of, same_artifact
+from tests.test_input_forms import artifact_of, fails, same_artifact
+from tests.test_kernel import pass_lists, run_with_pauses
 
 ROWS, DIM = 150, 400
 
@@ -127,27 +128,10 @@ def test_a_sparse_pass_paused_inside_its_steps_resumes_bit_for_bit(monkeypatch):
     corpus = SparseCorpus([sp.csr_matrix(normalized(tfidf_like(600, 300, 6, seed=3)))], 1 << 14, "sparse")
     grid, config, blocks = Grid(600, 100), KernelConfig(5, 0.05, 1 << 14, 2), range(1, 4)
 
-    def lists(events):
-        return sorted((e.start, e.columns, e.neighbors.tobytes(), e.scores.tobytes())
-                      for e in events if isinstance(e, PartialList))
-
-    reference = lists(Pass(corpus, grid, blocks, config).run())
+    reference = pass_lists(Pass(corpus, grid, blocks, config).run())
     monkeypatch.setattr(blocking, "_STOP_POLL_SECONDS", 0)
-    rng = np.random.default_rng(4)
-    got, snapshot, pauses = [], None, 0
-    while True:
-        p = Pass(corpus, grid, blocks, config)
-        if snapshot is not None:
-            p.restore(Snapshot(**vars(snapshot)))
-        polls = iter(range(int(rng.integers(1, 20)), -1, -1))
-        events = list(p.run(stop=lambda: next(polls, 0) == 0))
-        got += [e for e in events if isinstance(e, PartialList)]
-        if not isinstance(events[-1], Paused):
-            break
-        got += p.flush()
-        snapshot = p.snapshot()
-        pauses += 1
-    assert lists(got) == reference and pauses >= 2
+    got, pauses, _ = run_with_pauses(corpus, grid, blocks, config, np.random.default_rng(4), 20)
+    assert got == reference and pauses >= 2
 
 
 def test_the_kernel_is_chosen_by_density_and_a_densified_tile_that_fits():
@@ -170,16 +154,6 @@ def test_a_damaged_sparse_chunk_is_refused_by_name(tmp_path):
         load_normalized(tmp_path / "out", verify=False)
     assert str(info.value) == (f"{chunk}: not a valid allpairs.sparse-chunk chunk: a row's columns are not strictly "
                                "increasing; rerun the Preprocess step")
-
-
-def fails(tmp_path, write, **options) -> str:
-    folder = tmp_path / "in"
-    folder.mkdir()
-    write(folder)
-    with pytest.raises(StepError) as info:
-        preprocess.preprocess(folder, tmp_path / "out", "in", **options)
-    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
-    return str(info.value)
 
 
 def raw(name, **arrays):

@@ -16,25 +16,10 @@ import pytest
 
 from pipeline.cli import main
 from steps import preprocess as pre
-from steps.errors import StepError
 from tests.brute import brute_force, normalize
 
 REPO = Path(__file__).resolve().parents[1]
-URI = "s3://bucket/matrix/"
-
-
-@pytest.fixture
-def inp(tmp_path, monkeypatch):
-    monkeypatch.setenv("ALLPAIRS_OPT_ML", str(tmp_path))
-    folder = tmp_path / "processing/input/matrix"
-    folder.mkdir(parents=True)
-    return folder
-
-
-def fails(*args: str) -> str:
-    with pytest.raises(StepError) as info:
-        pre.main(["--input-uri", URI, *args])
-    return str(info.value)
+from tests.test_preprocess import URI, fails
 
 
 def manifest_of(inp: Path) -> dict:

@@ -147,7 +147,8 @@ def publish(staging: Path, output_dir: Path, manifest: dict) -> None:
 class Normalized:
     root: Path
     manifest: dict
-    chunks: list  # memory-mapped, read-only float32 arrays; CSR float32 matrices for a sparse layout
+    chunks: list  # memory-mapped, read-only float32 arrays; CSR float32 matrices for a sparse layout; [] when
+    # opened for the manifest and ids only (load_normalized's open_chunks)
 
     @property
     def sparse(self) -> bool:
@@ -190,8 +191,11 @@ def read_manifest(root: Path) -> dict:
         raise StepError(f"{path}: not a valid Preprocess manifest ({exc}); rerun the Preprocess step")
 
 
-def load_normalized(root: Path, verify: bool = True) -> Normalized:
+def load_normalized(root: Path, verify: bool = True, open_chunks: bool = True) -> Normalized:
     """Open the chunks listed in manifest.json; a missing, reshaped or altered chunk is an error naming it.
+    `open_chunks=False` (Merge, the queries' Preprocess: they need the manifest and the ids, not the vectors)
+    checks each chunk's presence (and a dense one's header) without opening it: a sparse chunk would otherwise
+    be read whole into memory.
 
     The fingerprint (what checkpoints and shards are keyed by) is derived here from the chunks' and ids'
     hashes, which `verify` checks against the bytes on disk, and must equal the manifest's: a manifest whose
@@ -211,15 +215,16 @@ def load_normalized(root: Path, verify: bool = True) -> Normalized:
                             "rerun the Preprocess step")
         rows = entry["stop"] - entry["start"]
         if manifest.get("layout") == "sparse":
-            chunk = sparse_chunks.read_chunk(path, rows, dim, int(entry.get("nnz", -1)))
+            chunk = sparse_chunks.read_chunk(path, rows, dim, int(entry.get("nnz", -1))) if open_chunks else None
         else:
             _check_chunk_header(path, rows, dim)
-            chunk = np.load(path, mmap_mode="r")
+            chunk = np.load(path, mmap_mode="r") if open_chunks else None
         if entry["start"] != expected_start:
             raise StepError(f"{path}: {MANIFEST} places it at row {entry['start']}, after row {expected_start}; "
                             "rerun the Preprocess step")
         expected_start = entry["stop"]
-        chunks.append(chunk)
+        if open_chunks:
+            chunks.append(chunk)
     if expected_start != manifest["rows"]:
         raise StepError(f"{root / MANIFEST}: chunks cover {expected_start} rows, the manifest says "
                         f"{manifest['rows']}; rerun the Preprocess step")

@@ -6,6 +6,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from .exact import canonical_scores
+
 
 @dataclass(frozen=True)
 class Corpus:
@@ -53,7 +55,6 @@ class Corpus:
 
     def canonical(self, query: np.ndarray, index: np.ndarray) -> np.ndarray:
         """Canonical scores (exact.py) of query row i with corpus rows index[i, :]: (n, m) float32."""
-        from .exact import canonical_scores
         return canonical_scores(query, self.take(index))
 
     @staticmethod
